@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs every build, test and demo dependency of SK from Debian packages.
+# Idempotent: safe to run again; installs only what is missing.
+set -eu
+
+PKGS=(
+  # build
+  meson ninja-build pkg-config g++ clang llvm bpftool libbpf-dev
+  liburing-dev libfmt-dev nlohmann-json3-dev libcli11-dev doctest-dev
+  libfuse3-dev libmnl-dev libssl-dev libxxhash-dev
+  # run and test
+  fuse3 iproute2 nftables iputils-ping jq python3 procps psmisc util-linux
+  socat curl
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: must run as root (installs Debian packages)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PKGS[@]} packages present"
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: done"
