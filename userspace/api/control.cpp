@@ -154,19 +154,12 @@ void ControlServer::onReadable(uint64_t id)
 		return;
 	Conn &c = *it->second;
 	char buf[8192];
+	bool eof = false;
 	for (;;) {
 		ssize_t n = read(c.fd, buf, sizeof(buf));
 		if (n == 0) {
-			/* Peer closed: finish writing a pending reply, then close. */
-			if (c.busy || !c.out.empty())
-				c.closeAfterFlush = true;
-			else
-				closeConn(id);
-			if (conns_.count(id)) {
-				loop_->unwatch(c.watch);
-				c.watch = 0;
-			}
-			return;
+			eof = true;
+			break;
 		}
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EINTR)
@@ -184,7 +177,7 @@ void ControlServer::onReadable(uint64_t id)
 			return;
 		}
 	}
-	/* One request at a time per connection, in order. */
+	/* One request at a time per connection, in order; a half-closed client still gets its replies. */
 	while (!c.busy) {
 		size_t nl = c.in.find('\n');
 		if (nl == std::string::npos)
@@ -194,6 +187,16 @@ void ControlServer::onReadable(uint64_t id)
 		dispatch(id, line);
 		if (!conns_.count(id))
 			return;
+	}
+	if (eof) {
+		if (c.watch) {
+			loop_->unwatch(c.watch);
+			c.watch = 0;
+		}
+		if (c.busy || !c.out.empty())
+			c.closeAfterFlush = true;
+		else
+			closeConn(id);
 	}
 }
 
