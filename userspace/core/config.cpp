@@ -830,7 +830,8 @@ void readVips(ObjectReader &r, ModuleConfig &m, const ClusterConfig *cluster)
 void readReplication(ObjectReader &r, ModuleConfig &m)
 {
 	Validator &v = r.validator();
-	const json *rep = r.get("replication", m.type == ModuleType::Mirror,
+	/* Optional: a mirror module without it moves the VIP and the app but replicates no data. */
+	const json *rep = r.get("replication", false,
 				"an object {\"dirs\": [...]} (the directories to replicate)");
 	if (!rep)
 		return;

@@ -174,6 +174,8 @@ Result<MirrorConfig> MirrorConfig::fromModule(const ModuleConfig &module, const 
 	c.startRetries = module.failover.maxLoop;
 	/* Give a rebooting peer the time to come back: 10 heartbeat timeouts. */
 	c.startupWaitMs = uint64_t{ module.heartbeat.timeoutMs } * 10;
+	if (module.witness.enabled)
+		c.fenceMs = uint64_t{ module.witness.timeoutMs } + 2 * uint64_t{ module.heartbeat.intervalMs };
 	return c;
 }
 
@@ -315,6 +317,8 @@ void MirrorStateMachine::become(MirrorState state, MirrorPhase phase, std::strin
 		waitSinceMs_ = nowMs_;
 	if (phase != MirrorPhase::InSync)
 		swapRequested_ = false;
+	if (phase != MirrorPhase::WaitWitness)
+		fenceUntilMs_ = 0;
 	state_ = state;
 	phase_ = phase;
 }
@@ -432,6 +436,9 @@ void MirrorStateMachine::beginStop(StopIntent intent, std::string cause, bool lo
 	}
 	stopIntent_ = intent;
 	become(state_, MirrorPhase::Stopping, std::move(cause), loud);
+	/* Cut off from the witness: the peer may take over soon, so the VIP goes first. */
+	if (intent == StopIntent::Isolated)
+		emit(MirrorActionKind::RemoveVip);
 	runScript(kStopPrimScript);
 }
 
@@ -1096,13 +1103,21 @@ void MirrorStateMachine::onWitness(bool reachable)
 	case ProbeIntent::Startup:
 		if (state_ != MirrorState::Wait || phase_ != MirrorPhase::WaitWitness)
 			return;
-		if (reachable)
-			startServing(intent == ProbeIntent::TakeOver ?
+		if (reachable) {
+			std::string cause = intent == ProbeIntent::TakeOver ?
 				fmt::format("witness reachable, peer {} lost while this node was in sync: "
 					"taking over", config_.peer) :
 				fmt::format("witness reachable, peer {} not seen: this node was the last "
-					"primary", config_.peer));
-		else
+					"primary", config_.peer);
+			if (intent == ProbeIntent::TakeOver && config_.fenceMs > 0) {
+				/* The next Tick past the fence takes over (unless the peer is back). */
+				fenceUntilMs_ = nowMs_ + config_.fenceMs;
+				fenceCause_ = fmt::format("{} after {} ms, by when an isolated peer has "
+					"dropped the VIP", cause, config_.fenceMs);
+				return;
+			}
+			startServing(cause);
+		} else
 			become(MirrorState::Wait, MirrorPhase::Isolated, fmt::format("peer {} lost and "
 				"witness unreachable: this node may be isolated, not serving", config_.peer), true);
 		return;
@@ -1240,6 +1255,15 @@ void MirrorStateMachine::onChecker(CheckerAction action, const std::string &name
 
 void MirrorStateMachine::onTick()
 {
+	if (fenceUntilMs_ && state_ == MirrorState::Wait && phase_ == MirrorPhase::WaitWitness) {
+		if (peer_) {
+			fenceUntilMs_ = 0;	/* the peer is back: its heartbeats decide */
+		} else if (nowMs_ >= fenceUntilMs_) {
+			fenceUntilMs_ = 0;
+			startServing(std::move(fenceCause_));
+			return;
+		}
+	}
 	if (state_ != MirrorState::Wait || phase_ != MirrorPhase::WaitPeer || peer_ || noAutoPrim_)
 		return;
 	if (nowMs_ < waitSinceMs_ + config_.startupWaitMs)

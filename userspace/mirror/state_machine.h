@@ -71,6 +71,12 @@ struct MirrorConfig {
 	uint32_t startRetries = 2;	/* start_prim / checker restarts before giving up */
 	uint64_t startupWaitMs = 30000;	/* after start, wait this long for the peer before deciding alone */
 	uint64_t replRetryMs = 2000;	/* min delay between replication target (re)starts */
+	/*
+	 * With a witness: after a successful probe, wait this long before taking over,
+	 * so a primary that lost us at the same moment has had the time to find the
+	 * witness unreachable and drop the VIP (witness timeout + 2 heartbeat intervals).
+	 */
+	uint64_t fenceMs = 0;
 
 	/* Fills the fields from a module's config; `node` must be one of module.nodes. */
 	static Result<MirrorConfig> fromModule(const ModuleConfig &module, const std::string &node);
@@ -287,6 +293,8 @@ private:
 	uint64_t lastPeerIncarnation_ = 0;
 	uint64_t nowMs_ = 0;
 	uint64_t waitSinceMs_ = 0;		/* WAIT/wait-peer: startup timeout base */
+	uint64_t fenceUntilMs_ = 0;		/* WAIT/wait-witness: take over at this time (0: not fencing) */
+	std::string fenceCause_;
 	uint64_t servingSinceMs_ = 0;
 	uint64_t targetStartMs_ = 0;
 	bool targetStarted_ = false;		/* a target has ever been started (retry pacing) */

@@ -223,7 +223,6 @@ const std::vector<BadCase> kBadCases = {
 	{ "vip duplicated", Doc::Mirror, { "/vips/1", { { "address", "198.18.0.100/16" }, { "interface", "eth1" } } }, "/vips/1/address", "found duplicate VIP 198.18.0.100 (also /vips/0)" },
 	{ "vip interface missing in mirror", Doc::Mirror, kErase("/vips/0/interface"), "/vips/0/interface", "missing required key \"interface\"" },
 	{ "vip interface name too long", Doc::Mirror, { "/vips/0/interface", "averyveryverylongname0" }, "/vips/0/interface", "expected an interface name" },
-	{ "mirror without replication", Doc::Mirror, kErase("/replication"), "/replication", "missing required key \"replication\"" },
 	{ "replication mode unknown", Doc::Mirror, { "/replication/mode", "synchronous" }, "/replication/mode", "found string \"synchronous\", expected one of \"sync\", \"async\"" },
 	{ "replication ack unknown", Doc::Mirror, { "/replication/ack", "durabel" }, "/replication/ack", "did you mean \"durable\"?" },
 	{ "replication per_write not bool", Doc::Mirror, { "/replication/per_write", "yes" }, "/replication/per_write", "found string \"yes\", expected true or false" },
@@ -401,6 +400,19 @@ TEST_CASE("a minimal mirror module gets every default")
 	CHECK(m.failover.loopIntervalS == 86400);
 	CHECK(m.failover.splitBrain == sk::SplitBrainPolicy::Manual);
 	CHECK_FALSE(m.witness.enabled);
+}
+
+TEST_CASE("a mirror module without a replication section replicates no data")
+{
+	std::vector<sk::ConfigError> errors;
+	auto r = sk::parseModuleConfig(R"({
+		"name": "vip-only", "type": "mirror", "nodes": ["n1", "n2"],
+		"vips": [ { "address": "198.18.0.100/24", "interface": "eth0" } ]
+	})",
+				       "vip-only.json", &sampleCluster(), &errors);
+	INFO(dumpErrors(errors));
+	REQUIRE(r.ok());
+	CHECK(r->replication.dirs.empty());
 }
 
 TEST_CASE("a farm module gets farm defaults and VIPs inherit the farm interface")

@@ -131,6 +131,8 @@ private:
 				config_.autoSwapBack = v == "1";
 			else if (k == "retries")
 				config_.startRetries = static_cast<uint32_t>(std::stoul(v));
+			else if (k == "fence")
+				config_.fenceMs = std::stoull(v);
 			else if (k == "startupwait")
 				config_.startupWaitMs = std::stoull(v);
 			else
@@ -370,7 +372,8 @@ private:
 			if (n.vip && !serving)
 				lines.push_back(fmt::format("!! {} holds the VIP in {}", n.name,
 					stateLabel(n.sm->state(), n.sm->phase())));
-			if (!n.vip && serving)
+			/* An isolated primary drops the VIP first, then stops its app. */
+			if (!n.vip && serving && n.sm->phase() != MirrorPhase::Stopping)
 				lines.push_back(fmt::format("!! {} is {} without the VIP", n.name,
 					stateLabel(n.sm->state(), n.sm->phase())));
 		}

@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# Farm-module helpers for the rig: a farm module whose app (socat on every node)
+# answers the node's name, extra client source addresses, a many-connection
+# client and a continuous per-address prober (python, one thread per source IP),
+# and waits on farm states as seen by skctl. Needs rig.sh sourced first.
+
+FARM_VIP=198.18.0.100
+FARM_PORT=8080
+
+# farm_write_module NAME HASH [extra JSON members]: module.json + scripts on every node.
+farm_write_module() {
+	local name=$1 hash=$2 extra=${3:-} node dir nodes=""
+	for node in "${RIG_NODES[@]}"; do nodes+="${nodes:+, }\"$node\""; done
+	for node in "${RIG_NODES[@]}"; do
+		dir="$RIG_DIR/$node/modules/$name"
+		mkdir -p "$dir/scripts"
+		cat >"$dir/module.json" <<JSON
+{
+  "name": "$name",
+  "type": "farm",
+  "nodes": [ $nodes ],
+  "heartbeat": { "interval_ms": ${RIG_HB_INTERVAL:-100}, "timeout_ms": ${RIG_HB_TIMEOUT:-500} },
+  "vips": [ { "address": "$FARM_VIP/24" } ],
+  "farm": { "interface": "eth0", "hash": "$hash", "ports": [ $FARM_PORT ], "buckets": 256 },
+  "scripts": { "timeout_ms": 5000 }${extra:+,
+  $extra}
+}
+JSON
+		# The app listens on every address: the VIP is local (on lo) only while the filter is up.
+		_farm_script "$dir" start_both "
+setsid socat TCP-LISTEN:$FARM_PORT,fork,reuseaddr,backlog=512 SYSTEM:'echo \$SK_NODE' </dev/null >/dev/null 2>&1 &
+echo \$! > \"\$SK_STATE_DIR/app.pid\"
+for i in \$(seq 50); do ss -ltn | grep -q ':$FARM_PORT ' && break; sleep 0.02; done"
+		_farm_script "$dir" stop_both "
+if [ -f \"\$SK_STATE_DIR/app.pid\" ]; then
+	kill -TERM -- -\$(cat \"\$SK_STATE_DIR/app.pid\") 2>/dev/null || true
+	rm -f \"\$SK_STATE_DIR/app.pid\"
+fi"
+	done
+}
+
+_farm_script() {
+	local dir=$1 script=$2 body=$3
+	cat >"$dir/scripts/$script" <<SH
+#!/bin/bash
+set -eu
+echo "\$SK_NODE $script \$SK_ROLE \$(date +%s%N)" >> "$RIG_DIR/scripts.log"
+$body
+SH
+	chmod 755 "$dir/scripts/$script"
+}
+
+# farm_json NODE MODULE: that module's status document on NODE.
+farm_json() {
+	rig_skctl "$1" status --json | jq --arg m "$2" '.modules[] | select(.name == $m)'
+}
+
+farm_label() { farm_json "$1" "$2" | jq -r .label; }
+
+# farm_wait_label NODE MODULE LABEL-REGEX [TRIES]
+farm_wait_label() {
+	local node=$1 module=$2 want=$3 tries=${4:-100} got="" i
+	for ((i = 0; i < tries; i++)); do
+		got=$(farm_label "$node" "$module" 2>/dev/null || true)
+		if [[ "$got" =~ ^($want)$ ]]; then return 0; fi
+		sleep 0.1
+	done
+	rig_fail "$node: $module is '$got', expected '$want' (after $tries tries)"
+}
+
+# farm_wait_agreed MODULE UP-LIST NODES...: every listed node sees exactly UP-LIST
+# (e.g. "n1 n2 n3") and all views agree.
+farm_wait_agreed() {
+	local module=$1 want=$2 node i ok got=""; shift 2
+	for ((i = 0; i < 100; i++)); do
+		ok=1
+		for node in "$@"; do
+			got=$(farm_json "$node" "$module" 2>/dev/null | jq -r '[.up[]] | join(" ") + " " + (.views_agree | tostring)' || true)
+			[ "$got" = "$want true" ] || { ok=0; break; }
+		done
+		[ "$ok" -eq 1 ] && return 0
+		sleep 0.1
+	done
+	rig_fail "$node sees '$got' for $module, expected '$want true'"
+}
+
+# farm_client_ips CLIENT-INDEX COUNT: adds COUNT extra /24 addresses to that client
+# (198.18.0.(130 + 20*(index-1) + k)) and prints them, space separated.
+farm_client_ips() {
+	local idx=$1 count=$2 k a out=""
+	for ((k = 0; k < count; k++)); do
+		a="198.18.0.$((130 + 20 * (idx - 1) + k))"
+		rig_exec "c$idx" ip addr add "$a/24" dev eth0 2>/dev/null || true
+		out+="${out:+ }$a"
+	done
+	printf '%s' "$out"
+}
+
+# The client program. Modes:
+#   once IPS PER_IP: PER_IP connections from each source IP (in parallel per IP);
+#     prints {"results": [{"src", "answer", "error", "ms"}...]}.
+#   probe IPS STOPFILE READYFILE CONNECT_TIMEOUT: one thread per source IP connects
+#     again and again until STOPFILE exists; prints per IP the attempts, failures,
+#     the answers in order (runs), and the longest gap between two successes (ms).
+FARM_CLIENT_PY='
+import json, os, socket, sys, threading, time
+
+def one(src, vip, port, timeout):
+    t0 = time.monotonic()
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind((src, 0))
+        s.settimeout(timeout)
+        s.connect((vip, port))
+        data = b""
+        while True:
+            chunk = s.recv(256)
+            if not chunk:
+                break
+            data += chunk
+        text = data.decode(errors="replace").strip()
+        lines = [l for l in text.splitlines() if l]
+        if len(lines) != 1:
+            return None, "got %d answers: %r" % (len(lines), text), t0
+        return lines[0], None, t0
+    except Exception as e:
+        return None, type(e).__name__ + ": " + str(e), t0
+    finally:
+        s.close()
+
+mode, vip, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ips = sys.argv[4].split()
+if mode == "once":
+    per_ip = int(sys.argv[5])
+    results, lock = [], threading.Lock()
+    def run(ip):
+        for _ in range(per_ip):
+            a, err, t0 = one(ip, vip, port, 3.0)
+            with lock:
+                results.append({"src": ip, "answer": a, "error": err, "ms": round((time.monotonic() - t0) * 1000, 2)})
+    ts = [threading.Thread(target=run, args=(ip,)) for ip in ips]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    print(json.dumps({"results": results}))
+else:
+    stop, ready, timeout = sys.argv[5], sys.argv[6], float(sys.argv[7])
+    stats = {ip: {"attempts": 0, "failures": 0, "runs": [], "errors": [], "gap_ms": 0.0, "gap_at": None} for ip in ips}
+    answered = set()
+    def run(ip):
+        st, last_ok, signalled = stats[ip], None, False
+        while not os.path.exists(stop):
+            a, err, t0 = one(ip, vip, port, timeout)
+            now = time.monotonic()
+            st["attempts"] += 1
+            if a is None:
+                st["failures"] += 1
+                if len(st["errors"]) < 5:
+                    st["errors"].append(err)
+                time.sleep(0.005)
+                continue
+            if last_ok is not None and (now - last_ok) * 1000 > st["gap_ms"]:
+                st["gap_ms"] = round((now - last_ok) * 1000, 1)
+                st["gap_at"] = now
+            last_ok = now
+            if not st["runs"] or st["runs"][-1] != a:
+                st["runs"].append(a)
+            if not signalled:
+                signalled = True
+                answered.add(ip)
+            time.sleep(0.03)
+    ts = [threading.Thread(target=run, args=(ip,), daemon=True) for ip in ips]
+    [t.start() for t in ts]
+    deadline = time.monotonic() + 10
+    while len(answered) < len(ips) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if len(answered) == len(ips):
+        open(ready, "w").close()
+    [t.join() for t in ts]
+    print(json.dumps({"ips": stats}))
+'
+
+# farm_once CLIENT "IPS" PER_IP: prints the JSON of a batch of connections.
+farm_once() {
+	rig_exec "$1" python3 -c "$FARM_CLIENT_PY" once "$FARM_VIP" "$FARM_PORT" "$2" "$3"
+}
+
+# farm_start_probe CLIENT "IPS" OUT [CONNECT_TIMEOUT]: the prober in the background.
+farm_start_probe() {
+	local client=$1 ips=$2 out=$3 timeout=${4:-0.1} pid
+	rm -f "$RIG_DIR/fprobe.$client.stop" "$RIG_DIR/fprobe.$client.ready"
+	ip netns exec "$(rig_ns "$client")" python3 -c "$FARM_CLIENT_PY" probe "$FARM_VIP" "$FARM_PORT" "$ips" \
+		"$RIG_DIR/fprobe.$client.stop" "$RIG_DIR/fprobe.$client.ready" "$timeout" >"$out" &
+	pid=$!
+	echo "$pid fprobe-$client" >>"$RIG_PIDS_FILE"
+	eval "FARM_PROBE_$client=$pid"
+	rig_wait_for 100 test -e "$RIG_DIR/fprobe.$client.ready" || rig_fail "prober on $client never got an answer"
+}
+
+farm_stop_probe() {
+	local pid
+	touch "$RIG_DIR/fprobe.$1.stop"
+	eval "pid=\${FARM_PROBE_$1:-}"
+	[ -n "$pid" ] && { rig_wait_for 100 _rig_gone "$pid" || kill -KILL "$pid" 2>/dev/null || true; }
+	wait "$pid" 2>/dev/null || true
+}
+
+# farm_map CLIENT "IPS": "ip=node" per line, one connection per address.
+farm_map() {
+	farm_once "$1" "$2" 1 | jq -r '.results[] | "\(.src)=\(.answer)"' | sort
+}
+
+# farm_crash_node NODE MODULE: SIGKILL skd and the app's process group.
+farm_crash_node() {
+	local pidfile="$RIG_DIR/$1/state/$2/app.pid"
+	rig_stop_skd "$1" KILL
+	if [ -f "$pidfile" ]; then kill -KILL -- "-$(cat "$pidfile")" 2>/dev/null || true; fi
+}
+
+# farm_xdp NODE MODULE COUNTER: one XDP verdict counter from the status document.
+farm_xdp() { farm_json "$1" "$2" | jq -r ".xdp.$3 // 0"; }

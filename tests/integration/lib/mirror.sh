@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Mirror-module helpers for the rig: a module with a small TCP service behind
+# its VIP (answers the serving node's name), hook scripts that log their order,
+# and waits on states as seen by skctl.
+# Needs rig.sh sourced first.
+
+RIG_VIP=198.18.0.100
+RIG_VIP_PORT=8080
+
+# rig_write_mirror_module NAME [extra JSON members]: module.json + scripts on every node.
+rig_write_mirror_module() {
+	local name=$1 extra=${2:-} node dir
+	for node in "${RIG_NODES[@]}"; do
+		dir="$RIG_DIR/$node/modules/$name"
+		mkdir -p "$dir/scripts"
+		cat >"$dir/module.json" <<JSON
+{
+  "name": "$name",
+  "type": "mirror",
+  "nodes": ["n1", "n2"],
+  "heartbeat": { "interval_ms": ${RIG_HB_INTERVAL:-100}, "timeout_ms": ${RIG_HB_TIMEOUT:-500} },
+  "vips": [ { "address": "$RIG_VIP/24", "interface": "eth0" } ],
+  "scripts": { "timeout_ms": 5000 }${extra:+,
+  $extra}
+}
+JSON
+		_rig_script "$dir" start_prim "
+setsid socat TCP-LISTEN:$RIG_VIP_PORT,bind=$RIG_VIP,fork,reuseaddr SYSTEM:'echo \$SK_NODE' </dev/null >/dev/null 2>&1 &
+echo \$! > \"\$SK_STATE_DIR/app.pid\"
+for i in \$(seq 50); do ss -ltn | grep -q '$RIG_VIP:$RIG_VIP_PORT' && break; sleep 0.02; done"
+		_rig_script "$dir" stop_prim "
+if [ -f \"\$SK_STATE_DIR/app.pid\" ]; then
+	kill -TERM -- -\$(cat \"\$SK_STATE_DIR/app.pid\") 2>/dev/null || true
+	rm -f \"\$SK_STATE_DIR/app.pid\"
+fi"
+		for s in prestart start_second stop_second poststop; do _rig_script "$dir" "$s" ""; done
+	done
+}
+
+# Every script logs "<node> <script> <role> <monotonic ns>" to the shared script log.
+_rig_script() {
+	local dir=$1 script=$2 body=$3
+	cat >"$dir/scripts/$script" <<SH
+#!/bin/bash
+set -eu
+echo "\$SK_NODE $script \$SK_ROLE \$(date +%s%N)" >> "$RIG_DIR/scripts.log"
+$body
+SH
+	chmod 755 "$dir/scripts/$script"
+}
+
+# rig_mirror_label NODE MODULE: "PRIM/running", ... as that node sees itself.
+rig_mirror_label() {
+	rig_skctl "$1" status --json | jq -r --arg m "$2" '.modules[] | select(.name == $m) | .label'
+}
+
+# rig_wait_label NODE MODULE LABEL-REGEX [TRIES]
+rig_wait_label() {
+	local node=$1 module=$2 want=$3 tries=${4:-100} got=""
+	for ((i = 0; i < tries; i++)); do
+		got=$(rig_mirror_label "$node" "$module" 2>/dev/null || true)
+		if [[ "$got" =~ ^($want)$ ]]; then return 0; fi
+		sleep 0.1
+	done
+	rig_fail "$node: $module is '$got', expected '$want' (after $tries tries)"
+}
+
+# Nodes whose eth0 holds the VIP right now.
+rig_vip_holders() {
+	local node out=""
+	for node in "${RIG_NODES[@]}"; do
+		if rig_exec "$node" ip -4 -o addr show dev eth0 2>/dev/null | grep -q " $RIG_VIP/"; then
+			out+="$node "
+		fi
+	done
+	printf '%s' "${out% }"
+}
+
+# What a client gets from the VIP service now ("" when nothing answers).
+rig_vip_answer() {
+	rig_exec "${1:-c1}" socat -T1 - "TCP:$RIG_VIP:$RIG_VIP_PORT,connect-timeout=0.5" 2>/dev/null </dev/null || true
+}
+
+# rig_start_probe CLIENT OUTFILE [args]: the VIP prober in the background.
+rig_start_probe() {
+	local client=$1 out=$2 pid; shift 2
+	rm -f "$RIG_DIR/probe.stop" "$RIG_DIR/probe.ready"
+	ip netns exec "$(rig_ns "$client")" python3 "$(dirname "${BASH_SOURCE[0]}")/vip_probe.py" \
+		"$RIG_VIP" "$RIG_VIP_PORT" --stop-file "$RIG_DIR/probe.stop" \
+		--ready-file "$RIG_DIR/probe.ready" "$@" >"$out" &
+	pid=$!
+	echo "$pid probe" >>"$RIG_PIDS_FILE"
+	RIG_PROBE_PID=$pid
+	rig_wait_for 50 test -e "$RIG_DIR/probe.ready" || rig_fail "the VIP never answered the prober"
+}
+
+rig_stop_probe() {
+	touch "$RIG_DIR/probe.stop"
+	wait "$RIG_PROBE_PID" 2>/dev/null || true
+}
+
+# Starts the VIP sampler: records the holders every 10 ms until stopped.
+rig_start_vip_sampler() {
+	local out=$1
+	(
+		while [ ! -e "$RIG_DIR/sampler.stop" ]; do
+			printf '%s\n' "$(rig_vip_holders)"
+			sleep 0.01
+		done
+	) >"$out" &
+	echo "$! sampler" >>"$RIG_PIDS_FILE"
+	RIG_SAMPLER_PID=$!
+}
+
+rig_stop_vip_sampler() {
+	touch "$RIG_DIR/sampler.stop"
+	wait "$RIG_SAMPLER_PID" 2>/dev/null || true
+}
+
+# Kills skd on NODE with SIGKILL and the app's process group (a crash).
+rig_crash_node() {
+	local node=$1 pidfile
+	pidfile="$RIG_DIR/$1/state/$2/app.pid"
+	rig_stop_skd "$node" KILL
+	if [ -f "$pidfile" ]; then kill -KILL -- "-$(cat "$pidfile")" 2>/dev/null || true; fi
+}

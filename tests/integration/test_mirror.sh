@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Mirror module without replicated data, in the namespace rig: first start,
+# failover on skd crash and on power cut, swap, stop/start, node restart,
+# partition with and without witness, flapping link. Each case checks states,
+# where the VIP is (seen from a client namespace and by sampling the nodes)
+# and the order of the hook scripts.
+. "$(dirname "$0")/lib/rig.sh"
+. "$(dirname "$0")/lib/mirror.sh"
+
+# Two nodes, one client; n1 primary, n2 secondary in sync.
+_pair_up() {
+	rig_setup 2 1
+	rig_write_cluster
+	rig_write_mirror_module web "${1:-}"
+	rig_start_skd n1
+	rig_start_skd n2
+	rig_skctl n2 start -m web >/dev/null
+	rig_skctl n1 prim -m web >/dev/null
+	rig_wait_label n1 web 'PRIM/running'
+	rig_wait_label n2 web 'SECOND/in-sync'
+	[ "$(rig_vip_answer)" = n1 ] || rig_fail "client got '$(rig_vip_answer)' from the VIP, expected n1"
+	[ "$(rig_vip_holders)" = n1 ] || rig_fail "VIP holders: '$(rig_vip_holders)'"
+}
+
+test_first_start_needs_prim() {
+	rig_setup 2 1
+	rig_write_cluster
+	rig_write_mirror_module web
+	rig_start_skd n1
+	rig_start_skd n2
+	rig_skctl n1 start -m web >/dev/null
+	rig_skctl n2 start -m web >/dev/null
+	# Neither node has data yet: nobody may serve until the admin picks one.
+	sleep 1.5
+	rig_wait_label n1 web 'WAIT/.*' 5
+	rig_wait_label n2 web 'WAIT/.*' 5
+	[ -z "$(rig_vip_holders)" ] || rig_fail "VIP held before any node was made primary"
+	rig_skctl n2 prim -m web >/dev/null
+	rig_wait_label n2 web 'PRIM/running'
+	rig_wait_label n1 web 'SECOND/in-sync'
+	[ "$(rig_vip_answer)" = n2 ] || rig_fail "client got '$(rig_vip_answer)', expected n2"
+}
+
+test_failover_on_skd_crash() {
+	_pair_up
+	rig_start_vip_sampler "$RIG_DIR/holders"
+	rig_start_probe c1 "$RIG_DIR/probe.json"
+	rig_crash_node n1 web
+	rig_wait_label n2 web 'ALONE/running' 50
+	rig_wait_for 50 test "$(rig_vip_answer)" = n2 || rig_fail "client does not reach n2"
+	sleep 0.3
+	rig_stop_probe
+	rig_stop_vip_sampler
+	# The dead skd's guard removed the VIP from n1: never two holders.
+	! grep -q 'n1 n2' "$RIG_DIR/holders" || rig_fail "two nodes held the VIP at once"
+	[ "$(rig_vip_holders)" = n2 ] || rig_fail "VIP holders after failover: '$(rig_vip_holders)'"
+	local outage; outage=$(jq .longest_outage_ms "$RIG_DIR/probe.json")
+	rig_log "client-observed outage on skd crash: ${outage} ms"
+	# Detected through the broken peer link + refused probe, well under the 500 ms timeout.
+	jq -e '.longest_outage_ms < 500' "$RIG_DIR/probe.json" >/dev/null ||
+		rig_fail "outage ${outage} ms: the crash was not detected early"
+	grep -q 'skd on the peer died' "$RIG_DIR/n2/skd.log" || rig_fail "fast detection not used"
+}
+
+test_failover_on_power_cut() {
+	_pair_up
+	rig_start_probe c1 "$RIG_DIR/probe.json"
+	# Power cut: the node vanishes from the network and its skd dies at once.
+	rig_exec n1 ip link set eth0 down
+	rig_crash_node n1 web
+	rig_wait_label n2 web 'ALONE/running' 50
+	rig_wait_for 50 test "$(rig_vip_answer)" = n2 || rig_fail "client does not reach n2"
+	rig_stop_probe
+	local outage; outage=$(jq .longest_outage_ms "$RIG_DIR/probe.json")
+	rig_log "client-observed outage on power cut: ${outage} ms (timeout 500 ms)"
+	# Target: at most timeout + 200 ms (+ the prober's 100 ms connect timeout granularity).
+	jq -e '.longest_outage_ms <= 800' "$RIG_DIR/probe.json" >/dev/null || rig_fail "outage ${outage} ms"
+}
+
+test_swap_runs_stop_before_start() {
+	_pair_up
+	rig_start_vip_sampler "$RIG_DIR/holders"
+	: >"$RIG_DIR/scripts.log"
+	rig_skctl n2 swap -m web >/dev/null
+	rig_wait_label n2 web 'PRIM/running' 100
+	rig_wait_label n1 web 'SECOND/in-sync' 100
+	rig_stop_vip_sampler
+	[ "$(rig_vip_answer)" = n2 ] || rig_fail "client got '$(rig_vip_answer)', expected n2"
+	! grep -q 'n1 n2' "$RIG_DIR/holders" || rig_fail "two nodes held the VIP during the swap"
+	# stop_prim on n1 completed before start_prim on n2 began.
+	local stop start
+	stop=$(awk '$1 == "n1" && $2 == "stop_prim" { print $4 }' "$RIG_DIR/scripts.log" | tail -1)
+	start=$(awk '$1 == "n2" && $2 == "start_prim" { print $4 }' "$RIG_DIR/scripts.log" | tail -1)
+	[ -n "$stop" ] && [ -n "$start" ] || rig_fail "scripts missing: $(cat "$RIG_DIR/scripts.log")"
+	[ "$stop" -lt "$start" ] || rig_fail "start_prim on n2 ran before stop_prim on n1"
+	# And back.
+	rig_skctl n1 swap -m web >/dev/null
+	rig_wait_label n1 web 'PRIM/running' 100
+	rig_wait_label n2 web 'SECOND/in-sync' 100
+	[ "$(rig_vip_answer)" = n1 ] || rig_fail "client got '$(rig_vip_answer)' after swap back"
+}
+
+test_stop_primary_then_start_again() {
+	_pair_up
+	rig_skctl n1 stop -m web >/dev/null
+	rig_wait_label n1 web 'STOP/idle'
+	rig_wait_label n2 web 'ALONE/running|PRIM/running'
+	[ "$(rig_vip_answer)" = n2 ] || rig_fail "client got '$(rig_vip_answer)', expected n2"
+	rig_skctl n1 start -m web >/dev/null
+	rig_wait_label n1 web 'SECOND/in-sync'
+	rig_wait_label n2 web 'PRIM/running'
+	[ "$(rig_vip_holders)" = n2 ] || rig_fail "VIP holders: '$(rig_vip_holders)'"
+}
+
+test_illegal_requests_are_refused() {
+	_pair_up
+	local out rc=0
+	# No peer to hand over to: swap is refused with its reason, nothing changes.
+	rig_skctl n2 stop -m web >/dev/null
+	rig_wait_label n1 web 'ALONE/running'
+	out=$(rig_skctl n1 swap -m web 2>&1) || rc=$?
+	[ "$rc" -eq 1 ] || rig_fail "swap without a peer: exit $rc"
+	grep -q 'swap refused' <<<"$out" || rig_fail "swap without a peer: $out"
+	rig_wait_label n1 web 'ALONE/running' 5
+	rc=0
+	out=$(rig_skctl n1 start -m nosuch 2>&1) || rc=$?
+	[ "$rc" -eq 1 ] && grep -q "no module named 'nosuch'" <<<"$out" || rig_fail "unknown module: $rc $out"
+}
+
+test_restart_of_secondary_node_rejoins() {
+	_pair_up
+	rig_stop_skd n2 TERM
+	rig_wait_label n1 web 'ALONE/running' 50
+	rig_start_skd n2
+	# The admin's "start" was recorded: the restarted node rejoins on its own.
+	rig_wait_label n2 web 'SECOND/in-sync' 100
+	rig_wait_label n1 web 'PRIM/running'
+}
+
+test_partition_with_witness_only_one_serves() {
+	# The client c1 is the witness; n1 gets cut off from everything.
+	_pair_up '"witness": { "address": "198.18.0.101", "type": "icmp", "timeout_ms": 200 }'
+	rig_start_vip_sampler "$RIG_DIR/holders"
+	rig_exec sw ip link set n1e0 down
+	rig_wait_label n2 web 'ALONE/running' 60
+	rig_wait_label n1 web 'WAIT/isolated' 60
+	sleep 0.3
+	rig_stop_vip_sampler
+	! grep -q 'n1 n2' "$RIG_DIR/holders" || rig_fail "two nodes held the VIP during the partition"
+	[ "$(rig_vip_holders)" = n2 ] || rig_fail "VIP holders: '$(rig_vip_holders)'"
+	# Heal: n1 rejoins as secondary.
+	rig_exec sw ip link set n1e0 up
+	rig_wait_label n1 web 'SECOND/in-sync' 100
+}
+
+test_partition_without_witness_detects_split_brain() {
+	_pair_up
+	rig_exec sw ip link set n1e0 down
+	rig_wait_label n2 web 'ALONE/running' 60
+	rig_wait_label n1 web 'ALONE/running' 60
+	rig_exec sw ip link set n1e0 up
+	# Divergent data met: reported on both, nothing resynced automatically (policy manual).
+	rig_wait_for 100 sh -c "ip netns exec $(rig_ns n1) $SKCTL --socket $RIG_DIR/n1/run/skd.sock status --json | jq -e '.modules[0].split_brain != null' >/dev/null" ||
+		rig_fail "split brain not reported on n1"
+	rig_skctl n2 status --json | jq -e '.modules[0].split_brain != null' >/dev/null ||
+		rig_fail "split brain not reported on n2"
+	grep -q 'SPLIT BRAIN' "$RIG_DIR/n1/log/web.log" || rig_fail "split brain not in the module log"
+}
+
+test_flapping_link_shorter_than_timeout_is_ignored() {
+	# Default timing. A veth carrier comes back up to 1 s after `up` (the kernel's
+	# linkwatch delay), so a 0.5 s flap silences the link for up to 1.5 s.
+	RIG_HB_INTERVAL=500 RIG_HB_TIMEOUT=3000 _pair_up
+	for _ in 1 2 3; do
+		rig_exec sw ip link set n2e0 down
+		sleep 0.5
+		rig_exec sw ip link set n2e0 up
+		sleep 1.5
+	done
+	rig_wait_label n1 web 'PRIM/running' 5
+	rig_wait_label n2 web 'SECOND/in-sync' 5
+	! grep -q 'peer .* lost' "$RIG_DIR/n1/skd.log" || rig_fail "a short flap caused a failover"
+}
+
+rig_main "$@"

@@ -1,0 +1,657 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Replication stream tests over loopback TCP (127.0.0.1 only): random op streams
+ * end up identical on both sides, backpressure, forged frames, ack waits, ALONE,
+ * reconnect/resume and apply failures reported to the sender.
+ */
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <doctest/doctest.h>
+
+#include "cluster/wire.h"
+#include "replication/op_codec.h"
+#include "replication/stream.h"
+#include "test_apply_util.h"
+
+using namespace sk::repl;
+using namespace std::chrono_literals;
+using sk::test::TempDir;
+
+namespace {
+
+sk::ClusterKey testKey(uint8_t fill = 0x5a)
+{
+	std::vector<uint8_t> bytes(32, fill);
+	auto key = sk::ClusterKey::fromBytes(bytes);
+	REQUIRE(key.ok());
+	return std::move(key.value());
+}
+
+StreamConfig testConfig(sk::NodeId local, sk::NodeId peer)
+{
+	StreamConfig c;
+	c.clusterId = sk::clusterIdFromName("stream-test");
+	c.module = "mod";
+	c.localNode = local;
+	c.peerNode = peer;
+	return c;
+}
+
+Applier::Options applierOptions()
+{
+	Applier::Options o;
+	o.applyOwner = getuid() == 0;
+	return o;
+}
+
+/* Polls cond every 5 ms for at most `limit`: bounded waits, never timing assertions. */
+template<typename F>
+bool eventually(F cond, std::chrono::milliseconds limit = 10s)
+{
+	auto end = std::chrono::steady_clock::now() + limit;
+	while (std::chrono::steady_clock::now() < end) {
+		if (cond())
+			return true;
+		std::this_thread::sleep_for(5ms);
+	}
+	return cond();
+}
+
+/* A receiver on a loopback listener applying into its own temp dir. */
+struct ReceiverSide {
+	TempDir dir;
+	int listenFd = -1;
+	uint16_t port = 0;
+	std::unique_ptr<ReplicationReceiver> receiver;
+
+	explicit ReceiverSide(std::chrono::milliseconds handshakeTimeout = 10s)
+	{
+		auto l = listenTcp("127.0.0.1", 0, &port);
+		REQUIRE(l.ok());
+		listenFd = l.value();
+		auto a = Applier::create(dir.fd(), applierOptions());
+		REQUIRE(a.ok());
+		ReplicationReceiver::Options o;
+		o.stream = testConfig(2, 1);
+		o.handshakeTimeout = handshakeTimeout;
+		auto r = ReplicationReceiver::create(testKey(), o, std::move(a.value()));
+		REQUIRE(r.ok());
+		receiver = std::move(r.value());
+		REQUIRE(receiver->start(listenFd) == 0);
+	}
+	~ReceiverSide()
+	{
+		receiver->stop();
+		close(listenFd);
+	}
+	int dial() const
+	{
+		auto c = connectTcp("127.0.0.1", port);
+		REQUIRE(c.ok());
+		return c.value();
+	}
+};
+
+std::unique_ptr<ReplicationSender> makeSender(size_t queueLimit = 64u << 20)
+{
+	ReplicationSender::Options o;
+	o.stream = testConfig(1, 2);
+	o.queueLimitBytes = queueLimit;
+	auto s = ReplicationSender::create(testKey(), o);
+	REQUIRE(s.ok());
+	return std::move(s.value());
+}
+
+/*
+ * Random op source: keeps a model of what exists so most ops are meaningful; each
+ * op is applied to the source tree first and only submitted when that succeeded
+ * (an op that failed on the primary never happened).
+ */
+class RandomOps
+{
+public:
+	explicit RandomOps(uint32_t seed) : rng_(seed) {}
+
+	Op next()
+	{
+		for (;;) {
+			unsigned kind = pick(100);
+			Op op;
+			op.uid = getuid();
+			op.gid = getgid();
+			if (kind < 10 || files_.empty()) {
+				op.type = OpType::Create;
+				op.path = newName();
+				op.mode = 0600 | pick(0200);
+			} else if (kind < 14) {
+				op.type = OpType::Mkdir;
+				op.path = newName();
+				op.mode = 0700 | pick(077);
+			} else if (kind < 45) {
+				op.type = OpType::Write;
+				op.path = anyFile();
+				op.offset = pick(3) == 0 ? pick(200000) : pick(5000);
+				size_t len = pick(10) == 0 ? 1 + pick(100000) : 1 + pick(3000);
+				op.data.resize(len);
+				char c = static_cast<char>('a' + pick(26));
+				for (size_t i = 0; i < len; i++)
+					op.data[i] = static_cast<char>(c + i % 7);
+			} else if (kind < 53) {
+				op.type = OpType::Setattr;
+				op.path = pick(5) ? anyFile() : anyDir();
+				op.valid = kSetMode;
+				op.mode = 0400 | pick(0377);
+				if (pick(2) && !isDir(op.path)) {
+					op.valid |= kSetSize;
+					op.size = pick(150000);
+				}
+				if (pick(2)) {
+					op.valid |= kSetMtime | kSetAtime;
+					op.mtime = { 1600000000 + pick(1000000), static_cast<uint32_t>(pick(1000000000)) };
+					op.atime = { 1600000000 + pick(1000000), 0 };
+				}
+				if (getuid() == 0 && pick(4) == 0) {
+					op.valid |= kSetUid | kSetGid;
+					op.uid = 1000 + pick(3);
+					op.gid = 1000 + pick(3);
+				}
+			} else if (kind < 63) {
+				op.type = OpType::Rename;
+				op.path = pick(6) ? anyFile() : anyDir();
+				op.path2 = pick(3) == 0 && !files_.empty() ? anyFile() : newName();
+				unsigned f = pick(10);
+				op.flags = f == 0 ? RENAME_NOREPLACE : f == 1 ? RENAME_EXCHANGE : 0;
+			} else if (kind < 71) {
+				op.type = OpType::Unlink;
+				op.path = pick(8) ? anyFile() : anyOther();
+			} else if (kind < 74) {
+				op.type = OpType::Rmdir;
+				op.path = anyDir();
+			} else if (kind < 78) {
+				op.type = OpType::Link;
+				op.path = anyFile();
+				op.path2 = newName();
+			} else if (kind < 82) {
+				op.type = OpType::Symlink;
+				op.path = newName();
+				op.target = pick(2) ? "../x/" + std::to_string(pick(100)) : "/etc/passwd";
+			} else if (kind < 88) {
+				op.type = OpType::Setxattr;
+				op.path = pick(4) ? anyFile() : anyDir();
+				op.name = "user.k" + std::to_string(pick(4));
+				op.data = std::string(pick(200), static_cast<char>('A' + pick(26)));
+			} else if (kind < 91) {
+				op.type = OpType::Removexattr;
+				op.path = anyFile();
+				op.name = "user.k" + std::to_string(pick(4));
+			} else if (kind < 95) {
+				op.type = OpType::Fallocate;
+				op.path = anyFile();
+				op.offset = pick(100000);
+				op.length = 1 + pick(50000);
+				op.flags = pick(2) ? 0 : (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
+			} else if (kind < 97) {
+				op.type = OpType::Mknod;
+				op.path = newName();
+				op.mode = S_IFIFO | 0640;
+			} else {
+				op.type = OpType::Barrier;
+				op.durable = pick(2);
+			}
+			if (op.type == OpType::Barrier || isValidOpPath(op.path, false))
+				return op;
+		}
+	}
+
+	/* Updates the model after the op succeeded on the source. */
+	void applied(const Op &op)
+	{
+		switch (op.type) {
+		case OpType::Create: add(files_, op.path); break;
+		case OpType::Mkdir: add(dirs_, op.path); break;
+		case OpType::Link: add(files_, op.path2); break;
+		case OpType::Symlink:
+		case OpType::Mknod: add(others_, op.path); break;
+		case OpType::Unlink: remove(files_, op.path); remove(others_, op.path); break;
+		case OpType::Rmdir: remove(dirs_, op.path); break;
+		case OpType::Rename: {
+			auto move = [&](const std::string &from, const std::string &to) {
+				for (auto *v : { &files_, &dirs_, &others_ }) {
+					for (std::string &p : *v) {
+						if (p == from)
+							p = to;
+						else if (p.size() > from.size() && p.compare(0, from.size(), from) == 0 &&
+							 p[from.size()] == '/')
+							p = to + p.substr(from.size());
+					}
+				}
+			};
+			if (op.flags == RENAME_EXCHANGE) {
+				move(op.path, "\x01tmp");
+				move(op.path2, op.path);
+				move("\x01tmp", op.path2);
+			} else {
+				remove(files_, op.path2);
+				remove(others_, op.path2);
+				move(op.path, op.path2);
+			}
+			break;
+		}
+		default:
+			break;
+		}
+	}
+
+private:
+	unsigned pick(unsigned n) { return n ? static_cast<unsigned>(rng_() % n) : 0; }
+	bool isDir(const std::string &p) const { return std::find(dirs_.begin(), dirs_.end(), p) != dirs_.end(); }
+	std::string anyDir() { return dirs_.empty() ? "nodir" : dirs_[pick(dirs_.size())]; }
+	std::string anyFile() { return files_.empty() ? "nofile" : files_[pick(files_.size())]; }
+	std::string anyOther() { return others_.empty() ? "noother" : others_[pick(others_.size())]; }
+	std::string newName()
+	{
+		std::string base = dirs_.empty() || pick(3) == 0 ? "" : anyDir() + "/";
+		return base + "n" + std::to_string(counter_++);
+	}
+	static void add(std::vector<std::string> &v, const std::string &p)
+	{
+		if (std::find(v.begin(), v.end(), p) == v.end())
+			v.push_back(p);
+	}
+	static void remove(std::vector<std::string> &v, const std::string &p)
+	{
+		v.erase(std::remove(v.begin(), v.end(), p), v.end());
+	}
+
+	std::mt19937 rng_;
+	std::vector<std::string> files_, dirs_, others_;
+	unsigned counter_ = 0;
+};
+
+} /* namespace */
+
+TEST_CASE("10,000 random ops applied locally and streamed leave identical trees")
+{
+	ReceiverSide rx;
+	auto sender = makeSender();
+	REQUIRE(sender->attach(rx.dial()) == 0);
+
+	TempDir source;
+	auto local = Applier::create(source.fd(), applierOptions());
+	REQUIRE(local.ok());
+	RandomOps gen(20261125);
+	uint64_t localSeq = 0;
+	int submitted = 0;
+	for (int i = 0; i < 10000; i++) {
+		Op op = gen.next();
+		op.seq = ++localSeq;
+		if (!(*local)->apply(op))
+			continue;
+		gen.applied(op);
+		uint64_t seq = sender->submit(Op(op));
+		REQUIRE(seq != 0);
+		submitted++;
+	}
+	uint64_t last = sender->submitBarrier(true);
+	REQUIRE(sender->waitAckedFor(last, 60s) == 0);
+
+	CHECK(submitted > 5000);
+	std::string diff = sk::test::compareTrees(source.path(), rx.dir.path());
+	CHECK(diff == "");
+	auto sc = sender->counters();
+	auto rc = rx.receiver->counters();
+	CHECK(sc.appliedSeq == last);
+	CHECK(sc.durableSeq == last);
+	CHECK(sc.lagOps == 0);
+	CHECK(sc.lagBytes == 0);
+	CHECK(sc.frames < sc.ops); /* small ops were batched */
+	CHECK(rc.rejectedFrames == 0);
+	CHECK(rc.applyErrors == 0);
+	CHECK(rx.receiver->lastApplied() == last);
+	MESSAGE("ops " << sc.ops << ", frames " << sc.frames << ", acks " << sc.acks << ", barriers acked "
+		<< sc.barriersAcked);
+}
+
+TEST_CASE("waitAcked blocks until the ack, and returns after goneAlone")
+{
+	auto sender = makeSender();
+	std::vector<Op> seen;
+	std::mutex seenLock;
+	sender->setOnOpWhileAlone([&](const Op &op) {
+		std::lock_guard<std::mutex> l(seenLock);
+		seen.push_back(op);
+	});
+
+	/* No connection at all: the wait must not complete by itself. */
+	Op c;
+	c.type = OpType::Create;
+	c.path = "f";
+	c.mode = 0644;
+	REQUIRE(sender->submit(Op(c)) == 1);
+	uint64_t b = sender->submitBarrier(true);
+	CHECK(sender->waitAckedFor(b, 200ms) == -ETIMEDOUT);
+	auto waiter = std::async(std::launch::async, [&] { return sender->waitAcked(b); });
+	CHECK(waiter.wait_for(100ms) == std::future_status::timeout);
+
+	/* Now connect: the ack completes it. */
+	ReceiverSide rx;
+	REQUIRE(sender->attach(rx.dial()) == 0);
+	REQUIRE(waiter.wait_for(10s) == std::future_status::ready);
+	CHECK(waiter.get() == 0);
+	CHECK(sender->counters().durableSeq >= b);
+
+	/* Connection lost but not ALONE: a new wait keeps waiting. */
+	sender->detach();
+	uint64_t b2 = sender->submitBarrier(false);
+	auto waiter2 = std::async(std::launch::async, [&] { return sender->waitAcked(b2); });
+	CHECK(waiter2.wait_for(200ms) == std::future_status::timeout);
+
+	/* goneAlone releases it with 0; later ops are handed to the hook, not queued. */
+	sender->goneAlone();
+	REQUIRE(waiter2.wait_for(10s) == std::future_status::ready);
+	CHECK(waiter2.get() == 0);
+	Op w;
+	w.type = OpType::Write;
+	w.path = "f";
+	w.data = "x";
+	uint64_t ws = sender->submit(Op(w));
+	CHECK(ws == b2 + 1);
+	CHECK(sender->waitAcked(sender->submitBarrier(true)) == 0);
+	CHECK(sender->counters().lagOps == 0);
+	std::lock_guard<std::mutex> l(seenLock);
+	REQUIRE(seen.size() == 2);
+	CHECK(seen[0].type == OpType::Write);
+	CHECK(seen[0].seq == ws);
+	CHECK(seen[1].type == OpType::Barrier);
+	CHECK(sender->alone());
+	CHECK(sender->attach(rx.dial()) == -EPERM);
+}
+
+TEST_CASE("a lost connection resumes where the receiver stopped, without loss or repeats")
+{
+	ReceiverSide rx;
+	auto sender = makeSender();
+	REQUIRE(sender->attach(rx.dial()) == 0);
+	Op c;
+	c.type = OpType::Create;
+	c.path = "log";
+	c.mode = 0644;
+	sender->submit(Op(c));
+	std::string expect;
+	for (int i = 0; i < 100; i++) {
+		Op w;
+		w.type = OpType::Write;
+		w.path = "log";
+		w.offset = expect.size();
+		w.data = "line " + std::to_string(i) + "\n";
+		expect += w.data;
+		sender->submit(std::move(w));
+		if (i == 50) {
+			REQUIRE(sender->waitAckedFor(sender->submitBarrier(false), 10s) == 0);
+			sender->detach();
+		}
+	}
+	uint64_t b = sender->submitBarrier(true);
+	CHECK(sender->waitAckedFor(b, 100ms) == -ETIMEDOUT);
+	uint64_t epoch = sender->epoch();
+	std::atomic<bool> resyncAsked{ false };
+	sender->setOnResyncNeeded([&](uint64_t, uint64_t) { resyncAsked = true; });
+	REQUIRE(sender->attach(rx.dial()) == 0);
+	REQUIRE(sender->waitAckedFor(b, 10s) == 0);
+	CHECK(sk::test::readFile(rx.dir / "log") == expect);
+	CHECK(rx.receiver->epoch() == epoch);
+	CHECK(rx.receiver->lastApplied() == b);
+	CHECK_FALSE(resyncAsked);
+	CHECK(sender->counters().connections == 2);
+
+	/* After ALONE and back, the new epoch makes the receiver's position useless. */
+	sender->goneAlone();
+	sender->endAlone();
+	CHECK(sender->epoch() != epoch);
+	REQUIRE(sender->attach(rx.dial()) == 0);
+	CHECK(eventually([&] { return resyncAsked.load(); }));
+}
+
+TEST_CASE("backpressure: a stalled receiver makes submit block, bounded by the queue")
+{
+	/* A peer that accepts the TCP connection and never reads or answers. */
+	uint16_t port = 0;
+	auto l = listenTcp("127.0.0.1", 0, &port);
+	REQUIRE(l.ok());
+	auto c = connectTcp("127.0.0.1", port);
+	REQUIRE(c.ok());
+	int peer = accept(l.value(), nullptr, nullptr);
+	REQUIRE(peer >= 0);
+
+	auto sender = makeSender(256u << 10);
+	REQUIRE(sender->attach(c.value()) == 0);
+	std::atomic<int> done{ 0 };
+	auto writer = std::async(std::launch::async, [&] {
+		for (int i = 0; i < 64; i++) {
+			Op w;
+			w.type = OpType::Write;
+			w.path = "f";
+			w.offset = static_cast<uint64_t>(i) * 16384;
+			w.data = std::string(16384, 'x');
+			sender->submit(std::move(w));
+			done++;
+		}
+	});
+	REQUIRE(eventually([&] { return sender->counters().blockedSubmits > 0; }));
+	CHECK(done.load() < 64);
+	auto sc = sender->counters();
+	CHECK(sc.lagBytes <= (256u << 10));
+	CHECK(sc.lagBytes > (200u << 10));
+	CHECK(writer.wait_for(100ms) == std::future_status::timeout);
+
+	/* Going ALONE unblocks the writer (its ops go to dirty tracking). */
+	sender->goneAlone();
+	REQUIRE(writer.wait_for(10s) == std::future_status::ready);
+	CHECK(done.load() == 64);
+	CHECK(sender->counters().opsWhileAlone > 0);
+	close(peer);
+	close(l.value());
+}
+
+TEST_CASE("forged, unbound and garbage frames close the connection")
+{
+	ReceiverSide rx;
+	auto sendRaw = [&](const std::vector<uint8_t> &bytes) {
+		int fd = rx.dial();
+		REQUIRE(send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size()));
+		/* The receiver says hello, then must close: read until EOF (bounded by a timeout). */
+		struct timeval tv = { 10, 0 };
+		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		char buf[4096];
+		ssize_t n;
+		while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) {
+		}
+		/* Closed (FIN, or RST because our bytes were left unread) = 0; a timeout = -1. */
+		int ret = n == 0 || errno == ECONNRESET ? 0 : -1;
+		close(fd);
+		return ret;
+	};
+	auto frame = [&](const sk::ClusterKey &key, StreamFrame type, uint64_t inc, uint64_t seq,
+			 std::vector<uint8_t> payload) {
+		auto codec = sk::WireCodec::create(key, testConfig(1, 2).clusterId);
+		REQUIRE(codec.ok());
+		sk::FrameHeader h;
+		h.type = static_cast<uint8_t>(type);
+		h.sender = 1;
+		h.module = "mod";
+		h.incarnation = inc;
+		h.sequence = seq;
+		std::vector<uint8_t> out;
+		REQUIRE((*codec)->encode(h, payload, &out, sk::kMaxStreamPayload) == 0);
+		return out;
+	};
+	std::vector<uint8_t> hello = { 1, 0, 1, 0 };
+	auto le = [](std::vector<uint8_t> *v, uint64_t x) {
+		for (int i = 0; i < 8; i++)
+			v->push_back(static_cast<uint8_t>(x >> (8 * i)));
+	};
+	le(&hello, 77);
+	le(&hello, 99);
+	le(&hello, 1);
+
+	/* A hello signed with another key. */
+	auto wrong = testKey(0x11);
+	CHECK(sendRaw(frame(wrong, StreamFrame::Hello, 77, 0, hello)) == 0);
+	CHECK(eventually([&] { return rx.receiver->counters().rejectedFrames == 1; }));
+	CHECK(rx.receiver->lastCloseReason().find("hmac") != std::string::npos);
+
+	/* A valid hello followed by a start not bound to the receiver's nonce. */
+	auto good = testKey();
+	std::vector<uint8_t> both = frame(good, StreamFrame::Hello, 77, 0, hello);
+	std::vector<uint8_t> start;
+	le(&start, 99);
+	le(&start, 1);
+	auto s = frame(good, StreamFrame::Start, 12345, 1, start);
+	both.insert(both.end(), s.begin(), s.end());
+	CHECK(sendRaw(both) == 0);
+	CHECK(eventually([&] { return rx.receiver->counters().rejectedFrames == 2; }));
+	CHECK(rx.receiver->lastCloseReason().find("not bound") != std::string::npos);
+
+	/* Garbage. */
+	CHECK(sendRaw(std::vector<uint8_t>(200, 0xab)) == 0);
+	CHECK(eventually([&] { return rx.receiver->counters().rejectedFrames == 3; }));
+
+	/* A hello for another module. */
+	auto codec = sk::WireCodec::create(good, testConfig(1, 2).clusterId);
+	sk::FrameHeader h;
+	h.type = static_cast<uint8_t>(StreamFrame::Hello);
+	h.sender = 1;
+	h.module = "other";
+	h.incarnation = 77;
+	std::vector<uint8_t> out;
+	REQUIRE((*codec)->encode(h, hello, &out, sk::kMaxStreamPayload) == 0);
+	CHECK(sendRaw(out) == 0);
+	CHECK(eventually([&] { return rx.receiver->counters().rejectedFrames == 4; }));
+	CHECK(rx.receiver->lastCloseReason().find("module") != std::string::npos);
+
+	/* After all that, a genuine sender still gets through. */
+	auto sender = makeSender();
+	REQUIRE(sender->attach(rx.dial()) == 0);
+	Op m;
+	m.type = OpType::Mkdir;
+	m.path = "ok";
+	m.mode = 0755;
+	sender->submit(std::move(m));
+	CHECK(sender->waitAckedFor(sender->submitBarrier(false), 10s) == 0);
+	struct stat st;
+	CHECK(stat((rx.dir / "ok").c_str(), &st) == 0);
+}
+
+TEST_CASE("an op the target cannot apply is reported to the sender, not skipped")
+{
+	ReceiverSide rx;
+	auto sender = makeSender();
+	std::atomic<uint64_t> failedSeq{ 0 };
+	std::atomic<int> failedErr{ 0 };
+	sender->setOnPeerError([&](uint64_t seq, int err, const std::string &) {
+		failedErr = err;
+		failedSeq = seq;
+	});
+	REQUIRE(sender->attach(rx.dial()) == 0);
+	Op ok;
+	ok.type = OpType::Mkdir;
+	ok.path = "d";
+	ok.mode = 0755;
+	uint64_t s1 = sender->submit(std::move(ok));
+	Op bad;
+	bad.type = OpType::Write;
+	bad.path = "d/missing";
+	bad.data = "x";
+	uint64_t s2 = sender->submit(std::move(bad));
+	uint64_t b = sender->submitBarrier(true);
+	REQUIRE(eventually([&] { return failedSeq.load() != 0; }));
+	CHECK(failedSeq.load() == s2);
+	CHECK(failedErr.load() == -ENOENT);
+	CHECK(sender->waitAckedFor(s1, 1s) == 0);
+	/* The barrier after the failed op is not acknowledged... */
+	CHECK(sender->waitAckedFor(b, 200ms) == -ETIMEDOUT);
+	CHECK(rx.receiver->lastApplied() == s1);
+	CHECK(rx.receiver->counters().applyErrors == 1);
+	/* ...until the node is declared ALONE. */
+	sender->goneAlone();
+	CHECK(sender->waitAcked(b) == 0);
+}
+
+TEST_CASE("a hook may declare ALONE from the stream's own thread")
+{
+	auto rx = std::make_unique<ReceiverSide>();
+	auto sender = makeSender();
+	ReplicationSender *s = sender.get();
+	std::atomic<int> calls{ 0 };
+	sender->setOnDisconnected([&](const std::string &) {
+		calls++;
+		s->goneAlone();
+	});
+	REQUIRE(sender->attach(rx->dial()) == 0);
+	REQUIRE(sender->waitAckedFor(sender->submitBarrier(false), 10s) == 0);
+	rx.reset();
+	uint64_t b = sender->submitBarrier(true);
+	CHECK(sender->waitAckedFor(b, 10s) == 0);
+	CHECK(sender->alone());
+	CHECK(calls.load() >= 1);
+}
+
+TEST_CASE("a write larger than one op's limit is split and arrives whole")
+{
+	ReceiverSide rx;
+	auto sender = makeSender();
+	REQUIRE(sender->attach(rx.dial()) == 0);
+	Op c;
+	c.type = OpType::Create;
+	c.path = "big";
+	c.mode = 0644;
+	REQUIRE(sender->submit(std::move(c)) == 1);
+	Op w;
+	w.type = OpType::Write;
+	w.path = "big";
+	w.offset = 100;
+	for (size_t i = 0; i < 3 * kMaxWriteData + 12345; i++)
+		w.data.push_back(static_cast<char>(i * 7 % 251));
+	std::string expect = std::string(100, '\0') + w.data;
+	uint64_t seq = sender->submit(std::move(w));
+	CHECK(seq == 5); /* create + 4 parts */
+	REQUIRE(sender->waitAckedFor(sender->submitBarrier(true), 30s) == 0);
+	CHECK(sk::test::readFile(rx.dir / "big") == expect);
+}
+
+TEST_CASE("a client that never completes the handshake is dropped")
+{
+	ReceiverSide rx(300ms);
+	int silent = rx.dial();
+	struct timeval tv = { 10, 0 };
+	setsockopt(silent, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	char buf[4096];
+	ssize_t n;
+	while ((n = recv(silent, buf, sizeof(buf), 0)) > 0) {
+	}
+	/* Closed by the receiver (EOF), not by our own 10 s bound. */
+	CHECK(n == 0);
+	close(silent);
+	CHECK(eventually([&] { return rx.receiver->counters().connections == 1 &&
+				      !rx.receiver->lastCloseReason().empty(); }));
+
+	auto sender = makeSender();
+	REQUIRE(sender->attach(rx.dial()) == 0);
+	CHECK(sender->waitAckedFor(sender->submitBarrier(true), 10s) == 0);
+	/* Once authenticated, an idle stream is not dropped. */
+	std::this_thread::sleep_for(600ms);
+	CHECK(sender->streaming());
+	CHECK(sender->waitAckedFor(sender->submitBarrier(true), 10s) == 0);
+}

@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Daemon: what skd is once its flags are parsed. Loads the node configuration,
+ * owns the event loop, the control socket and the module runtimes, handles
+ * SIGTERM (clean stop) and SIGHUP (reload: an invalid new config is rejected
+ * with its errors and the running one stays).
+ */
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "api/control.h"
+#include "cluster/heartbeat.h"
+#include "core/config.h"
+#include "core/module_runtime.h"
+#include "core/event_loop.h"
+#include "core/result.h"
+
+namespace sk {
+
+class MirrorModule;
+namespace net {
+class NetlinkAddressOps;
+class PacketSocketSender;
+class Announcer;
+class VipGuard;
+}
+
+struct DaemonOptions {
+	std::string configFile = "/etc/sk/cluster.json";
+	std::string nodeName;		/* empty: the node whose name is the host name */
+	/* Overrides of cluster.json paths (tests run many nodes on one machine). */
+	std::string socketPath;		/* default: <run_dir>/skd.sock */
+	std::string stateDir;
+	std::string runDir;
+	std::string bpfPinRoot;
+	std::string logDir;
+};
+
+class Daemon
+{
+public:
+	/* Loads and checks the configuration; errors lists every problem found. */
+	static Result<std::unique_ptr<Daemon>> create(const DaemonOptions &options,
+						      std::vector<ConfigError> *errors);
+	~Daemon();
+
+	/* Runs until SIGTERM/SIGINT or a "shutdown" request; returns the exit code. */
+	int run();
+
+	/* The status document shared by `skctl status --json` and GET /api/v1/status. */
+	nlohmann::json status() const;
+
+	/* Re-reads the configuration; keeps the running one when the new one is invalid. */
+	Status reload();
+
+private:
+	Daemon() = default;
+
+	Result<NodeConfiguration> loadConfiguration(std::vector<ConfigError> *errors) const;
+	void registerHandlers();
+	/* Heartbeat layer and module runtimes for config_; teardown in reverse. */
+	Status buildRuntime();
+	void teardownRuntime();
+	bool anyModuleRunning() const;
+	void moduleCommand(const nlohmann::json &request, ControlResponder reply);
+	void beginShutdown();
+	std::string fileDigest(const std::string &file) const;
+	void onLinkBroken(NodeId peer, const std::string &why);
+
+	DaemonOptions options_;
+	NodeConfiguration config_;
+	const NodeConfig *self_ = nullptr;
+	std::unique_ptr<EventLoop> loop_;
+	std::unique_ptr<ControlServer> control_;
+	std::unique_ptr<Heartbeat> heartbeat_;
+	std::unique_ptr<class PeerLink> peerLink_;
+	std::unique_ptr<net::NetlinkAddressOps> addresses_;
+	std::unique_ptr<net::PacketSocketSender> frames_;
+	std::unique_ptr<net::Announcer> announcer_;
+	std::unique_ptr<net::VipGuard> guard_;
+	/* In config_.modules order; null for modules this node is not part of. */
+	std::vector<std::unique_ptr<ModuleRuntime>> modules_;
+	std::map<std::string, MirrorModule *> mirrors_;
+	std::map<std::string, ModuleRuntime *> byName_;	/* every running module runtime */
+	std::map<std::string, std::string> moduleDigests_;	/* file -> content digest */
+	std::string clusterDigest_;
+	uint64_t incarnation_ = 0;
+	bool stopping_ = false;
+	std::chrono::system_clock::time_point startedAt_;
+	std::chrono::system_clock::time_point loadedAt_;
+	unsigned reloads_ = 0;
+	std::vector<std::string> lastReloadErrors_;
+	int exitCode_ = 0;
+};
+
+} /* namespace sk */

@@ -1,0 +1,1761 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * CaptureFs: libfuse3 low-level passthrough over a directory fd opened before the
+ * over-mount (modelled on libfuse's passthrough_hp), submitting every mutation
+ * that took effect locally to the OpSink, in the order it took effect.
+ *
+ * Inodes: FUSE node ids are Inode pointers (root = FUSE_ROOT_ID); each Inode
+ * holds an O_PATH fd, the kernel's lookup count and its known names (aliases:
+ * parent Inode + name), from which the op path is rebuilt. An Inode stays in the
+ * table while the kernel references it OR another Inode names it as a parent.
+ *
+ * Lock order: orderMutex_ -> Inode::writeMutex -> tableMutex_.
+ *  - orderMutex_ (shared_mutex) makes "apply locally + submit" atomic: namespace
+ *    ops, setattr, xattrs and truncating opens hold it exclusively; write and
+ *    fallocate hold it shared plus the inode's writeMutex (same-file order);
+ *    lookups hold it shared so an alias is never added from a stale lookup.
+ *  - Consequence: OpSink::submit() may block for backpressure while these locks
+ *    are held, so a full stream stalls every mutation and lookup of this mount
+ *    (reads and getattr of known inodes continue). That is the intended
+ *    flow control: the app cannot run ahead of the replication stream.
+ * Durability waits (waitAcked) never hold a lock.
+ *
+ * Op conventions: the root itself is named "." (e.g. chmod of the root); a
+ * UTIME_NOW is sent as the time actually set (kSetAtime/kSetMtime), so both
+ * sides end identical; with the writeback cache the kernel also sends its own
+ * time-only Setattrs (mtime) when it flushes. Moving an object between an
+ * excluded and a replicated path is sent as a copy (Mkdir/Create/Write...) or a
+ * removal of the subtree, since the peer never saw the excluded side.
+ *
+ * syncfs(2): libfuse 3.14 has no syncfs operation (FUSE_SYNCFS arrived in later
+ * libfuse); the kernel flushes dirty pages as FUSE_WRITEs but sends no fsync, so
+ * syncfs() on the mount is NOT a replication durability point. Apps must fsync.
+ */
+#define FUSE_USE_VERSION 312
+
+#include "replication/fuse/capture_fs.h"
+#include "core/log.h"
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <dirent.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <sched.h>
+#include <shared_mutex>
+#include <sys/file.h>
+#include <sys/fsuid.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/sysmacros.h>
+#include <sys/vfs.h>
+#include <sys/xattr.h>
+#include <thread>
+#include <unistd.h>
+
+#include <fuse_lowlevel.h>
+
+namespace sk::repl {
+
+namespace {
+
+LogCategory kLog("capture");
+
+/* Single writer on the primary: the kernel may trust its caches for long. */
+constexpr double kCacheTimeout = 60.0;
+constexpr unsigned kMaxWrite = 1u << 20;
+constexpr long kFuseSuperMagic = 0x65735546;
+constexpr long kFusectlSuperMagic = 0x65735543;
+constexpr const char *kFusectlDir = "/sys/fs/fuse/connections";
+/* Time given to the kernel to flush dirty pages and drop the connection after
+ * the lazy unmount before the connection is aborted (apps still holding files). */
+constexpr auto kUnmountGrace = std::chrono::seconds(5);
+constexpr int kMaxDepth = 4096;
+
+struct Inode;
+
+struct Alias {
+	Inode *parent;
+	std::string name;
+};
+
+struct Inode {
+	int fd = -1;		/* O_PATH, owned */
+	dev_t dev = 0;
+	ino_t ino = 0;
+	uint64_t nlookup = 0;	/* kernel references */
+	uint32_t children = 0;	/* aliases in other inodes naming this as parent */
+	std::vector<Alias> aliases;
+	std::mutex writeMutex;
+
+	~Inode()
+	{
+		if (fd >= 0)
+			close(fd);
+	}
+};
+
+struct FileHandle {
+	int fd = -1;
+	bool syncWrites = false;	/* O_SYNC / O_DSYNC / O_DIRECT: each direct write is a durability point */
+};
+
+struct DirHandle {
+	DIR *dp = nullptr;
+	off_t offset = 0;
+	struct dirent *entry = nullptr;
+	std::mutex mutex;
+};
+
+std::string procPath(int fd)
+{
+	return "/proc/self/fd/" + std::to_string(fd);
+}
+
+/* Runs create-like syscalls as the caller so ownership, setgid directories
+ * and permission checks on the backing fs match a local call. setfsuid/setfsgid
+ * are per thread. */
+class FsIdGuard
+{
+public:
+	explicit FsIdGuard(fuse_req_t req)
+	{
+		const fuse_ctx *ctx = fuse_req_ctx(req);
+		oldGid_ = setfsgid(ctx->gid);
+		oldUid_ = setfsuid(ctx->uid);
+	}
+	~FsIdGuard()
+	{
+		setfsuid(oldUid_);
+		setfsgid(oldGid_);
+	}
+
+private:
+	int oldUid_;
+	int oldGid_;
+};
+
+/* The kernel already applied the caller's umask (no FUSE_CAP_DONT_MASK): give
+ * each worker thread a private fs context with umask 0 so skd's own umask does
+ * not strip the mode a second time. */
+void ensureThreadUmask()
+{
+	thread_local bool done = false;
+	if (done)
+		return;
+	done = true;
+	if (unshare(CLONE_FS) < 0) {
+		logWarn(kLog, "unshare(CLONE_FS) failed: {}; modes may be masked twice", strerror(errno));
+		return;
+	}
+	umask(0);
+}
+
+bool matchesAnyPrefix(const std::vector<std::string> &patterns, const std::string &path)
+{
+	if (patterns.empty())
+		return false;
+	for (size_t pos = 0;;) {
+		size_t slash = path.find('/', pos);
+		std::string prefix = slash == std::string::npos ? path : path.substr(0, slash);
+		for (const std::string &p : patterns)
+			if (fnmatch(p.c_str(), prefix.c_str(), 0) == 0)
+				return true;
+		if (slash == std::string::npos)
+			return false;
+		pos = slash + 1;
+	}
+}
+
+} /* namespace */
+
+bool captureExcluded(const std::vector<std::string> &exclude,
+		     const std::vector<std::string> &include, const std::string &relPath)
+{
+	if (exclude.empty() || relPath.empty() || relPath == ".")
+		return false;
+	return matchesAnyPrefix(exclude, relPath) && !matchesAnyPrefix(include, relPath);
+}
+
+class CaptureFs::Impl
+{
+public:
+	explicit Impl(const CaptureOptions &options) : options_(options) {}
+	~Impl();
+
+	Status start();
+	Status stop();
+
+	CaptureOptions options_;
+	Inode *root_ = nullptr;
+	std::map<std::pair<dev_t, ino_t>, std::unique_ptr<Inode>> inodes_;
+	std::mutex tableMutex_;
+	std::shared_mutex orderMutex_;
+
+	fuse_session *se_ = nullptr;
+	std::thread loop_;
+	std::mutex loopMutex_;
+	std::condition_variable loopCv_;
+	bool loopDone_ = false;
+	dev_t connDev_ = 0;
+	bool mounted_ = false;
+
+	std::array<std::atomic<uint64_t>, 16> opsByType_{};
+	std::atomic<uint64_t> barriers_{ 0 };
+	std::atomic<uint64_t> barrierWaitNs_{ 0 };
+	std::atomic<uint64_t> barrierFailures_{ 0 };
+	std::atomic<uint64_t> skipped_{ 0 };
+
+	/* --- inode table --- */
+	Inode *inodeOf(fuse_ino_t ino)
+	{
+		return ino == FUSE_ROOT_ID ? root_ : reinterpret_cast<Inode *>(ino);
+	}
+	fuse_ino_t idOf(Inode *inode)
+	{
+		return inode == root_ ? FUSE_ROOT_ID : reinterpret_cast<fuse_ino_t>(inode);
+	}
+	Inode *findLocked(dev_t dev, ino_t ino)
+	{
+		auto it = inodes_.find({ dev, ino });
+		return it == inodes_.end() ? nullptr : it->second.get();
+	}
+	void addAliasLocked(Inode *inode, Inode *parent, const std::string &name);
+	void removeAliasLocked(Inode *inode, Inode *parent, const std::string &name);
+	void maybeEraseLocked(Inode *inode);
+	void forgetOne(fuse_ino_t ino, uint64_t n);
+	void recoverAlias(Inode *inode);
+	bool findName(int dirFd, dev_t dev, ino_t ino, std::vector<std::string> &path, uint64_t &budget);
+	int doLookup(Inode *parent, const char *name, fuse_entry_param *e);
+	std::optional<std::string> pathLocked(Inode *inode);
+	std::optional<std::string> pathOf(Inode *inode)
+	{
+		std::lock_guard lock(tableMutex_);
+		return pathLocked(inode);
+	}
+	std::optional<std::string> childPath(Inode *parent, const char *name)
+	{
+		auto p = pathOf(parent);
+		if (!p)
+			return std::nullopt;
+		return *p == "." ? std::string(name) : *p + "/" + name;
+	}
+
+	/* --- op emission (caller holds orderMutex_) --- */
+	bool capturing() const { return options_.sink != nullptr; }
+	bool excluded(const std::string &path) const
+	{
+		return captureExcluded(options_.exclude, options_.include, path);
+	}
+	void submitRaw(Op &&op);
+	void submit(Op &&op);
+	void emitTree(int dirFd, const std::string &name, const std::string &peerPath, int depth);
+	void emitRemoveTree(int dirFd, const std::string &name, const std::string &peerPath, int depth);
+	int durabilityPoint(bool durable, int (*local)(int), int fd);
+	void fillEntryTimeouts(fuse_entry_param *e) const
+	{
+		double t = options_.readOnly ? 0.0 : kCacheTimeout;
+		e->attr_timeout = t;
+		e->entry_timeout = t;
+	}
+	double attrTimeout() const { return options_.readOnly ? 0.0 : kCacheTimeout; }
+};
+
+/* ------------------------------------------------------------------ table */
+
+void CaptureFs::Impl::addAliasLocked(Inode *inode, Inode *parent, const std::string &name)
+{
+	for (const Alias &a : inode->aliases)
+		if (a.parent == parent && a.name == name)
+			return;
+	inode->aliases.push_back({ parent, name });
+	parent->children++;
+}
+
+void CaptureFs::Impl::removeAliasLocked(Inode *inode, Inode *parent, const std::string &name)
+{
+	for (auto it = inode->aliases.begin(); it != inode->aliases.end(); ++it) {
+		if (it->parent == parent && it->name == name) {
+			inode->aliases.erase(it);
+			parent->children--;
+			maybeEraseLocked(parent);
+			return;
+		}
+	}
+}
+
+void CaptureFs::Impl::maybeEraseLocked(Inode *inode)
+{
+	if (inode == root_ || inode->nlookup > 0 || inode->children > 0)
+		return;
+	auto it = inodes_.find({ inode->dev, inode->ino });
+	if (it == inodes_.end() || it->second.get() != inode)
+		return;
+	std::unique_ptr<Inode> owned = std::move(it->second);
+	inodes_.erase(it);
+	std::vector<Alias> aliases = std::move(owned->aliases);
+	for (Alias &a : aliases) {
+		a.parent->children--;
+		maybeEraseLocked(a.parent);
+	}
+}
+
+void CaptureFs::Impl::forgetOne(fuse_ino_t ino, uint64_t n)
+{
+	Inode *inode = inodeOf(ino);
+	std::lock_guard lock(tableMutex_);
+	if (inode == root_)
+		return;
+	inode->nlookup = n > inode->nlookup ? 0 : inode->nlookup - n;
+	maybeEraseLocked(inode);
+}
+
+int CaptureFs::Impl::doLookup(Inode *parent, const char *name, fuse_entry_param *e)
+{
+	memset(e, 0, sizeof(*e));
+	fillEntryTimeouts(e);
+	int fd = openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return errno;
+	if (fstatat(fd, "", &e->attr, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
+		int err = errno;
+		close(fd);
+		return err;
+	}
+	std::lock_guard lock(tableMutex_);
+	Inode *inode = findLocked(e->attr.st_dev, e->attr.st_ino);
+	if (inode) {
+		close(fd);
+	} else {
+		auto owned = std::make_unique<Inode>();
+		owned->fd = fd;
+		owned->dev = e->attr.st_dev;
+		owned->ino = e->attr.st_ino;
+		inode = owned.get();
+		inodes_[{ inode->dev, inode->ino }] = std::move(owned);
+	}
+	inode->nlookup++;
+	if (std::strcmp(name, ".") != 0 && std::strcmp(name, "..") != 0)
+		addAliasLocked(inode, parent, name);
+	e->ino = idOf(inode);
+	return 0;
+}
+
+std::optional<std::string> CaptureFs::Impl::pathLocked(Inode *inode)
+{
+	if (inode == root_)
+		return std::string(".");
+	std::vector<const std::string *> parts;
+	for (Inode *cur = inode; cur != root_; cur = cur->aliases.front().parent) {
+		if (cur->aliases.empty() || parts.size() > kMaxDepth)
+			return std::nullopt;
+		parts.push_back(&cur->aliases.front().name);
+	}
+	std::string path;
+	for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
+		if (!path.empty())
+			path += '/';
+		path += **it;
+	}
+	return path;
+}
+
+/*
+ * A hard-linked file lost the only name we knew while other names remain (they
+ * predate the mount and were never looked up): find one by walking the tree so
+ * its later writes still name a path. Rare, hence a plain bounded walk. Caller
+ * holds orderMutex_ exclusively (the tree cannot change under the walk).
+ */
+void CaptureFs::Impl::recoverAlias(Inode *inode)
+{
+	struct stat st;
+	if (fstatat(inode->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0 || st.st_nlink == 0 ||
+	    S_ISDIR(st.st_mode))
+		return;
+	{
+		std::lock_guard lock(tableMutex_);
+		if (!inode->aliases.empty())
+			return;
+	}
+	std::vector<std::string> path;
+	uint64_t budget = 1'000'000;
+	if (!findName(root_->fd, inode->dev, inode->ino, path, budget) || path.empty()) {
+		logWarn(kLog, "{}: no name found for inode {} (nlink {}): its writes will not replicate",
+			options_.mountpoint, static_cast<uint64_t>(inode->ino), static_cast<uint64_t>(st.st_nlink));
+		return;
+	}
+	std::lock_guard lock(tableMutex_);
+	Inode *cur = root_;
+	for (size_t i = 0; i + 1 < path.size(); i++) {
+		int fd = openat(cur->fd, path[i].c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		struct stat dst;
+		if (fd < 0 || fstat(fd, &dst) < 0) {
+			if (fd >= 0)
+				close(fd);
+			return;
+		}
+		Inode *dir = findLocked(dst.st_dev, dst.st_ino);
+		if (dir) {
+			close(fd);
+		} else {
+			/* nlookup 0: kept alive only by the child alias below. */
+			auto owned = std::make_unique<Inode>();
+			owned->fd = fd;
+			owned->dev = dst.st_dev;
+			owned->ino = dst.st_ino;
+			dir = owned.get();
+			inodes_[{ dir->dev, dir->ino }] = std::move(owned);
+		}
+		addAliasLocked(dir, cur, path[i]);
+		cur = dir;
+	}
+	addAliasLocked(inode, cur, path.back());
+}
+
+bool CaptureFs::Impl::findName(int dirFd, dev_t dev, ino_t ino, std::vector<std::string> &path, uint64_t &budget)
+{
+	int fd = openat(dirFd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *dp = fd >= 0 ? fdopendir(fd) : nullptr;
+	if (!dp) {
+		if (fd >= 0)
+			close(fd);
+		return false;
+	}
+	std::vector<std::string> subdirs;
+	bool found = false;
+	while (struct dirent *ent = readdir(dp)) {
+		if (budget-- == 0)
+			break;
+		if (!strcmp(ent->d_name, ".") || !strcmp(ent->d_name, ".."))
+			continue;
+		struct stat st;
+		bool isDir = ent->d_type == DT_DIR;
+		if (ent->d_type == DT_UNKNOWN && fstatat(dirfd(dp), ent->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+			isDir = S_ISDIR(st.st_mode);
+		if (isDir) {
+			subdirs.push_back(ent->d_name);
+			continue;
+		}
+		if (ent->d_ino == ino && fstatat(dirfd(dp), ent->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    st.st_dev == dev && st.st_ino == ino) {
+			path.push_back(ent->d_name);
+			found = true;
+			break;
+		}
+	}
+	for (size_t i = 0; !found && i < subdirs.size() && budget > 0 && path.size() < kMaxDepth; i++) {
+		int sub = openat(dirfd(dp), subdirs[i].c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (sub < 0)
+			continue;
+		path.push_back(subdirs[i]);
+		found = findName(sub, dev, ino, path, budget);
+		if (!found)
+			path.pop_back();
+		close(sub);
+	}
+	closedir(dp);
+	if (found && path.size() > 0)
+		return true;
+	return false;
+}
+
+/* ------------------------------------------------------------------ ops */
+
+void CaptureFs::Impl::submitRaw(Op &&op)
+{
+	op.dir = options_.dirIndex;
+	opsByType_[static_cast<uint8_t>(op.type) & 15]++;
+	options_.sink->submit(std::move(op));
+}
+
+void CaptureFs::Impl::submit(Op &&op)
+{
+	if (!capturing())
+		return;
+	if (excluded(op.path) || (!op.path2.empty() && excluded(op.path2))) {
+		skipped_++;
+		return;
+	}
+	submitRaw(std::move(op));
+}
+
+/* Ops recreating on the peer, at peerPath, what is now dirFd/name locally: used
+ * when an object moves from an excluded path into a replicated one. */
+void CaptureFs::Impl::emitTree(int dirFd, const std::string &name, const std::string &peerPath, int depth)
+{
+	struct stat st;
+	if (depth > kMaxDepth || fstatat(dirFd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return;
+	Op op;
+	op.path = peerPath;
+	op.uid = st.st_uid;
+	op.gid = st.st_gid;
+	if (S_ISDIR(st.st_mode)) {
+		op.type = OpType::Mkdir;
+		op.mode = st.st_mode & 07777;
+		submitRaw(std::move(op));
+		int fd = openat(dirFd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		DIR *dp = fd >= 0 ? fdopendir(fd) : nullptr;
+		if (!dp) {
+			if (fd >= 0)
+				close(fd);
+			return;
+		}
+		while (struct dirent *ent = readdir(dp)) {
+			std::string child = ent->d_name;
+			if (child == "." || child == "..")
+				continue;
+			std::string childPeer = peerPath + "/" + child;
+			if (!excluded(childPeer))
+				emitTree(dirfd(dp), child, childPeer, depth + 1);
+		}
+		closedir(dp);
+	} else if (S_ISREG(st.st_mode)) {
+		op.type = OpType::Create;
+		op.mode = st.st_mode & 07777;
+		submitRaw(std::move(op));
+		int fd = openat(dirFd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd < 0)
+			return;
+		std::string buf(kMaxWrite, '\0');
+		for (uint64_t off = 0;;) {
+			ssize_t n = pread(fd, buf.data(), buf.size(), off);
+			if (n <= 0)
+				break;
+			Op w;
+			w.type = OpType::Write;
+			w.path = peerPath;
+			w.offset = off;
+			w.data.assign(buf.data(), n);
+			submitRaw(std::move(w));
+			off += n;
+		}
+		close(fd);
+		Op s;
+		s.type = OpType::Setattr;
+		s.path = peerPath;
+		s.valid = kSetSize;
+		s.size = st.st_size;
+		submitRaw(std::move(s));
+	} else if (S_ISLNK(st.st_mode)) {
+		std::string target(PATH_MAX, '\0');
+		ssize_t n = readlinkat(dirFd, name.c_str(), target.data(), target.size());
+		if (n < 0)
+			return;
+		target.resize(n);
+		op.type = OpType::Symlink;
+		op.target = std::move(target);
+		submitRaw(std::move(op));
+	} else {
+		op.type = OpType::Mknod;
+		op.mode = st.st_mode;
+		op.rdev = st.st_rdev;
+		submitRaw(std::move(op));
+	}
+}
+
+/* Ops removing from the peer, at peerPath, the tree that is now dirFd/name
+ * locally (it moved to an excluded path). */
+void CaptureFs::Impl::emitRemoveTree(int dirFd, const std::string &name, const std::string &peerPath, int depth)
+{
+	struct stat st;
+	if (depth > kMaxDepth || fstatat(dirFd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return;
+	Op op;
+	op.path = peerPath;
+	if (S_ISDIR(st.st_mode)) {
+		int fd = openat(dirFd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		DIR *dp = fd >= 0 ? fdopendir(fd) : nullptr;
+		if (!dp && fd >= 0)
+			close(fd);
+		while (dp) {
+			struct dirent *ent = readdir(dp);
+			if (!ent)
+				break;
+			std::string child = ent->d_name;
+			if (child == "." || child == "..")
+				continue;
+			std::string childPeer = peerPath + "/" + child;
+			if (!excluded(childPeer))
+				emitRemoveTree(dirfd(dp), child, childPeer, depth + 1);
+		}
+		if (dp)
+			closedir(dp);
+		op.type = OpType::Rmdir;
+	} else {
+		op.type = OpType::Unlink;
+	}
+	submitRaw(std::move(op));
+}
+
+int CaptureFs::Impl::durabilityPoint(bool durable, int (*local)(int), int fd)
+{
+	uint64_t seq = options_.sink->submitBarrier(durable);
+	barriers_++;
+	int err = 0;
+	if (local && local(fd) < 0)
+		err = errno;
+	auto t0 = std::chrono::steady_clock::now();
+	int ret = options_.sink->waitAcked(seq);
+	barrierWaitNs_ += std::chrono::duration_cast<std::chrono::nanoseconds>(
+		std::chrono::steady_clock::now() - t0).count();
+	if (err)
+		return err;
+	if (ret < 0) {
+		barrierFailures_++;
+		logWarn(kLog, "{}: peer could not acknowledge barrier {}: {}", options_.mountpoint, seq,
+			strerror(-ret));
+		return EIO;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ handlers */
+
+namespace {
+
+using Impl = CaptureFs::Impl;
+
+Impl *self(fuse_req_t req)
+{
+	return static_cast<Impl *>(fuse_req_userdata(req));
+}
+
+FileHandle *fhOf(fuse_file_info *fi)
+{
+	return reinterpret_cast<FileHandle *>(fi->fh);
+}
+
+DirHandle *dhOf(fuse_file_info *fi)
+{
+	return reinterpret_cast<DirHandle *>(fi->fh);
+}
+
+void opInit(void *userdata, fuse_conn_info *conn)
+{
+	Impl *fs = static_cast<Impl *>(userdata);
+	/* The kernel must clear suid/sgid itself (and send us the SETATTR, which
+	 * replicates); we never do it implicitly. */
+	conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
+	if (fs->options_.writebackCache && !fs->options_.readOnly && (conn->capable & FUSE_CAP_WRITEBACK_CACHE))
+		conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+	else
+		conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
+		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	/* Replies may splice from the backing file; requests are read into memory
+	 * because each write's bytes go into an op anyway. */
+	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+		conn->want |= FUSE_CAP_SPLICE_WRITE | (conn->capable & FUSE_CAP_SPLICE_MOVE);
+	conn->want &= ~FUSE_CAP_SPLICE_READ;
+	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
+		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+	/* The SECOND's tree changes underneath us (the applier): revalidate. */
+	if (fs->options_.readOnly && (conn->capable & FUSE_CAP_AUTO_INVAL_DATA))
+		conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
+	conn->max_write = kMaxWrite;
+}
+
+void opLookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	Impl *fs = self(req);
+	fuse_entry_param e;
+	int err;
+	{
+		std::shared_lock order(fs->orderMutex_);
+		err = fs->doLookup(fs->inodeOf(parent), name, &e);
+	}
+	if (err == ENOENT) {
+		/* Negative entry: cached like positive ones. */
+		e.ino = 0;
+		fuse_reply_entry(req, &e);
+	} else if (err) {
+		fuse_reply_err(req, err);
+	} else {
+		fuse_reply_entry(req, &e);
+	}
+}
+
+void opForget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	self(req)->forgetOne(ino, nlookup);
+	fuse_reply_none(req);
+}
+
+void opForgetMulti(fuse_req_t req, size_t count, fuse_forget_data *forgets)
+{
+	for (size_t i = 0; i < count; i++)
+		self(req)->forgetOne(forgets[i].ino, forgets[i].nlookup);
+	fuse_reply_none(req);
+}
+
+void opGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info *)
+{
+	Impl *fs = self(req);
+	struct stat st;
+	if (fstatat(fs->inodeOf(ino)->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+		return (void)fuse_reply_err(req, errno);
+	fuse_reply_attr(req, &st, fs->attrTimeout());
+}
+
+void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, fuse_file_info *fi)
+{
+	Impl *fs = self(req);
+	if (fs->options_.readOnly)
+		return (void)fuse_reply_err(req, EROFS);
+	Inode *inode = fs->inodeOf(ino);
+	int fd = fi ? fhOf(fi)->fd : -1;
+	std::string proc = procPath(inode->fd);
+	std::unique_lock order(fs->orderMutex_);
+	Op op;
+	op.type = OpType::Setattr;
+	int err = 0;
+	if (valid & FUSE_SET_ATTR_MODE) {
+		int r = fd >= 0 ? fchmod(fd, attr->st_mode) : chmod(proc.c_str(), attr->st_mode);
+		if (r < 0)
+			err = errno;
+		else {
+			op.valid |= kSetMode;
+			op.mode = attr->st_mode & 07777;
+		}
+	}
+	if (!err && (valid & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))) {
+		uid_t uid = (valid & FUSE_SET_ATTR_UID) ? attr->st_uid : static_cast<uid_t>(-1);
+		gid_t gid = (valid & FUSE_SET_ATTR_GID) ? attr->st_gid : static_cast<gid_t>(-1);
+		if (fchownat(inode->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+			err = errno;
+		else {
+			if (valid & FUSE_SET_ATTR_UID) {
+				op.valid |= kSetUid;
+				op.uid = uid;
+			}
+			if (valid & FUSE_SET_ATTR_GID) {
+				op.valid |= kSetGid;
+				op.gid = gid;
+			}
+		}
+	}
+	if (!err && (valid & FUSE_SET_ATTR_SIZE)) {
+		int r = fd >= 0 ? ftruncate(fd, attr->st_size) : truncate(proc.c_str(), attr->st_size);
+		if (r < 0)
+			err = errno;
+		else {
+			op.valid |= kSetSize;
+			op.size = attr->st_size;
+		}
+	}
+	if (!err && (valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME))) {
+		struct timespec tv[2];
+		tv[0].tv_sec = tv[1].tv_sec = 0;
+		tv[0].tv_nsec = tv[1].tv_nsec = UTIME_OMIT;
+		if (valid & FUSE_SET_ATTR_ATIME_NOW)
+			tv[0].tv_nsec = UTIME_NOW;
+		else if (valid & FUSE_SET_ATTR_ATIME)
+			tv[0] = attr->st_atim;
+		if (valid & FUSE_SET_ATTR_MTIME_NOW)
+			tv[1].tv_nsec = UTIME_NOW;
+		else if (valid & FUSE_SET_ATTR_MTIME)
+			tv[1] = attr->st_mtim;
+		int r = fd >= 0 ? futimens(fd, tv) : utimensat(AT_FDCWD, proc.c_str(), tv, 0);
+		if (r < 0) {
+			err = errno;
+		} else {
+			/* UTIME_NOW is resolved here and sent as the time we set, so both
+			 * sides end with identical timestamps. */
+			struct stat now;
+			if (fstatat(inode->fd, "", &now, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0) {
+				if (valid & FUSE_SET_ATTR_ATIME) {
+					op.valid |= kSetAtime;
+					op.atime = { now.st_atim.tv_sec, static_cast<uint32_t>(now.st_atim.tv_nsec) };
+				}
+				if (valid & FUSE_SET_ATTR_MTIME) {
+					op.valid |= kSetMtime;
+					op.mtime = { now.st_mtim.tv_sec, static_cast<uint32_t>(now.st_mtim.tv_nsec) };
+				}
+			}
+		}
+	}
+	if (op.valid && fs->capturing()) {
+		if (auto path = fs->pathOf(inode)) {
+			op.path = std::move(*path);
+			fs->submit(std::move(op));
+		} else {
+			fs->skipped_++;
+		}
+	}
+	order.unlock();
+	if (err)
+		return (void)fuse_reply_err(req, err);
+	struct stat st;
+	if (fstatat(inode->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+		return (void)fuse_reply_err(req, errno);
+	fuse_reply_attr(req, &st, fs->attrTimeout());
+}
+
+void opReadlink(fuse_req_t req, fuse_ino_t ino)
+{
+	char buf[PATH_MAX + 1];
+	ssize_t n = readlinkat(self(req)->inodeOf(ino)->fd, "", buf, sizeof(buf));
+	if (n < 0)
+		return (void)fuse_reply_err(req, errno);
+	if (n == sizeof(buf))
+		return (void)fuse_reply_err(req, ENAMETOOLONG);
+	buf[n] = '\0';
+	fuse_reply_readlink(req, buf);
+}
+
+/* Shared tail of mknod/mkdir/symlink: look the new entry up, submit its op. */
+void replyCreated(fuse_req_t req, Impl *fs, Inode *parent, const char *name, Op &&op)
+{
+	fuse_entry_param e;
+	int err = fs->doLookup(parent, name, &e);
+	if (fs->capturing()) {
+		if (auto path = fs->childPath(parent, name)) {
+			op.path = std::move(*path);
+			if (!err) {
+				op.uid = e.attr.st_uid;
+				op.gid = e.attr.st_gid;
+				if (op.type == OpType::Mknod)
+					op.mode = e.attr.st_mode;
+				else if (op.type != OpType::Symlink)
+					op.mode = e.attr.st_mode & 07777;
+			}
+			fs->submit(std::move(op));
+		}
+	}
+	if (err)
+		fuse_reply_err(req, err);
+	else
+		fuse_reply_entry(req, &e);
+}
+
+void opMknod(fuse_req_t req, fuse_ino_t parentIno, const char *name, mode_t mode, dev_t rdev)
+{
+	Impl *fs = self(req);
+	if (fs->options_.readOnly)
+		return (void)fuse_reply_err(req, EROFS);
+	ensureThreadUmask();
+	Inode *parent = fs->inodeOf(parentIno);
+	std::unique_lock order(fs->orderMutex_);
+	int r;
+	{
+		FsIdGuard ids(req);
+		r = mknodat(parent->fd, name, mode, rdev);
+	}
+	if (r < 0)
+		return (void)fuse_reply_err(req, errno);
+	Op op;
+	op.type = S_ISREG(mode) ? OpType::Create : OpType::Mknod;
+	op.mode = mode;
+	op.rdev = rdev;
+	replyCreated(req, fs, parent, name, std::move(op));
+}
+
+void opMkdir(fuse_req_t req, fuse_ino_t parentIno, const char *name, mode_t mode)
+{
+	Impl *fs = self(req);
+	if (fs->options_.readOnly)
+		return (void)fuse_reply_err(req, EROFS);
+	ensureThreadUmask();
+	Inode *parent = fs->inodeOf(parentIno);
+	std::unique_lock order(fs->orderMutex_);
+	int r;
+	{
+		FsIdGuard ids(req);
+		r = mkdirat(parent->fd, name, mode);
+	}
+	if (r < 0)
+		return (void)fuse_reply_err(req, errno);
+	Op op;
+	op.type = OpType::Mkdir;
+	op.mode = mode & 07777;
+	replyCreated(req, fs, parent, name, std::move(op));
+}
+
+void opSymlink(fuse_req_t req, const char *link, fuse_ino_t parentIno, const char *name)
+{
+	Impl *fs = self(req);
+	if (fs->options_.readOnly)
+		return (void)fuse_reply_err(req, EROFS);
+	Inode *parent = fs->inodeOf(parentIno);
+	std::unique_lock order(fs->orderMutex_);
+	int r;
+	{
+		FsIdGuard ids(req);
+		r = symlinkat(link, parent->fd, name);
+	}
+	if (r < 0)
+		return (void)fuse_reply_err(req, errno);
+	Op op;
+	op.type = OpType::Symlink;
+	op.target = link;
+	replyCreated(req, fs, parent, name, std::move(op));
+}
+
+void opLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newParentIno, const char *newName)
+{
+	Impl *fs = self(req);
+	if (fs->options_.readOnly)
+		return (void)fuse_reply_err(req, EROFS);
+	Inode *inode = fs->inodeOf(ino);
+	Inode *newParent = fs->inodeOf(newParentIno);
+	std::unique_lock order(fs->orderMutex_);
+	if (linkat(inode->fd, "", newParent->fd, newName, AT_EMPTY_PATH) < 0) {
+		int err = errno;
+		/* AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc link works without. */
+		if (err != ENOENT && err != EPERM)
+			return (void)fuse_reply_err(req, err);
+		if (linkat(AT_FDCWD, procPath(inode->fd).c_str(), newParent->fd, newName, AT_SYMLINK_FOLLOW) < 0)
+			return (void)fuse_reply_err(req, errno);
+	}
+	std::optional<std::string> src = fs->pathOf(inode);
+	fuse_entry_param e;
+	int err = fs->doLookup(newParent, newName, &e);
+	if (fs->capturing()) {
+		std::optional<std::string> dst = fs->childPath(newParent, newName);
+		if (dst && !fs->excluded(*dst)) {
+			if (src && *src != *dst && !fs->excluded(*src)) {
+				Op op;
+				op.type = OpType::Link;
+				op.path = *src;
+				op.path2 = *dst;
+				fs->submit(std::move(op));
+			} else {
+				/* The peer has no copy of the source: send the file itself. */
+				fs->emitTree(newParent->fd, newName, *dst, 0);
+			}
+		} else {
+			fs->skipped_++;
+		}
+	}
+	if (err)
+		fuse_reply_err(req, err);
+	else
+		fuse_reply_entry(req, &e);
+}
+
+void removeEntry(fuse_req_t req, fuse_ino_t parentIno, const char *name, bool dir)
+{
+	Impl *fs = self(req);
+	if (fs->options_.readOnly)
+		return (void)fuse_reply_err(req, EROFS);
+	Inode *parent = fs->inodeOf(parentIno);
+	std::unique_lock order(fs->orderMutex_);
+	struct stat st;
+	bool existed = fstatat(parent->fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
+	std::optional<std::string> path = fs->childPath(parent, name);
+	if (unlinkat(parent->fd, name, dir ? AT_REMOVEDIR : 0) < 0)
+		return (void)fuse_reply_err(req, errno);
+	Inode *victim = nullptr;
+	if (existed) {
+		std::lock_guard lock(fs->tableMutex_);
+		victim = fs->findLocked(st.st_dev, st.st_ino);
+		if (victim) {
+			fs->removeAliasLocked(victim, parent, name);
+			if (!victim->aliases.empty() || st.st_nlink < 2)
+				victim = nullptr;
+		}
+	}
+	/* Still in the table (the kernel holds it for the unlink) with other names. */
+	if (victim && fs->capturing())
+		fs->recoverAlias(victim);
+	if (path && fs->capturing()) {
+		Op op;
+		op.type = dir ? OpType::Rmdir : OpType::Unlink;
+		op.path = std::move(*path);
+		fs->submit(std::move(op));
+	}
+	fuse_reply_err(req, 0);
+}
+
+void opUnlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	removeEntry(req, parent, name, false);
+}
+
+void opRmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	removeEntry(req, parent, name, true);
+}
+
+void opRename(fuse_req_t req, fuse_ino_t parentIno, const char *name, fuse_ino_t newParentIno,
+	      const char *newName, unsigned int flags)
+{
+	Impl *fs = self(req);
+	if (fs->options_.readOnly)
+		return (void)fuse_reply_err(req, EROFS);
+	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))
+		return (void)fuse_reply_err(req, EINVAL);
+	Inode *parent = fs->inodeOf(parentIno);
+	Inode *newParent = fs->inodeOf(newParentIno);
+	std::unique_lock order(fs->orderMutex_);
+	struct stat srcSt, dstSt;
+	bool srcExisted = fstatat(parent->fd, name, &srcSt, AT_SYMLINK_NOFOLLOW) == 0;
+	bool dstExisted = fstatat(newParent->fd, newName, &dstSt, AT_SYMLINK_NOFOLLOW) == 0;
+	std::optional<std::string> srcPath = fs->childPath(parent, name);
+	std::optional<std::string> dstPath = fs->childPath(newParent, newName);
+	if (renameat2(parent->fd, name, newParent->fd, newName, flags) < 0)
+		return (void)fuse_reply_err(req, errno);
+	Inode *replaced = nullptr;	/* overwritten, but other names of it remain */
+	{
+		/* Inodes are found again under the lock: a pointer taken before could
+		 * have been forgotten meanwhile. */
+		std::lock_guard lock(fs->tableMutex_);
+		Inode *src = srcExisted ? fs->findLocked(srcSt.st_dev, srcSt.st_ino) : nullptr;
+		Inode *dst = dstExisted ? fs->findLocked(dstSt.st_dev, dstSt.st_ino) : nullptr;
+		if (flags & RENAME_EXCHANGE) {
+			if (src && src != dst)
+				fs->removeAliasLocked(src, parent, name);
+			if (dst && src != dst)
+				fs->removeAliasLocked(dst, newParent, newName);
+			if (src && src != dst)
+				fs->addAliasLocked(src, newParent, newName);
+			if (dst && src != dst)
+				fs->addAliasLocked(dst, parent, name);
+		} else if (src != dst || !src) {
+			/* Add before removing so a parent kept alive only by this alias stays. */
+			if (dst)
+				fs->removeAliasLocked(dst, newParent, newName);
+			if (src) {
+				fs->addAliasLocked(src, newParent, newName);
+				fs->removeAliasLocked(src, parent, name);
+			}
+			if (dst && dst != src && dst->aliases.empty() && dstSt.st_nlink >= 2)
+				replaced = dst;
+		}
+	}
+	if (replaced && fs->capturing())
+		fs->recoverAlias(replaced);
+	if (fs->capturing() && srcPath && dstPath) {
+		bool srcEx = fs->excluded(*srcPath), dstEx = fs->excluded(*dstPath);
+		if (!srcEx && !dstEx) {
+			Op op;
+			op.type = OpType::Rename;
+			op.path = *srcPath;
+			op.path2 = *dstPath;
+			op.flags = flags;
+			fs->submitRaw(std::move(op));
+		} else if (srcEx && dstEx) {
+			fs->skipped_++;
+		} else if (flags & RENAME_EXCHANGE) {
+			/* The replicated side's old content now lives at the excluded side. */
+			if (!srcEx) {
+				fs->emitRemoveTree(newParent->fd, newName, *srcPath, 0);
+				fs->emitTree(parent->fd, name, *srcPath, 0);
+			} else {
+				fs->emitRemoveTree(parent->fd, name, *dstPath, 0);
+				fs->emitTree(newParent->fd, newName, *dstPath, 0);
+			}
+		} else if (!srcEx) {
+			fs->emitRemoveTree(newParent->fd, newName, *srcPath, 0);
+		} else {
+			if (dstExisted) {
+				Op op;
+				op.type = S_ISDIR(dstSt.st_mode) ? OpType::Rmdir : OpType::Unlink;
+				op.path = *dstPath;
+				fs->submitRaw(std::move(op));
+			}
+			fs->emitTree(newParent->fd, newName, *dstPath, 0);
+		}
+	}
+	fuse_reply_err(req, 0);
+}
+
+/* Flags for the backing open: the kernel owns O_APPEND positioning (we write at
+ * the offsets it gives), and O_DIRECT would need aligned buffers. */
+int backingFlags(const Impl *fs, int flags)
+{
+	flags &= ~(O_APPEND | O_CREAT | O_EXCL | O_NOCTTY | O_DIRECT);
+	/* With the writeback cache the kernel may read to fill partial pages. */
+	if (fs->options_.writebackCache && !fs->options_.perWrite && (flags & O_ACCMODE) == O_WRONLY)
+		flags = (flags & ~O_ACCMODE) | O_RDWR;
+	return flags | O_CLOEXEC;
+}
+
+void setupFileInfo(const Impl *fs, fuse_file_info *fi, FileHandle *fh)
+{
+	fh->syncWrites = (fi->flags & (O_SYNC | O_DSYNC | O_DIRECT)) != 0;
+	if (fi->flags & O_DIRECT)
+		fi->direct_io = 1;
+	else if (!fs->options_.readOnly)
+		fi->keep_cache = 1;
+	fi->fh = reinterpret_cast<uint64_t>(fh);
+}
+
+void submitTruncate(Impl *fs, Inode *inode)
+{
+	if (!fs->capturing())
+		return;
+	auto path = fs->pathOf(inode);
+	if (!path) {
+		fs->skipped_++;
+		return;
+	}
+	Op op;
+	op.type = OpType::Setattr;
+	op.path = std::move(*path);
+	op.valid = kSetSize;
+	op.size = 0;
+	fs->submit(std::move(op));
+}
+
+void opCreate(fuse_req_t req, fuse_ino_t parentIno, const char *name, mode_t mode, fuse_file_info *fi)
+{
+	Impl *fs = self(req);
+	if (fs->options_.readOnly)
+		return (void)fuse_reply_err(req, EROFS);
+	ensureThreadUmask();
+	Inode *parent = fs->inodeOf(parentIno);
+	int flags = backingFlags(fs, fi->flags);
+	std::unique_lock order(fs->orderMutex_);
+	bool created = true;
+	int fd;
+	{
+		FsIdGuard ids(req);
+		fd = openat(parent->fd, name, flags | O_CREAT | O_EXCL, mode);
+		if (fd < 0 && errno == EEXIST && !(fi->flags & O_EXCL)) {
+			created = false;
+			fd = openat(parent->fd, name, flags, mode);
+		}
+	}
+	if (fd < 0)
+		return (void)fuse_reply_err(req, errno);
+	fuse_entry_param e;
+	int err = fs->doLookup(parent, name, &e);
+	if (err) {
+		close(fd);
+		return (void)fuse_reply_err(req, err);
+	}
+	Inode *inode = fs->inodeOf(e.ino);
+	if (created && fs->capturing()) {
+		if (auto path = fs->childPath(parent, name)) {
+			Op op;
+			op.type = OpType::Create;
+			op.path = std::move(*path);
+			op.mode = e.attr.st_mode & 07777;
+			op.uid = e.attr.st_uid;
+			op.gid = e.attr.st_gid;
+			fs->submit(std::move(op));
+		}
+	} else if (!created && (fi->flags & O_TRUNC)) {
+		submitTruncate(fs, inode);
+	}
+	order.unlock();
+	auto *fh = new FileHandle{ fd, false };
+	setupFileInfo(fs, fi, fh);
+	if (fuse_reply_create(req, &e, fi) != 0) {
+		close(fd);
+		delete fh;
+	}
+}
+
+void opOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi)
+{
+	Impl *fs = self(req);
+	Inode *inode = fs->inodeOf(ino);
+	bool trunc = (fi->flags & O_TRUNC) != 0;
+	if (fs->options_.readOnly && ((fi->flags & O_ACCMODE) != O_RDONLY || trunc))
+		return (void)fuse_reply_err(req, EROFS);
+	int flags = backingFlags(fs, fi->flags);
+	std::unique_lock<std::shared_mutex> order;
+	if (trunc)
+		order = std::unique_lock(fs->orderMutex_);
+	int fd = open(procPath(inode->fd).c_str(), flags);
+	if (fd < 0)
+		return (void)fuse_reply_err(req, errno);
+	if (trunc) {
+		submitTruncate(fs, inode);
+		order.unlock();
+	}
+	auto *fh = new FileHandle{ fd, false };
+	setupFileInfo(fs, fi, fh);
+	if (fuse_reply_open(req, fi) != 0) {
+		close(fd);
+		delete fh;
+	}
+}
+
+void opRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info *fi)
+{
+	fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+	buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+	buf.buf[0].fd = fhOf(fi)->fd;
+	buf.buf[0].pos = off;
+	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+}
+
+void opWrite(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off, fuse_file_info *fi)
+{
+	Impl *fs = self(req);
+	if (fs->options_.readOnly)
+		return (void)fuse_reply_err(req, EROFS);
+	Inode *inode = fs->inodeOf(ino);
+	FileHandle *fh = fhOf(fi);
+	ssize_t n;
+	bool replicated = false;
+	{
+		std::shared_lock order(fs->orderMutex_);
+		std::lock_guard same(inode->writeMutex);
+		n = pwrite(fh->fd, data, size, off);
+		if (n < 0)
+			return (void)fuse_reply_err(req, errno);
+		if (fs->capturing() && n > 0) {
+			auto path = fs->pathOf(inode);
+			if (path && !fs->excluded(*path)) {
+				Op op;
+				op.type = OpType::Write;
+				op.path = std::move(*path);
+				op.offset = off;
+				op.data.assign(data, n);
+				fs->submitRaw(std::move(op));
+				replicated = true;
+			} else {
+				fs->skipped_++;
+			}
+		}
+	}
+	/* A page-cache writeback (fi->writepage) is not the app's write: an O_SYNC
+	 * app write with the writeback cache reaches us as FUSE_FSYNC instead. */
+	bool syncWrite = fh->syncWrites && !fi->writepage;
+	if (replicated && (fs->options_.perWrite || syncWrite)) {
+		int err = fs->durabilityPoint(syncWrite, nullptr, -1);
+		if (err)
+			return (void)fuse_reply_err(req, err);
+	}
+	fuse_reply_write(req, n);
+}
+
+void opFlush(fuse_req_t req, fuse_ino_t, fuse_file_info *)
+{
+	/* Locks are kernel-local (no lock ops), and dirty pages were written by the
+	 * kernel before FUSE_FLUSH: nothing to do. close() is not a durability point. */
+	fuse_reply_err(req, 0);
+}
+
+void opRelease(fuse_req_t req, fuse_ino_t, fuse_file_info *fi)
+{
+	FileHandle *fh = fhOf(fi);
+	close(fh->fd);
+	delete fh;
+	fuse_reply_err(req, 0);
+}
+
+int syncData(int fd)
+{
+	return fdatasync(fd);
+}
+
+int syncAll(int fd)
+{
+	return fsync(fd);
+}
+
+/* Barrier first so the local flush and the peer's round trip overlap. Excluded
+ * and unlinked files need no peer ack. */
+int syncPoint(Impl *fs, Inode *inode, int fd, bool datasync)
+{
+	int (*local)(int) = datasync ? syncData : syncAll;
+	bool replicated = false;
+	if (fs->capturing() && !fs->options_.readOnly) {
+		auto path = fs->pathOf(inode);
+		replicated = path && !fs->excluded(*path);
+	}
+	if (!replicated)
+		return local(fd) < 0 ? errno : 0;
+	return fs->durabilityPoint(true, local, fd);
+}
+
+void opFsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info *fi)
+{
+	Impl *fs = self(req);
+	Inode *inode = fs->inodeOf(ino);
+	int fd = fi ? fhOf(fi)->fd : open(procPath(inode->fd).c_str(), O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return (void)fuse_reply_err(req, errno);
+	int err = syncPoint(fs, inode, fd, datasync);
+	if (!fi)
+		close(fd);
+	fuse_reply_err(req, err);
+}
+
+void opOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi)
+{
+	Impl *fs = self(req);
+	int fd = openat(fs->inodeOf(ino)->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return (void)fuse_reply_err(req, errno);
+	auto *dh = new DirHandle;
+	dh->dp = fdopendir(fd);
+	if (!dh->dp) {
+		int err = errno;
+		close(fd);
+		delete dh;
+		return (void)fuse_reply_err(req, err);
+	}
+	fi->fh = reinterpret_cast<uint64_t>(dh);
+	if (fuse_reply_open(req, fi) != 0) {
+		closedir(dh->dp);
+		delete dh;
+	}
+}
+
+void doReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_file_info *fi, bool plus)
+{
+	Impl *fs = self(req);
+	DirHandle *dh = dhOf(fi);
+	Inode *dir = fs->inodeOf(ino);
+	std::lock_guard lock(dh->mutex);
+	std::vector<char> buf(size);
+	size_t used = 0;
+	if (offset != dh->offset) {
+		seekdir(dh->dp, offset);
+		dh->entry = nullptr;
+		dh->offset = offset;
+	}
+	int err = 0;
+	for (;;) {
+		if (!dh->entry) {
+			errno = 0;
+			dh->entry = readdir(dh->dp);
+			if (!dh->entry) {
+				err = errno;
+				break;
+			}
+		}
+		struct dirent *ent = dh->entry;
+		off_t next = ent->d_off;
+		bool dot = std::strcmp(ent->d_name, ".") == 0 || std::strcmp(ent->d_name, "..") == 0;
+		size_t n;
+		if (plus) {
+			fuse_entry_param e;
+			if (dot) {
+				memset(&e, 0, sizeof(e));
+				e.attr.st_ino = ent->d_ino;
+				e.attr.st_mode = DTTOIF(ent->d_type);
+			} else {
+				std::shared_lock order(fs->orderMutex_);
+				err = fs->doLookup(dir, ent->d_name, &e);
+				if (err == ENOENT) {
+					/* Raced with an unlink: skip the entry. */
+					err = 0;
+					dh->entry = nullptr;
+					dh->offset = next;
+					continue;
+				}
+				if (err)
+					break;
+			}
+			n = fuse_add_direntry_plus(req, buf.data() + used, size - used, ent->d_name, &e, next);
+			if (n > size - used) {
+				if (!dot)
+					fs->forgetOne(e.ino, 1);
+				break;
+			}
+		} else {
+			struct stat st;
+			memset(&st, 0, sizeof(st));
+			st.st_ino = ent->d_ino;
+			st.st_mode = DTTOIF(ent->d_type);
+			n = fuse_add_direntry(req, buf.data() + used, size - used, ent->d_name, &st, next);
+			if (n > size - used)
+				break;
+		}
+		used += n;
+		dh->entry = nullptr;
+		dh->offset = next;
+	}
+	/* An error after some entries: return those; the next call reports it. */
+	if (err && used == 0)
+		fuse_reply_err(req, err);
+	else
+		fuse_reply_buf(req, buf.data(), used);
+}
+
+void opReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_file_info *fi)
+{
+	doReaddir(req, ino, size, offset, fi, false);
+}
+
+void opReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_file_info *fi)
+{
+	doReaddir(req, ino, size, offset, fi, true);
+}
+
+void opReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info *fi)
+{
+	DirHandle *dh = dhOf(fi);
+	closedir(dh->dp);
+	delete dh;
+	fuse_reply_err(req, 0);
+}
+
+void opFsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info *fi)
+{
+	Impl *fs = self(req);
+	int fd = fi ? dirfd(dhOf(fi)->dp) : -1;
+	if (fd < 0)
+		return (void)fuse_reply_err(req, EBADF);
+	fuse_reply_err(req, syncPoint(fs, fs->inodeOf(ino), fd, datasync));
+}
+
+void opStatfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs sv;
+	if (fstatvfs(self(req)->inodeOf(ino)->fd, &sv) < 0)
+		return (void)fuse_reply_err(req, errno);
+	fuse_reply_statfs(req, &sv);
+}
+
+void opSetxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size, int flags)
+{
+	Impl *fs = self(req);
+	if (fs->options_.readOnly)
+		return (void)fuse_reply_err(req, EROFS);
+	Inode *inode = fs->inodeOf(ino);
+	std::unique_lock order(fs->orderMutex_);
+	if (setxattr(procPath(inode->fd).c_str(), name, value, size, flags) < 0)
+		return (void)fuse_reply_err(req, errno);
+	if (fs->capturing()) {
+		if (auto path = fs->pathOf(inode)) {
+			Op op;
+			op.type = OpType::Setxattr;
+			op.path = std::move(*path);
+			op.name = name;
+			op.data.assign(value, size);
+			op.flags = flags;
+			fs->submit(std::move(op));
+		}
+	}
+	fuse_reply_err(req, 0);
+}
+
+void opGetxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	std::string proc = procPath(self(req)->inodeOf(ino)->fd);
+	if (size == 0) {
+		ssize_t n = getxattr(proc.c_str(), name, nullptr, 0);
+		if (n < 0)
+			return (void)fuse_reply_err(req, errno);
+		return (void)fuse_reply_xattr(req, n);
+	}
+	std::vector<char> buf(size);
+	ssize_t n = getxattr(proc.c_str(), name, buf.data(), size);
+	if (n < 0)
+		return (void)fuse_reply_err(req, errno);
+	fuse_reply_buf(req, buf.data(), n);
+}
+
+void opListxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	std::string proc = procPath(self(req)->inodeOf(ino)->fd);
+	if (size == 0) {
+		ssize_t n = listxattr(proc.c_str(), nullptr, 0);
+		if (n < 0)
+			return (void)fuse_reply_err(req, errno);
+		return (void)fuse_reply_xattr(req, n);
+	}
+	std::vector<char> buf(size);
+	ssize_t n = listxattr(proc.c_str(), buf.data(), size);
+	if (n < 0)
+		return (void)fuse_reply_err(req, errno);
+	fuse_reply_buf(req, buf.data(), n);
+}
+
+void opRemovexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	Impl *fs = self(req);
+	if (fs->options_.readOnly)
+		return (void)fuse_reply_err(req, EROFS);
+	Inode *inode = fs->inodeOf(ino);
+	std::unique_lock order(fs->orderMutex_);
+	if (removexattr(procPath(inode->fd).c_str(), name) < 0)
+		return (void)fuse_reply_err(req, errno);
+	if (fs->capturing()) {
+		if (auto path = fs->pathOf(inode)) {
+			Op op;
+			op.type = OpType::Removexattr;
+			op.path = std::move(*path);
+			op.name = name;
+			fs->submit(std::move(op));
+		}
+	}
+	fuse_reply_err(req, 0);
+}
+
+void opFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length, fuse_file_info *fi)
+{
+	Impl *fs = self(req);
+	if (fs->options_.readOnly)
+		return (void)fuse_reply_err(req, EROFS);
+	Inode *inode = fs->inodeOf(ino);
+	std::shared_lock order(fs->orderMutex_);
+	std::lock_guard same(inode->writeMutex);
+	if (fallocate(fhOf(fi)->fd, mode, offset, length) < 0)
+		return (void)fuse_reply_err(req, errno);
+	if (fs->capturing()) {
+		auto path = fs->pathOf(inode);
+		if (path) {
+			Op op;
+			op.type = OpType::Fallocate;
+			op.path = std::move(*path);
+			op.flags = mode;
+			op.offset = offset;
+			op.length = length;
+			fs->submit(std::move(op));
+		} else {
+			fs->skipped_++;
+		}
+	}
+	fuse_reply_err(req, 0);
+}
+
+void opLseek(fuse_req_t req, fuse_ino_t, off_t off, int whence, fuse_file_info *fi)
+{
+	off_t res = lseek(fhOf(fi)->fd, off, whence);
+	if (res < 0)
+		return (void)fuse_reply_err(req, errno);
+	fuse_reply_lseek(req, res);
+}
+
+/*
+ * Not implemented on purpose:
+ *  - getlk/setlk/flock: the kernel then handles POSIX and BSD locks locally on
+ *    the mount, which is right for a single-node writer.
+ *  - access: mounted with default_permissions, the kernel checks permissions
+ *    from our attributes and never sends FUSE_ACCESS.
+ *  - copy_file_range: ENOSYS makes the kernel fall back to read/write, which
+ *    replicates as ordinary Write ops.
+ *  - ioctl, poll, bmap, retrieve_reply: not needed by a passthrough.
+ */
+const fuse_lowlevel_ops kOps = [] {
+	fuse_lowlevel_ops ops;
+	memset(&ops, 0, sizeof(ops));
+	ops.init = opInit;
+	ops.lookup = opLookup;
+	ops.forget = opForget;
+	ops.forget_multi = opForgetMulti;
+	ops.getattr = opGetattr;
+	ops.setattr = opSetattr;
+	ops.readlink = opReadlink;
+	ops.mknod = opMknod;
+	ops.mkdir = opMkdir;
+	ops.unlink = opUnlink;
+	ops.rmdir = opRmdir;
+	ops.symlink = opSymlink;
+	ops.rename = opRename;
+	ops.link = opLink;
+	ops.open = opOpen;
+	ops.read = opRead;
+	ops.write = opWrite;
+	ops.flush = opFlush;
+	ops.release = opRelease;
+	ops.fsync = opFsync;
+	ops.opendir = opOpendir;
+	ops.readdir = opReaddir;
+	ops.readdirplus = opReaddirplus;
+	ops.releasedir = opReleasedir;
+	ops.fsyncdir = opFsyncdir;
+	ops.statfs = opStatfs;
+	ops.setxattr = opSetxattr;
+	ops.getxattr = opGetxattr;
+	ops.listxattr = opListxattr;
+	ops.removexattr = opRemovexattr;
+	ops.create = opCreate;
+	ops.fallocate = opFallocate;
+	ops.lseek = opLseek;
+	return ops;
+}();
+
+} /* namespace */
+
+/* ------------------------------------------------------------------ lifecycle */
+
+namespace {
+
+/* The abort file of a wedged connection lives in fusectl, which a fresh machine
+ * without systemd may not have mounted (like bpffs). */
+void ensureFusectl()
+{
+	struct statfs sfs;
+	if (statfs(kFusectlDir, &sfs) == 0 && sfs.f_type == kFusectlSuperMagic)
+		return;
+	if (mount("fusectl", kFusectlDir, "fusectl", 0, nullptr) < 0)
+		logWarn(kLog, "cannot mount fusectl on {}: {}; wedged mounts cannot be aborted", kFusectlDir,
+			strerror(errno));
+	else
+		logInfo(kLog, "mounted fusectl on {}", kFusectlDir);
+}
+
+} /* namespace */
+
+Status CaptureFs::Impl::start()
+{
+	const std::string &mp = options_.mountpoint;
+	struct statfs sfs;
+	if (statfs(mp.c_str(), &sfs) < 0) {
+		if (errno != ENOTCONN)
+			return makeError(-errno, errnoMessage("capture: " + mp, -errno));
+		/* Dead mount of a killed skd: detach it, the real directory is below. */
+		logWarn(kLog, "{}: detaching a dead FUSE mount (ENOTCONN)", mp);
+		if (umount2(mp.c_str(), MNT_DETACH) < 0)
+			return makeError(-errno, errnoMessage("capture: detach dead mount " + mp, -errno));
+		if (statfs(mp.c_str(), &sfs) < 0)
+			return makeError(-errno, errnoMessage("capture: " + mp, -errno));
+	}
+	if (sfs.f_type == kFuseSuperMagic)
+		return makeError(-EBUSY, "capture: " + mp + " is already a FUSE mount (another skd running?)");
+
+	int fd = open(mp.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return makeError(-errno, errnoMessage("capture: open " + mp, -errno));
+	auto root = std::make_unique<Inode>();
+	root->fd = fd;
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return makeError(-errno, errnoMessage("capture: stat " + mp, -errno));
+	root->dev = st.st_dev;
+	root->ino = st.st_ino;
+	root->nlookup = 1;
+	root_ = root.get();
+	inodes_[{ root->dev, root->ino }] = std::move(root);
+
+	fuse_args args = FUSE_ARGS_INIT(0, nullptr);
+	/* default_permissions: the kernel checks access from our attributes (we run
+	 * as root); allow_other: the app is usually another user. */
+	const char *argv[] = { "skd-capture", "-o", "default_permissions,allow_other,fsname=sk-capture,subtype=sk" };
+	for (const char *a : argv) {
+		if (fuse_opt_add_arg(&args, a) != 0) {
+			fuse_opt_free_args(&args);
+			return makeError(-ENOMEM, "capture: fuse_opt_add_arg failed");
+		}
+	}
+	se_ = fuse_session_new(&args, &kOps, sizeof(kOps), this);
+	fuse_opt_free_args(&args);
+	if (!se_)
+		return makeError(-EIO, "capture: fuse_session_new failed (see stderr)");
+	if (fuse_session_mount(se_, mp.c_str()) != 0) {
+		fuse_session_destroy(se_);
+		se_ = nullptr;
+		return makeError(-EIO, "capture: mounting FUSE on " + mp + " failed (root and /dev/fuse needed)");
+	}
+	mounted_ = true;
+	ensureFusectl();
+
+	loop_ = std::thread([this] {
+		fuse_loop_config *cfg = fuse_loop_cfg_create();
+		unsigned n = options_.threads ? options_.threads : 1;
+		fuse_loop_cfg_set_max_threads(cfg, n);
+		fuse_loop_cfg_set_idle_threads(cfg, n);
+		fuse_loop_cfg_set_clone_fd(cfg, 0);
+		int r = fuse_session_loop_mt(se_, cfg);
+		fuse_loop_cfg_destroy(cfg);
+		if (r < 0)
+			logWarn(kLog, "{}: FUSE loop ended: {}", options_.mountpoint, strerror(-r));
+		std::lock_guard lock(loopMutex_);
+		loopDone_ = true;
+		loopCv_.notify_all();
+	});
+
+	/* The connection id (for an abort at shutdown) is the mount's minor number;
+	 * this stat is also the first request, so mount() returns a working fs. */
+	struct stat mst;
+	if (stat(mp.c_str(), &mst) == 0)
+		connDev_ = mst.st_dev;
+	logInfo(kLog, "{}: capture mounted (dir {}, sink {}, writeback {}, per_write {}, read_only {})", mp,
+		options_.dirIndex, options_.sink ? "yes" : "none", options_.writebackCache, options_.perWrite,
+		options_.readOnly);
+	return Status::success();
+}
+
+Status CaptureFs::Impl::stop()
+{
+	if (!se_)
+		return Status::success();
+	Status status;
+	const std::string &mp = options_.mountpoint;
+	fuse_session_exit(se_);
+	if (mounted_) {
+		/* Lazy: files the app still holds keep working until closed; with none
+		 * the superblock goes at once and the workers see ENODEV. */
+		if (umount2(mp.c_str(), MNT_DETACH) < 0) {
+			status = makeError(-errno, errnoMessage("capture: unmount " + mp, -errno));
+			logWarn(kLog, "{}", status.error().message);
+		}
+		mounted_ = false;
+	}
+	{
+		std::unique_lock lock(loopMutex_);
+		if (!loopCv_.wait_for(lock, kUnmountGrace, [this] { return loopDone_; }) && connDev_) {
+			logWarn(kLog, "{}: files still open after unmount, aborting the FUSE connection", mp);
+			std::string abort = "/sys/fs/fuse/connections/" + std::to_string(minor(connDev_)) + "/abort";
+			int fd = open(abort.c_str(), O_WRONLY | O_CLOEXEC);
+			if (fd >= 0) {
+				if (write(fd, "1", 1) < 0)
+					logWarn(kLog, "{}: abort failed: {}", mp, strerror(errno));
+				close(fd);
+			}
+		}
+	}
+	if (loop_.joinable())
+		loop_.join();
+	fuse_session_destroy(se_);
+	se_ = nullptr;
+	logInfo(kLog, "{}: capture unmounted", mp);
+	return status;
+}
+
+CaptureFs::Impl::~Impl()
+{
+	(void)stop();
+	/* Drop children before parents is not needed: Inode holds no pointers it owns. */
+	inodes_.clear();
+}
+
+Result<std::unique_ptr<CaptureFs>> CaptureFs::mount(const CaptureOptions &options)
+{
+	if (options.mountpoint.empty())
+		return makeError(-EINVAL, "capture: empty mountpoint");
+	auto impl = std::make_unique<Impl>(options);
+	Status st = impl->start();
+	if (!st)
+		return st.error();
+	return std::unique_ptr<CaptureFs>(new CaptureFs(std::move(impl)));
+}
+
+CaptureFs::CaptureFs(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+CaptureFs::~CaptureFs()
+{
+	(void)unmount();
+}
+
+Status CaptureFs::unmount()
+{
+	return impl_->stop();
+}
+
+CaptureCounters CaptureFs::counters() const
+{
+	CaptureCounters c;
+	for (size_t i = 0; i < c.opsByType.size(); i++)
+		c.opsByType[i] = impl_->opsByType_[i].load();
+	c.barriers = impl_->barriers_.load();
+	c.barrierWaitNs = impl_->barrierWaitNs_.load();
+	c.barrierFailures = impl_->barrierFailures_.load();
+	c.skipped = impl_->skipped_.load();
+	return c;
+}
+
+const std::string &CaptureFs::mountpoint() const
+{
+	return impl_->options_.mountpoint;
+}
+
+} /* namespace sk::repl */

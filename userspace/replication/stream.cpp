@@ -1,0 +1,1123 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Replication stream: sender queue/backpressure/ack tracking and the receiver's
+ * authenticate-decode-apply-ack loop. Blocking socket threads (see stream.h for
+ * the protocol and why).
+ */
+#include "replication/stream.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <openssl/rand.h>
+
+#include "core/log.h"
+#include "replication/op_codec.h"
+
+namespace sk::repl {
+
+namespace {
+
+const LogCategory kLog("repl.stream");
+
+constexpr uint8_t kRoleSender = 1;
+constexpr uint8_t kRoleReceiver = 2;
+constexpr size_t kHelloSize = 28;
+constexpr size_t kMaxErrorMessage = 512;
+/* One frame holds a batch, or at least one maximal op. */
+constexpr size_t kMaxFramePayload = kMaxStreamPayload;
+static_assert(kMaxEncodedOp < kMaxFramePayload);
+
+void putLe(std::vector<uint8_t> *out, uint64_t v, int n)
+{
+	for (int i = 0; i < n; i++)
+		out->push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+
+uint64_t getLe(std::span<const uint8_t> in, size_t at, int n)
+{
+	uint64_t v = 0;
+	for (int i = n - 1; i >= 0; i--)
+		v = v << 8 | in[at + i];
+	return v;
+}
+
+uint64_t randomU64()
+{
+	uint64_t v = 0;
+	while (v == 0) {
+		if (RAND_bytes(reinterpret_cast<unsigned char *>(&v), sizeof(v)) != 1)
+			v = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+	}
+	return v;
+}
+
+int sendAll(int fd, const uint8_t *data, size_t size)
+{
+	while (size > 0) {
+		ssize_t n = send(fd, data, size, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		data += n;
+		size -= static_cast<size_t>(n);
+	}
+	return 0;
+}
+
+int recvAll(int fd, uint8_t *data, size_t size)
+{
+	while (size > 0) {
+		ssize_t n = recv(fd, data, size, 0);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -ECONNRESET;
+		data += n;
+		size -= static_cast<size_t>(n);
+	}
+	return 0;
+}
+
+/* Detects a dead peer within seconds even when nothing is being sent. */
+void tuneSocket(int fd)
+{
+	int one = 1, idle = 5, intvl = 1, cnt = 3;
+	unsigned int userTimeoutMs = 10000;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+	setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &userTimeoutMs, sizeof(userTimeoutMs));
+}
+
+/* One side of a connection: frame codec plus the sequence/nonce binding rules. */
+class FrameIo
+{
+public:
+	FrameIo(int fd, std::unique_ptr<WireCodec> codec, const StreamConfig &cfg)
+		: fd_(fd), codec_(std::move(codec)), cfg_(cfg) {}
+
+	/* Hello frames carry our own nonce and sequence 0; all others the peer's nonce. */
+	int send(StreamFrame type, std::span<const uint8_t> payload)
+	{
+		FrameHeader h;
+		h.type = static_cast<uint8_t>(type);
+		h.sender = cfg_.localNode;
+		h.module = cfg_.module;
+		if (type == StreamFrame::Hello) {
+			h.incarnation = myNonce;
+			h.sequence = 0;
+		} else {
+			h.incarnation = peerNonce;
+			h.sequence = ++sendSeq_;
+		}
+		buf_.clear();
+		int ret = codec_->encode(h, payload, &buf_, kMaxFramePayload);
+		if (ret < 0)
+			return ret;
+		return sendAll(fd_, buf_.data(), buf_.size());
+	}
+
+	/*
+	 * Reads one frame. Returns 0 with *type and payload() set, or a negative errno
+	 * with *reason saying why the connection must close.
+	 */
+	int receive(StreamFrame *type, std::string *reason)
+	{
+		rbuf_.resize(kWireHeaderSize);
+		int ret = recvAll(fd_, rbuf_.data(), kWireHeaderSize);
+		if (ret < 0) {
+			*reason = ret == -ECONNRESET ? "peer closed the connection" : fmt::format("recv: {}", strerror(-ret));
+			return ret;
+		}
+		size_t size = 0;
+		DropReason d = WireCodec::frameSize(rbuf_, &size, kMaxFramePayload);
+		if (d != DropReason::None) {
+			*reason = fmt::format("bad frame header: {}", dropReasonName(d));
+			return -EBADMSG;
+		}
+		rbuf_.resize(size);
+		ret = recvAll(fd_, rbuf_.data() + kWireHeaderSize, size - kWireHeaderSize);
+		if (ret < 0) {
+			*reason = fmt::format("connection lost inside a frame: {}", strerror(-ret));
+			return ret;
+		}
+		DecodedFrame f;
+		d = codec_->decode(rbuf_, &f, kMaxFramePayload);
+		if (d != DropReason::None) {
+			*reason = fmt::format("frame refused: {}", dropReasonName(d));
+			return -EBADMSG;
+		}
+		uint8_t t = f.header.type;
+		if (t < static_cast<uint8_t>(StreamFrame::Hello) || t > static_cast<uint8_t>(StreamFrame::Error)) {
+			*reason = fmt::format("unexpected frame type {:#x}", t);
+			return -EBADMSG;
+		}
+		if (f.header.module != cfg_.module) {
+			*reason = fmt::format("frame for module '{}', expected '{}'", f.header.module, cfg_.module);
+			return -EBADMSG;
+		}
+		if (cfg_.peerNode != 0 && f.header.sender != cfg_.peerNode) {
+			*reason = fmt::format("frame from node {}, expected {}", f.header.sender, cfg_.peerNode);
+			return -EBADMSG;
+		}
+		*type = static_cast<StreamFrame>(t);
+		if (*type == StreamFrame::Hello) {
+			if (gotHello_ || f.header.sequence != 0) {
+				*reason = "unexpected hello";
+				return -EBADMSG;
+			}
+			gotHello_ = true;
+			peerNonce = f.header.incarnation;
+		} else if (!gotHello_ || f.header.incarnation != myNonce || f.header.sequence != recvSeq_ + 1) {
+			*reason = fmt::format("frame not bound to this connection (nonce {:#x}, seq {}; expected {:#x}, {})",
+					      f.header.incarnation, f.header.sequence, myNonce, recvSeq_ + 1);
+			return -EBADMSG;
+		} else {
+			recvSeq_++;
+		}
+		payload_ = f.payload;
+		return 0;
+	}
+
+	std::span<const uint8_t> payload() const { return payload_; }
+
+	uint64_t myNonce = randomU64();
+	uint64_t peerNonce = 0;
+
+private:
+	int fd_;
+	std::unique_ptr<WireCodec> codec_;
+	StreamConfig cfg_;
+	std::vector<uint8_t> buf_;
+	std::vector<uint8_t> rbuf_;
+	std::span<const uint8_t> payload_;
+	uint64_t sendSeq_ = 0;
+	uint64_t recvSeq_ = 0;
+	bool gotHello_ = false;
+};
+
+struct Hello {
+	uint8_t role = 0;
+	uint64_t nonce = 0;
+	uint64_t epoch = 0;
+	uint64_t seq = 0;
+};
+
+std::vector<uint8_t> encodeHello(const Hello &h)
+{
+	std::vector<uint8_t> out;
+	putLe(&out, kStreamVersion, 2);
+	putLe(&out, h.role, 1);
+	putLe(&out, 0, 1);
+	putLe(&out, h.nonce, 8);
+	putLe(&out, h.epoch, 8);
+	putLe(&out, h.seq, 8);
+	return out;
+}
+
+bool decodeHello(std::span<const uint8_t> in, uint8_t wantRole, uint64_t nonce, Hello *h, std::string *reason)
+{
+	if (in.size() != kHelloSize) {
+		*reason = "malformed hello";
+		return false;
+	}
+	uint64_t version = getLe(in, 0, 2);
+	if (version != kStreamVersion) {
+		*reason = fmt::format("stream version {} not supported (we speak {})", version, kStreamVersion);
+		return false;
+	}
+	h->role = in[2];
+	h->nonce = getLe(in, 4, 8);
+	h->epoch = getLe(in, 12, 8);
+	h->seq = getLe(in, 20, 8);
+	if (h->role != wantRole || in[3] != 0 || h->nonce != nonce) {
+		*reason = "malformed hello (role, reserved byte or nonce)";
+		return false;
+	}
+	return true;
+}
+
+} /* namespace */
+
+/* ---- Sender ---- */
+
+struct ReplicationSender::Conn {
+	int fd = -1;
+	bool dead = false;
+	bool streaming = false;
+	std::unique_ptr<FrameIo> out;	/* writer thread */
+	std::unique_ptr<FrameIo> in;	/* reader thread */
+	std::thread writer;
+	std::thread reader;
+
+	bool isOwnThread() const
+	{
+		auto self = std::this_thread::get_id();
+		return writer.get_id() == self || reader.get_id() == self;
+	}
+
+	/* Called without mutex_: the threads need it to finish. */
+	void join()
+	{
+		if (fd >= 0)
+			shutdown(fd, SHUT_RDWR);
+		if (writer.joinable())
+			writer.join();
+		if (reader.joinable())
+			reader.join();
+		if (fd >= 0)
+			close(fd);
+		fd = -1;
+	}
+};
+
+Result<std::unique_ptr<ReplicationSender>> ReplicationSender::create(const ClusterKey &key, const Options &options)
+{
+	auto copy = ClusterKey::fromBytes(key.bytes());
+	if (!copy)
+		return copy.error();
+	if (options.stream.module.size() > kMaxModuleName)
+		return makeError(-EINVAL, "module name too long for the wire format");
+	return std::unique_ptr<ReplicationSender>(new ReplicationSender(std::move(copy.value()), options));
+}
+
+ReplicationSender::ReplicationSender(ClusterKey key, const Options &options)
+	: key_(std::move(key)), options_(options), epoch_(randomU64())
+{
+	/* A batch plus one maximal op must fit a frame (the first op of a batch always goes). */
+	options_.batchBytes = std::clamp<size_t>(options_.batchBytes, 1, kMaxFramePayload - kMaxEncodedOp);
+}
+
+ReplicationSender::~ReplicationSender()
+{
+	std::unique_ptr<Conn> conn;
+	std::vector<std::unique_ptr<Conn>> graveyard;
+	{
+		std::lock_guard<std::mutex> lock(mutex_);
+		stopping_ = true;
+		conn = std::move(conn_);
+		graveyard.swap(retired_);
+	}
+	cv_.notify_all();
+	if (conn)
+		conn->join();
+	for (auto &c : graveyard)
+		c->join();
+}
+
+void ReplicationSender::setOnOpWhileAlone(std::function<void(const Op &)> cb)
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	onOpWhileAlone_ = std::move(cb);
+}
+
+void ReplicationSender::setOnDisconnected(std::function<void(const std::string &)> cb)
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	onDisconnected_ = std::move(cb);
+}
+
+void ReplicationSender::setOnResyncNeeded(std::function<void(uint64_t, uint64_t)> cb)
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	onResyncNeeded_ = std::move(cb);
+}
+
+void ReplicationSender::setOnPeerError(std::function<void(uint64_t, int, const std::string &)> cb)
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	onPeerError_ = std::move(cb);
+}
+
+uint64_t ReplicationSender::enqueue(Op &&op, bool durableBarrier)
+{
+	/* Encode outside the lock with a placeholder seq, patch the real one in below. */
+	op.seq = 1;
+	auto bytes = std::make_shared<std::vector<uint8_t>>();
+	if (encodeOp(op, bytes.get()) < 0) {
+		std::lock_guard<std::mutex> lock(mutex_);
+		counters_.refusedOps++;
+		logError(kLog, "module {}: refusing invalid {} op on '{}'", options_.stream.module,
+			 opTypeName(op.type), op.path);
+		return 0;
+	}
+
+	std::function<void(const Op &)> aloneHook;
+	uint64_t seq;
+	{
+		std::unique_lock<std::mutex> lock(mutex_);
+		bool counted = false;
+		while (!alone_ && !stopping_ && !queue_.empty() &&
+		       queuedBytes_ + bytes->size() > options_.queueLimitBytes) {
+			if (!counted) {
+				counters_.blockedSubmits++;
+				counted = true;
+			}
+			cv_.wait(lock);
+		}
+		seq = nextSeq_++;
+		counters_.ops++;
+		counters_.bytes += bytes->size();
+		if (alone_ || stopping_) {
+			counters_.opsWhileAlone++;
+			aloneHook = onOpWhileAlone_;
+		} else {
+			for (int i = 0; i < 8; i++)
+				(*bytes)[4 + i] = static_cast<uint8_t>(seq >> (8 * i));
+			queuedBytes_ += bytes->size();
+			queue_.push_back({ seq, std::move(bytes) });
+			if (op.type == OpType::Barrier) {
+				counters_.barriers++;
+				pendingBarriers_[seq] = { durableBarrier, std::chrono::steady_clock::now() };
+			}
+		}
+	}
+	if (aloneHook) {
+		op.seq = seq;
+		aloneHook(op);
+	} else {
+		cv_.notify_all();
+	}
+	return seq;
+}
+
+uint64_t ReplicationSender::submit(Op &&op)
+{
+	if (op.type == OpType::Barrier)
+		return submitBarrier(op.durable);
+	if (op.type != OpType::Write || op.data.size() <= kMaxWriteData)
+		return enqueue(std::move(op), false);
+	std::vector<Op> parts;
+	splitOp(std::move(op), &parts);
+	uint64_t seq = 0;
+	for (Op &part : parts) {
+		seq = enqueue(std::move(part), false);
+		if (seq == 0)
+			return 0;
+	}
+	return seq;
+}
+
+uint64_t ReplicationSender::submitBarrier(bool durable)
+{
+	Op op;
+	op.type = OpType::Barrier;
+	op.durable = durable;
+	return enqueue(std::move(op), durable);
+}
+
+bool ReplicationSender::ackedLocked(uint64_t seq) const
+{
+	if (durableAck_ >= seq)
+		return true;
+	if (appliedAck_ < seq)
+		return false;
+	auto it = pendingBarriers_.find(seq);
+	return it == pendingBarriers_.end() || !it->second.first;
+}
+
+int ReplicationSender::waitAckedFor(uint64_t seq, std::chrono::milliseconds timeout)
+{
+	auto deadline = std::chrono::steady_clock::now() + timeout;
+	std::unique_lock<std::mutex> lock(mutex_);
+	if (seq >= nextSeq_)
+		return -EINVAL;
+	/* Never acknowledge silently: only an ack, ALONE or shutdown ends the wait. */
+	while (!alone_ && !ackedLocked(seq)) {
+		if (stopping_)
+			return -ESHUTDOWN;
+		if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && !alone_ && !ackedLocked(seq))
+			return stopping_ ? -ESHUTDOWN : -ETIMEDOUT;
+	}
+	return 0;
+}
+
+int ReplicationSender::waitAcked(uint64_t seq)
+{
+	std::unique_lock<std::mutex> lock(mutex_);
+	if (seq >= nextSeq_)
+		return -EINVAL;
+	cv_.wait(lock, [&] { return alone_ || stopping_ || ackedLocked(seq); });
+	if (alone_ || ackedLocked(seq))
+		return 0;
+	return -ESHUTDOWN;
+}
+
+void ReplicationSender::goneAlone()
+{
+	std::unique_ptr<Conn> conn;
+	{
+		std::lock_guard<std::mutex> lock(mutex_);
+		if (alone_)
+			return;
+		alone_ = true;
+		logInfo(kLog, "module {}: ALONE: releasing waiters, {} unacked ops ({} bytes) left to dirty tracking",
+			options_.stream.module, queue_.size(), queuedBytes_);
+		queue_.clear();
+		queuedBytes_ = 0;
+		pendingBarriers_.clear();
+		if (conn_)
+			conn_->dead = true;
+		conn = std::move(conn_);
+	}
+	cv_.notify_all();
+	retire(std::move(conn));
+}
+
+void ReplicationSender::endAlone()
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	if (!alone_)
+		return;
+	alone_ = false;
+	epoch_ = randomU64();
+	epochStart_ = nextSeq_;
+	sendCursor_ = nextSeq_;
+	appliedAck_ = durableAck_ = nextSeq_ - 1;
+	logInfo(kLog, "module {}: leaving ALONE, new stream epoch {:#x} from seq {}", options_.stream.module,
+		epoch_, epochStart_);
+}
+
+bool ReplicationSender::alone() const
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	return alone_;
+}
+
+bool ReplicationSender::streaming() const
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	return conn_ && conn_->streaming && !conn_->dead;
+}
+
+uint64_t ReplicationSender::epoch() const
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	return epoch_;
+}
+
+ReplicationSender::Counters ReplicationSender::counters() const
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	Counters c = counters_;
+	c.appliedSeq = appliedAck_;
+	c.durableSeq = durableAck_;
+	c.lagOps = queue_.size();
+	c.lagBytes = queuedBytes_;
+	return c;
+}
+
+int ReplicationSender::attach(int fd)
+{
+	std::unique_ptr<Conn> old;
+	std::vector<std::unique_ptr<Conn>> graveyard;
+	{
+		std::lock_guard<std::mutex> lock(mutex_);
+		if (stopping_ || alone_ || (conn_ && !conn_->dead)) {
+			close(fd);
+			return stopping_ ? -ESHUTDOWN : alone_ ? -EPERM : -EBUSY;
+		}
+		old = std::move(conn_);
+		graveyard.swap(retired_);
+	}
+	if (old)
+		retire(std::move(old));
+	for (auto &c : graveyard)
+		c->join();
+
+	auto out = WireCodec::create(key_, options_.stream.clusterId);
+	auto in = WireCodec::create(key_, options_.stream.clusterId);
+	if (!out || !in) {
+		close(fd);
+		return -EIO;
+	}
+	tuneSocket(fd);
+	auto conn = std::make_unique<Conn>();
+	conn->fd = fd;
+	conn->out = std::make_unique<FrameIo>(fd, std::move(out.value()), options_.stream);
+	conn->in = std::make_unique<FrameIo>(fd, std::move(in.value()), options_.stream);
+	/* Both directions share the connection's nonces. */
+	conn->in->myNonce = conn->out->myNonce;
+
+	std::lock_guard<std::mutex> lock(mutex_);
+	counters_.connections++;
+	Conn *c = conn.get();
+	conn_ = std::move(conn);
+	c->writer = std::thread([this, c] { writerMain(c); });
+	c->reader = std::thread([this, c] { readerMain(c); });
+	return 0;
+}
+
+void ReplicationSender::detach()
+{
+	std::unique_ptr<Conn> conn;
+	{
+		std::lock_guard<std::mutex> lock(mutex_);
+		if (conn_)
+			conn_->dead = true;
+		conn = std::move(conn_);
+	}
+	cv_.notify_all();
+	if (conn) {
+		logInfo(kLog, "module {}: replication connection detached", options_.stream.module);
+		retire(std::move(conn));
+	}
+}
+
+void ReplicationSender::retire(std::unique_ptr<Conn> conn)
+{
+	if (!conn)
+		return;
+	if (!conn->isOwnThread()) {
+		conn->join();
+		return;
+	}
+	/* Called from a hook on one of the connection's own threads: it cannot join
+	 * itself, so the connection is joined by the next attach() or the destructor. */
+	shutdown(conn->fd, SHUT_RDWR);
+	std::lock_guard<std::mutex> lock(mutex_);
+	retired_.push_back(std::move(conn));
+}
+
+void ReplicationSender::connDead(Conn *conn, const std::string &reason)
+{
+	std::function<void(const std::string &)> hook;
+	{
+		std::lock_guard<std::mutex> lock(mutex_);
+		if (conn->dead)
+			return;
+		conn->dead = true;
+		conn->streaming = false;
+		hook = onDisconnected_;
+		logWarn(kLog, "module {}: replication connection closed: {} ({} ops unacked, waiters keep waiting)",
+			options_.stream.module, reason, queue_.size());
+	}
+	shutdown(conn->fd, SHUT_RDWR);
+	cv_.notify_all();
+	if (hook)
+		hook(reason);
+}
+
+void ReplicationSender::writerMain(Conn *conn)
+{
+	FrameIo &io = *conn->out;
+	Hello hello;
+	hello.role = kRoleSender;
+	hello.nonce = io.myNonce;
+	{
+		std::lock_guard<std::mutex> lock(mutex_);
+		hello.epoch = epoch_;
+		hello.seq = queue_.empty() ? nextSeq_ : queue_.front().seq;
+	}
+	int ret = io.send(StreamFrame::Hello, encodeHello(hello));
+	if (ret < 0) {
+		connDead(conn, fmt::format("sending hello: {}", strerror(-ret)));
+		return;
+	}
+
+	uint64_t startSeq, epoch;
+	{
+		std::unique_lock<std::mutex> lock(mutex_);
+		cv_.wait(lock, [&] { return conn->streaming || conn->dead || stopping_; });
+		if (conn->dead || stopping_)
+			return;
+		io.peerNonce = conn->in->peerNonce;
+		startSeq = sendCursor_;
+		epoch = epoch_;
+	}
+	std::vector<uint8_t> start;
+	putLe(&start, epoch, 8);
+	putLe(&start, startSeq, 8);
+	ret = io.send(StreamFrame::Start, start);
+	if (ret < 0) {
+		connDead(conn, fmt::format("sending start: {}", strerror(-ret)));
+		return;
+	}
+
+	std::vector<std::shared_ptr<const std::vector<uint8_t>>> batch;
+	std::vector<uint8_t> payload;
+	for (;;) {
+		batch.clear();
+		{
+			std::unique_lock<std::mutex> lock(mutex_);
+			cv_.wait(lock, [&] {
+				return conn->dead || stopping_ || alone_ ||
+				       (!queue_.empty() && sendCursor_ <= queue_.back().seq);
+			});
+			if (conn->dead || stopping_ || alone_)
+				return;
+			/* Acks only remove sent entries, so the cursor is never before the front. */
+			sendCursor_ = std::max(sendCursor_, queue_.front().seq);
+			size_t idx = sendCursor_ - queue_.front().seq;
+			size_t bytes = 0;
+			while (idx < queue_.size() && (batch.empty() || bytes + queue_[idx].bytes->size() <= options_.batchBytes)) {
+				bytes += queue_[idx].bytes->size();
+				batch.push_back(queue_[idx].bytes);
+				idx++;
+			}
+			sendCursor_ += batch.size();
+			counters_.frames++;
+		}
+		payload.clear();
+		for (const auto &b : batch)
+			payload.insert(payload.end(), b->begin(), b->end());
+		ret = io.send(StreamFrame::Ops, payload);
+		if (ret < 0) {
+			connDead(conn, fmt::format("sending ops: {}", strerror(-ret)));
+			return;
+		}
+	}
+}
+
+void ReplicationSender::onAck(uint64_t applied, uint64_t durable)
+{
+	auto now = std::chrono::steady_clock::now();
+	std::lock_guard<std::mutex> lock(mutex_);
+	counters_.acks++;
+	appliedAck_ = std::max(appliedAck_, applied);
+	durableAck_ = std::max(durableAck_, durable);
+	while (!queue_.empty() && queue_.front().seq <= appliedAck_) {
+		queuedBytes_ -= queue_.front().bytes->size();
+		queue_.pop_front();
+	}
+	if (sendCursor_ <= appliedAck_)
+		sendCursor_ = appliedAck_ + 1;
+	for (auto it = pendingBarriers_.begin(); it != pendingBarriers_.end();) {
+		if (it->first > appliedAck_)
+			break;
+		bool done = it->second.first ? durableAck_ >= it->first : true;
+		if (!done) {
+			++it;
+			continue;
+		}
+		uint64_t ns = static_cast<uint64_t>(
+			std::chrono::duration_cast<std::chrono::nanoseconds>(now - it->second.second).count());
+		counters_.barriersAcked++;
+		counters_.barrierLatencyNsSum += ns;
+		counters_.barrierLatencyNsMax = std::max(counters_.barrierLatencyNsMax, ns);
+		it = pendingBarriers_.erase(it);
+	}
+}
+
+void ReplicationSender::readerMain(Conn *conn)
+{
+	FrameIo &io = *conn->in;
+	StreamFrame type;
+	std::string reason;
+	if (io.receive(&type, &reason) < 0 || type != StreamFrame::Hello) {
+		if (reason.empty())
+			reason = "first frame is not a hello";
+		std::lock_guard<std::mutex> lock(mutex_);
+		counters_.rejectedFrames += reason.rfind("peer closed", 0) == 0 ? 0 : 1;
+	}
+	Hello peer;
+	if (!reason.empty() || !decodeHello(io.payload(), kRoleReceiver, io.peerNonce, &peer, &reason)) {
+		connDead(conn, reason);
+		return;
+	}
+
+	bool resync = false;
+	uint64_t start;
+	std::function<void(uint64_t, uint64_t)> resyncHook;
+	{
+		std::lock_guard<std::mutex> lock(mutex_);
+		uint64_t oldest = queue_.empty() ? nextSeq_ : queue_.front().seq;
+		if (peer.epoch == epoch_ && peer.seq + 1 >= oldest && peer.seq < nextSeq_) {
+			start = peer.seq + 1;
+		} else {
+			start = oldest;
+			/* A blank peer that gets this whole epoch from its first op needs nothing else. */
+			resync = !(peer.epoch == 0 && peer.seq == 0 && oldest == epochStart_ && appliedAck_ < epochStart_);
+		}
+		sendCursor_ = start;
+		conn->streaming = true;
+		resyncHook = onResyncNeeded_;
+		logInfo(kLog, "module {}: replication stream up, epoch {:#x}, from seq {} (peer had epoch {:#x} seq {}){}",
+			options_.stream.module, epoch_, start, peer.epoch, peer.seq, resync ? ", resync needed" : "");
+	}
+	cv_.notify_all();
+	if (start > 1)
+		onAck(start - 1, 0);
+	if (resync && resyncHook)
+		resyncHook(peer.epoch, peer.seq);
+
+	for (;;) {
+		if (io.receive(&type, &reason) < 0) {
+			if (reason.rfind("peer closed", 0) != 0 && reason.rfind("recv", 0) != 0) {
+				std::lock_guard<std::mutex> lock(mutex_);
+				counters_.rejectedFrames++;
+			}
+			connDead(conn, reason);
+			return;
+		}
+		std::span<const uint8_t> p = io.payload();
+		if (type == StreamFrame::Ack && p.size() == 16) {
+			uint64_t applied = getLe(p, 0, 8), durable = getLe(p, 8, 8);
+			bool bad;
+			{
+				std::lock_guard<std::mutex> lock(mutex_);
+				bad = applied >= sendCursor_ || durable > applied;
+			}
+			if (bad) {
+				connDead(conn, fmt::format("ack beyond what was sent (applied {}, durable {})", applied, durable));
+				return;
+			}
+			onAck(applied, durable);
+			cv_.notify_all();
+		} else if (type == StreamFrame::Error && p.size() >= 14 && p.size() == 14 + getLe(p, 12, 2)) {
+			uint64_t seq = getLe(p, 0, 8);
+			int err = static_cast<int>(static_cast<int32_t>(getLe(p, 8, 4)));
+			std::string msg(reinterpret_cast<const char *>(p.data() + 14), p.size() - 14);
+			std::function<void(uint64_t, int, const std::string &)> hook;
+			{
+				std::lock_guard<std::mutex> lock(mutex_);
+				hook = onPeerError_;
+			}
+			logError(kLog, "module {}: peer could not apply op {}: {}", options_.stream.module, seq, msg);
+			connDead(conn, fmt::format("peer failed to apply op {}", seq));
+			if (hook)
+				hook(seq, err, msg);
+			return;
+		} else {
+			{
+				std::lock_guard<std::mutex> lock(mutex_);
+				counters_.rejectedFrames++;
+			}
+			connDead(conn, "malformed frame from the receiver");
+			return;
+		}
+	}
+}
+
+/* ---- Receiver ---- */
+
+Result<std::unique_ptr<ReplicationReceiver>> ReplicationReceiver::create(const ClusterKey &key, const Options &options,
+									  std::unique_ptr<Applier> applier)
+{
+	if (!applier)
+		return makeError(-EINVAL, "replication receiver needs an applier");
+	auto copy = ClusterKey::fromBytes(key.bytes());
+	if (!copy)
+		return copy.error();
+	return std::unique_ptr<ReplicationReceiver>(
+		new ReplicationReceiver(std::move(copy.value()), options, std::move(applier)));
+}
+
+ReplicationReceiver::ReplicationReceiver(ClusterKey key, const Options &options, std::unique_ptr<Applier> applier)
+	: key_(std::move(key)), options_(options), applier_(std::move(applier))
+{
+}
+
+ReplicationReceiver::~ReplicationReceiver()
+{
+	stop();
+}
+
+int ReplicationReceiver::start(int listenFd)
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	if (thread_.joinable())
+		return -EBUSY;
+	wakeFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (wakeFd_ < 0)
+		return -errno;
+	stopping_ = false;
+	thread_ = std::thread([this, listenFd] { acceptMain(listenFd); });
+	return 0;
+}
+
+void ReplicationReceiver::stop()
+{
+	{
+		std::lock_guard<std::mutex> lock(mutex_);
+		stopping_ = true;
+		if (liveFd_ >= 0)
+			shutdown(liveFd_, SHUT_RDWR);
+		if (wakeFd_ >= 0) {
+			uint64_t one = 1;
+			if (write(wakeFd_, &one, sizeof(one)) < 0) {
+				/* Counter overflow only: the loop is awake anyway. */
+			}
+		}
+	}
+	if (thread_.joinable())
+		thread_.join();
+	std::lock_guard<std::mutex> lock(mutex_);
+	if (wakeFd_ >= 0)
+		close(wakeFd_);
+	wakeFd_ = -1;
+}
+
+void ReplicationReceiver::acceptMain(int listenFd)
+{
+	for (;;) {
+		struct pollfd fds[2] = { { listenFd, POLLIN, 0 }, { wakeFd_, POLLIN, 0 } };
+		int n = poll(fds, 2, -1);
+		{
+			std::lock_guard<std::mutex> lock(mutex_);
+			if (stopping_)
+				return;
+		}
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			logError(kLog, "module {}: poll on the replication listener: {}", options_.stream.module,
+				 strerror(errno));
+			return;
+		}
+		if (!(fds[0].revents & POLLIN))
+			continue;
+		int fd = accept4(listenFd, nullptr, nullptr, SOCK_CLOEXEC);
+		if (fd < 0)
+			continue;
+		serve(fd);
+	}
+}
+
+void ReplicationReceiver::serve(int fd)
+{
+	{
+		std::lock_guard<std::mutex> lock(mutex_);
+		if (stopping_) {
+			close(fd);
+			return;
+		}
+		liveFd_ = fd;
+		counters_.connections++;
+	}
+	tuneSocket(fd);
+	std::string reason = serveConn(fd);
+	logInfo(kLog, "module {}: replication connection closed: {}", options_.stream.module, reason);
+	std::lock_guard<std::mutex> lock(mutex_);
+	liveFd_ = -1;
+	lastCloseReason_ = reason;
+	close(fd);
+}
+
+std::string ReplicationReceiver::serveConn(int fd)
+{
+	auto codec = WireCodec::create(key_, options_.stream.clusterId);
+	if (!codec)
+		return "cannot create the frame codec: " + codec.error().message;
+	FrameIo io(fd, std::move(codec.value()), options_.stream);
+	auto reject = [&](const std::string &why) {
+		std::lock_guard<std::mutex> lock(mutex_);
+		counters_.rejectedFrames++;
+		logWarn(kLog, "module {}: closing replication connection: {}", options_.stream.module, why);
+		return why;
+	};
+
+	/* Until the peer has proven it holds the key, it may not hold the one connection
+	 * slot for long: bound the handshake reads. */
+	auto ms = std::max<long>(1, static_cast<long>(options_.handshakeTimeout.count()));
+	struct timeval handshakeTimeout = { ms / 1000, (ms % 1000) * 1000 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &handshakeTimeout, sizeof(handshakeTimeout));
+
+	Hello mine;
+	mine.role = kRoleReceiver;
+	mine.nonce = io.myNonce;
+	{
+		std::lock_guard<std::mutex> lock(mutex_);
+		mine.epoch = epoch_;
+		mine.seq = lastApplied_;
+	}
+	int ret = io.send(StreamFrame::Hello, encodeHello(mine));
+	if (ret < 0)
+		return fmt::format("sending hello: {}", strerror(-ret));
+
+	StreamFrame type;
+	std::string reason;
+	Hello peer;
+	if (io.receive(&type, &reason) < 0)
+		return reason.rfind("peer closed", 0) == 0 ? reason : reject(reason);
+	if (type != StreamFrame::Hello)
+		return reject("first frame is not a hello");
+	if (!decodeHello(io.payload(), kRoleSender, io.peerNonce, &peer, &reason))
+		return reject(reason);
+	if (io.receive(&type, &reason) < 0)
+		return reason.rfind("peer closed", 0) == 0 ? reason : reject(reason);
+	if (type != StreamFrame::Start || io.payload().size() != 16)
+		return reject("expected a start frame");
+	uint64_t epoch = getLe(io.payload(), 0, 8);
+	uint64_t startSeq = getLe(io.payload(), 8, 8);
+	if (epoch == 0 || startSeq == 0 || epoch != peer.epoch)
+		return reject("malformed start frame");
+	/* Authenticated: an idle stream is normal from here on (keepalive finds dead peers). */
+	struct timeval noTimeout = { 0, 0 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &noTimeout, sizeof(noTimeout));
+	{
+		std::lock_guard<std::mutex> lock(mutex_);
+		if (epoch != epoch_ || startSeq != lastApplied_ + 1) {
+			logInfo(kLog, "module {}: stream epoch {:#x} from seq {} (had epoch {:#x} seq {})",
+				options_.stream.module, epoch, startSeq, epoch_, lastApplied_);
+			epoch_ = epoch;
+			lastApplied_ = startSeq - 1;
+			durable_ = std::min(durable_, lastApplied_);
+		}
+	}
+
+	for (;;) {
+		if (io.receive(&type, &reason) < 0)
+			return reason.rfind("peer closed", 0) == 0 || reason.rfind("recv", 0) == 0 ? reason : reject(reason);
+		if (type != StreamFrame::Ops)
+			return reject(fmt::format("unexpected frame {:#x} from the sender", static_cast<unsigned>(type)));
+		std::span<const uint8_t> rest = io.payload();
+		if (rest.empty())
+			return reject("empty ops frame");
+		{
+			std::lock_guard<std::mutex> lock(mutex_);
+			counters_.frames++;
+			counters_.bytes += rest.size();
+		}
+		uint64_t last, durable;
+		{
+			std::lock_guard<std::mutex> lock(mutex_);
+			last = lastApplied_;
+			durable = durable_;
+		}
+		while (!rest.empty()) {
+			Op op;
+			size_t used = 0;
+			OpDecodeError e = decodeOp(rest, &op, &used);
+			if (e != OpDecodeError::None)
+				return reject(fmt::format("undecodable op after seq {}: {}", last, opDecodeErrorName(e)));
+			if (op.seq != last + 1)
+				return reject(fmt::format("op seq {} out of order (expected {})", op.seq, last + 1));
+			rest = rest.subspan(used);
+			Status s = applier_->apply(op);
+			if (!s) {
+				std::string msg = s.error().message.substr(0, kMaxErrorMessage);
+				std::vector<uint8_t> p;
+				putLe(&p, op.seq, 8);
+				putLe(&p, static_cast<uint32_t>(static_cast<int32_t>(s.code())), 4);
+				putLe(&p, msg.size(), 2);
+				p.insert(p.end(), msg.begin(), msg.end());
+				{
+					std::lock_guard<std::mutex> lock(mutex_);
+					counters_.applyErrors++;
+					lastApplied_ = last;
+				}
+				logError(kLog, "module {}: {}", options_.stream.module, msg);
+				/* Ack what was applied before the failing op, then report it. */
+				std::vector<uint8_t> ack;
+				putLe(&ack, last, 8);
+				putLe(&ack, durable, 8);
+				if (io.send(StreamFrame::Ack, ack) == 0)
+					(void)io.send(StreamFrame::Error, p);
+				return "apply failed: " + msg;
+			}
+			last = op.seq;
+			if (op.type == OpType::Barrier && op.durable) {
+				durable = op.seq;
+				std::lock_guard<std::mutex> lock(mutex_);
+				counters_.durableFlushes++;
+			}
+		}
+		{
+			std::lock_guard<std::mutex> lock(mutex_);
+			counters_.ops = applier_->counters().ops;
+			lastApplied_ = last;
+			durable_ = durable;
+		}
+		std::vector<uint8_t> ack;
+		putLe(&ack, last, 8);
+		putLe(&ack, durable, 8);
+		ret = io.send(StreamFrame::Ack, ack);
+		if (ret < 0)
+			return fmt::format("sending ack: {}", strerror(-ret));
+		std::lock_guard<std::mutex> lock(mutex_);
+		counters_.acks++;
+	}
+}
+
+uint64_t ReplicationReceiver::lastApplied() const
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	return lastApplied_;
+}
+
+uint64_t ReplicationReceiver::epoch() const
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	return epoch_;
+}
+
+std::string ReplicationReceiver::lastCloseReason() const
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	return lastCloseReason_;
+}
+
+ReplicationReceiver::Counters ReplicationReceiver::counters() const
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	return counters_;
+}
+
+/* ---- Helpers ---- */
+
+Result<int> listenTcp(const std::string &addr, uint16_t port, uint16_t *boundPort)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return makeError(-errno, fmt::format("socket: {}", strerror(errno)));
+	int one = 1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	struct sockaddr_in sa = {};
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons(port);
+	if (inet_pton(AF_INET, addr.c_str(), &sa.sin_addr) != 1) {
+		close(fd);
+		return makeError(-EINVAL, fmt::format("'{}' is not an IPv4 address", addr));
+	}
+	if (bind(fd, reinterpret_cast<struct sockaddr *>(&sa), sizeof(sa)) < 0 || listen(fd, 4) < 0) {
+		int e = errno;
+		close(fd);
+		return makeError(-e, fmt::format("listen on {}:{}: {}", addr, port, strerror(e)));
+	}
+	socklen_t len = sizeof(sa);
+	if (boundPort && getsockname(fd, reinterpret_cast<struct sockaddr *>(&sa), &len) == 0)
+		*boundPort = ntohs(sa.sin_port);
+	return fd;
+}
+
+Result<int> connectTcp(const std::string &addr, uint16_t port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return makeError(-errno, fmt::format("socket: {}", strerror(errno)));
+	struct sockaddr_in sa = {};
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons(port);
+	if (inet_pton(AF_INET, addr.c_str(), &sa.sin_addr) != 1) {
+		close(fd);
+		return makeError(-EINVAL, fmt::format("'{}' is not an IPv4 address", addr));
+	}
+	if (connect(fd, reinterpret_cast<struct sockaddr *>(&sa), sizeof(sa)) < 0) {
+		int e = errno;
+		close(fd);
+		return makeError(-e, fmt::format("connect to {}:{}: {}", addr, port, strerror(e)));
+	}
+	return fd;
+}
+
+} /* namespace sk::repl */
