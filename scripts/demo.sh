@@ -43,7 +43,7 @@ rig_start_probe c1 "$RIG_DIR/probe.json" --duration 60
 sleep 0.5
 rig_crash_node n1 web
 rig_wait_label n2 web 'ALONE/running' 100
-rig_wait_for 50 test "$(rig_vip_answer)" = n2
+rig_wait_for 50 rig_vip_answer_is n2
 sleep 0.5
 rig_stop_probe
 state
@@ -62,7 +62,7 @@ sleep 0.5
 rig_exec n2 ip link set eth0 down
 rig_crash_node n2 web
 rig_wait_label n1 web 'ALONE/running' 100
-rig_wait_for 50 test "$(rig_vip_answer)" = n1
+rig_wait_for 50 rig_vip_answer_is n1
 rig_stop_probe
 state
 printf 'outage seen by the client: %s ms (timeout 3000 ms)\n' "$(jq .longest_outage_ms "$RIG_DIR/probe2.json")"

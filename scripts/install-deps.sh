@@ -11,6 +11,8 @@ PKGS=(
   # run and test
   fuse3 iproute2 nftables iputils-ping jq python3 procps psmisc util-linux
   socat curl
+  # HTTP API (header-only cpp-httplib), metrics parse test, console browser test
+  libcpp-httplib-dev python3-prometheus-client chromium chromium-driver python3-selenium
 )
 
 if [ "$(id -u)" -ne 0 ]; then

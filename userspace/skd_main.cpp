@@ -7,14 +7,48 @@
 
 #include <CLI/CLI.hpp>
 
+#include "api/http.h"
 #include "core/daemon.h"
 #include "core/log.h"
+
+namespace {
+
+sk::LogCategory kLog("skd");
+
+/* The HTTP front end: status, metrics, health, admin actions, console. */
+std::unique_ptr<sk::HttpServer> startHttp(sk::Daemon &d, const std::string &consoleDir, bool *failed)
+{
+	const sk::ClusterConfig &c = d.cluster();
+	sk::HttpBackend b;
+	b.status = [&d] { return d.status(); };
+	b.action = [&d](const std::string &action, const std::string &module, const std::string &origin,
+			std::function<void(sk::Result<nlohmann::json>)> reply) {
+		d.moduleCommand({ { "action", action }, { "module", module }, { "origin", "http " + origin } },
+				std::move(reply));
+	};
+	b.serving = [&d](const std::string &module) { return d.moduleServing(module); };
+	sk::EventLoop *loop = &d.loop();
+	auto server = sk::HttpServer::create(sk::httpOptionsFromConfig(c.http, c.ports.http, consoleDir), b,
+					     [loop](std::function<void()> cb) { loop->post(std::move(cb)); });
+	if (!server) {
+		fprintf(stderr, "skd: HTTP server: %s\n", server.error().message.c_str());
+		*failed = true;
+		return nullptr;
+	}
+	sk::logInfo(kLog, "HTTP API on {}:{}{}", c.http.listen, server.value()->port(),
+		    server.value()->tls() ? " (TLS)" : "");
+	return std::move(server.value());
+}
+
+} /* namespace */
 
 int main(int argc, char **argv)
 {
 	sk::DaemonOptions opts;
 	std::string level = "info";
 	bool timestamps = false;
+	bool noHttp = false;
+	std::string consoleDir = sk::defaultConsoleDir();
 
 	CLI::App app{ "skd: the SK high-availability daemon (mirror and farm modules)" };
 	app.set_version_flag("--version", std::string("skd ") + SK_VERSION);
@@ -28,6 +62,8 @@ int main(int argc, char **argv)
 	app.add_option("--log-dir", opts.logDir, "Override paths.log_dir");
 	app.add_option("--log-level", level, "debug, info, warn or error")->capture_default_str();
 	app.add_flag("--log-timestamps", timestamps, "Prefix log lines with the time (foreground runs)");
+	app.add_option("--console-dir", consoleDir, "Web console assets")->capture_default_str();
+	app.add_flag("--no-http", noHttp, "Do not serve the HTTP API and console");
 
 	try {
 		app.parse(argc, argv);
@@ -55,5 +91,14 @@ int main(int argc, char **argv)
 			fprintf(stderr, "skd: %zu configuration error(s); not starting\n", errors.size());
 		return 2;
 	}
-	return daemon.value()->run();
+	bool failed = false;
+	std::unique_ptr<sk::HttpServer> http;
+	if (!noHttp) {
+		http = startHttp(*daemon.value(), consoleDir, &failed);
+		if (failed)
+			return 1;
+	}
+	int ret = daemon.value()->run();
+	http.reset();	/* before the loop it posts to */
+	return ret;
 }

@@ -47,7 +47,7 @@ test_failover_on_skd_crash() {
 	rig_start_probe c1 "$RIG_DIR/probe.json"
 	rig_crash_node n1 web
 	rig_wait_label n2 web 'ALONE/running' 50
-	rig_wait_for 50 test "$(rig_vip_answer)" = n2 || rig_fail "client does not reach n2"
+	rig_wait_for 50 rig_vip_answer_is n2 || rig_fail "client does not reach n2"
 	sleep 0.3
 	rig_stop_probe
 	rig_stop_vip_sampler
@@ -69,7 +69,7 @@ test_failover_on_power_cut() {
 	rig_exec n1 ip link set eth0 down
 	rig_crash_node n1 web
 	rig_wait_label n2 web 'ALONE/running' 50
-	rig_wait_for 50 test "$(rig_vip_answer)" = n2 || rig_fail "client does not reach n2"
+	rig_wait_for 50 rig_vip_answer_is n2 || rig_fail "client does not reach n2"
 	rig_stop_probe
 	local outage; outage=$(jq .longest_outage_ms "$RIG_DIR/probe.json")
 	rig_log "client-observed outage on power cut: ${outage} ms (timeout 500 ms)"
@@ -180,6 +180,27 @@ test_flapping_link_shorter_than_timeout_is_ignored() {
 	rig_wait_label n1 web 'PRIM/running' 5
 	rig_wait_label n2 web 'SECOND/in-sync' 5
 	! grep -q 'peer .* lost' "$RIG_DIR/n1/skd.log" || rig_fail "a short flap caused a failover"
+}
+
+test_http_status_and_health_follow_roles() {
+	_pair_up
+	local code s
+	# The HTTP document is the control socket's document.
+	s=$(rig_exec n1 curl -sf http://127.0.0.1:7480/api/v1/status)
+	[ "$(jq -r .schema <<<"$s")" = sk.status/1 ] || rig_fail "HTTP status schema: $(jq -r .schema <<<"$s")"
+	[ "$(jq -r '.modules[0].label' <<<"$s")" = PRIM/running ] || rig_fail "HTTP status label"
+	code=$(rig_exec n1 curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:7480/health/web)
+	[ "$code" = 200 ] || rig_fail "health on the primary: $code"
+	code=$(rig_exec n2 curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:7480/health/web)
+	[ "$code" = 503 ] || rig_fail "health on the secondary: $code"
+	code=$(rig_exec n2 curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:7480/health/nosuch)
+	[ "$code" = 404 ] || rig_fail "health of an unknown module: $code"
+	# Admin actions need the token: refused, and nothing changes.
+	code=$(rig_exec n2 curl -s -o /dev/null -w '%{http_code}' -X POST http://127.0.0.1:7480/api/v1/modules/web/swap)
+	[ "$code" = 401 ] || [ "$code" = 403 ] || rig_fail "unauthenticated swap: $code"
+	sleep 0.5
+	rig_wait_label n1 web 'PRIM/running' 5
+	rig_exec n1 curl -sf http://127.0.0.1:7480/metrics | grep -q '^sk_module_state' || rig_fail "metrics"
 }
 
 rig_main "$@"

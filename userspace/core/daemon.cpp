@@ -271,6 +271,10 @@ Status Daemon::buildRuntime()
 		mc.addresses = addresses_.get();
 		mc.announcer = announcer_.get();
 		mc.guard = guard_.get();
+		mc.moduleState = [this](const std::string &name) {
+			auto it = byName_.find(name);
+			return it == byName_.end() ? std::string("STOP") : it->second->status().value("state", "STOP");
+		};
 		mc.moduleDir = c.paths.modulesDir + "/" + m.name;
 		mc.stateDir = c.paths.stateDir + "/" + m.name;
 		mc.logFile = c.paths.logDir + "/" + m.name + ".log";
@@ -400,6 +404,8 @@ void Daemon::moduleCommand(const nlohmann::json &req, ControlResponder reply)
 	g->left = targets.size();
 	g->reply = std::move(reply);
 	std::string act = action->get<std::string>();
+	logInfo(kLog, "admin {} on {} from {}", act, name.empty() ? "every module" : name,
+		req.value("origin", "skctl (control socket)"));
 	for (ModuleRuntime *t : targets) {
 		t->command(act, req, [g](Result<json> r) {
 			if (r)
@@ -418,6 +424,14 @@ void Daemon::moduleCommand(const nlohmann::json &req, ControlResponder reply)
 			}
 		});
 	}
+}
+
+std::optional<bool> Daemon::moduleServing(const std::string &name) const
+{
+	auto it = byName_.find(name);
+	if (it == byName_.end())
+		return std::nullopt;
+	return it->second->serving();
 }
 
 Status Daemon::reload()
@@ -501,6 +515,21 @@ nlohmann::json Daemon::status() const
 								 : "does not run on this node" },
 		});
 	}
+	/* Where the console finds every node's status (the first network's address). */
+	json clusterNodes = json::array();
+	for (const NodeConfig &n : config_.cluster.nodes) {
+		std::string addr;
+		if (!config_.cluster.networks.empty()) {
+			auto a = n.addresses.find(config_.cluster.networks.front());
+			if (a != n.addresses.end())
+				addr = a->second;
+		}
+		std::string host = addr.find(':') != std::string::npos ? "[" + addr + "]" : addr;
+		clusterNodes.push_back({ { "name", n.name },
+					 { "id", n.id },
+					 { "http_url", host.empty() ? "" : fmt::format("http://{}:{}", host,
+										       config_.cluster.ports.http) } });
+	}
 	json hb = nullptr;
 	if (heartbeat_) {
 		const HeartbeatCounters &c = heartbeat_->counters();
@@ -527,6 +556,7 @@ nlohmann::json Daemon::status() const
 		    { "reloads", reloads_ },
 		    { "last_reload_errors", lastReloadErrors_ } } },
 		{ "heartbeat", hb },
+		{ "cluster_nodes", clusterNodes },
 		{ "modules", modules },
 	};
 }

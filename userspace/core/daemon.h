@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <map>
+#include <optional>
 #include <memory>
 #include <set>
 #include <string>
@@ -61,6 +62,14 @@ public:
 	/* Re-reads the configuration; keeps the running one when the new one is invalid. */
 	Status reload();
 
+	/* For the HTTP front end (skd's main); all of these run on the loop thread. */
+	EventLoop &loop() { return *loop_; }
+	const ClusterConfig &cluster() const { return config_.cluster; }
+	/* {"action": ..., "module": ... (optional), "origin": ...}; see skctl's module commands. */
+	void moduleCommand(const nlohmann::json &request, ControlResponder reply);
+	/* nullopt: no such module on this node. */
+	std::optional<bool> moduleServing(const std::string &name) const;
+
 private:
 	Daemon() = default;
 
@@ -70,7 +79,6 @@ private:
 	Status buildRuntime();
 	void teardownRuntime();
 	bool anyModuleRunning() const;
-	void moduleCommand(const nlohmann::json &request, ControlResponder reply);
 	void beginShutdown();
 	std::string fileDigest(const std::string &file) const;
 	void onLinkBroken(NodeId peer, const std::string &why);

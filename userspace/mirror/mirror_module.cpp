@@ -200,6 +200,13 @@ Result<std::unique_ptr<MirrorModule>> MirrorModule::create(const MirrorContext &
 		return runner.error();
 	m->scripts_ = std::move(runner.value());
 
+	auto checkers = ModuleCheckers::create(*context.loop, config, context.moduleDir,
+					      context.moduleState ? context.moduleState
+								  : [](const std::string &) { return std::string(); });
+	if (!checkers)
+		return makeError(checkers.error().code, "module " + config.name + ": " + checkers.error().message);
+	m->checkers_ = std::move(checkers.value());
+
 	m->replication_ = std::move(replication);
 	MirrorModule *self = m.get();
 	m->replication_->setCallbacks({
@@ -219,6 +226,7 @@ Result<std::unique_ptr<MirrorModule>> MirrorModule::create(const MirrorContext &
 
 	m->sm_ = std::make_unique<MirrorStateMachine>(*mc, gen.value(), context.heartbeat->incarnation(),
 						      randomUuid);
+	m->checkers_->setDecisionCallback([self](const PolicyDecision &d) { self->onCheckerDecision(d); });
 
 	/* Not serving yet: a VIP still here is a crashed skd's leftover. */
 	m->removeVips(true);
@@ -247,6 +255,9 @@ Result<std::unique_ptr<MirrorModule>> MirrorModule::create(const MirrorContext &
 
 MirrorModule::~MirrorModule()
 {
+	*alive_ = false;
+	if (checkers_)
+		checkers_->stopAll();
 	ctx_.loop->cancelTimer(tickTimer_);
 	ctx_.heartbeat->removeModule(config_.name);
 }
@@ -278,6 +289,7 @@ void MirrorModule::feed(const MirrorEvent &event)
 	}
 	feeding_ = false;
 	publish();
+	updateCheckers();
 	if (shutdownDone_ && sm_->state() == MirrorState::Stop && !scripts_->busy()) {
 		auto done = std::move(shutdownDone_);
 		shutdownDone_ = nullptr;
@@ -305,8 +317,40 @@ Result<MirrorStep> MirrorModule::feedAdmin(MirrorEventKind kind)
 		feed(next);
 	} else {
 		publish();
+		updateCheckers();
 	}
 	return step;
+}
+
+void MirrorModule::updateCheckers()
+{
+	ModuleRole role = ModuleRole::Stop;
+	switch (sm_->state()) {
+	case MirrorState::Stop: role = ModuleRole::Stop; break;
+	case MirrorState::Wait: role = ModuleRole::Wait; break;
+	case MirrorState::Alone: role = ModuleRole::Alone; break;
+	case MirrorState::Prim: role = ModuleRole::Prim; break;
+	case MirrorState::Second: role = ModuleRole::Second; break;
+	}
+	/* While start/stop scripts run the app is not up: its own downtime is no failure. */
+	bool appUp = sm_->phase() == MirrorPhase::Running || sm_->state() == MirrorState::Second;
+	checkers_->setRole(role, appUp);
+}
+
+void MirrorModule::onCheckerDecision(const PolicyDecision &d)
+{
+	moduleLog("checker " + d.checker + ": " + d.cause);
+	auto action = d.action();
+	if (!action)
+		return;	/* report only, or a cleared wait (the machine has no resume event yet) */
+	MirrorEvent e = MirrorEvent::simple(MirrorEventKind::CheckerFailed, nowMs(), d.checker);
+	e.checker = *action;
+	/* Posted: decisions may arrive from inside setRole(), i.e. while feeding. */
+	auto alive = alive_;
+	ctx_.loop->post([this, alive, e] {
+		if (*alive)
+			feed(e);
+	});
 }
 
 void MirrorModule::execute(const std::vector<MirrorAction> &actions)
@@ -702,6 +746,7 @@ nlohmann::json MirrorModule::status() const
 		{ "last_error", lastError_ },
 		{ "transitions", transitions },
 		{ "log_file", ctx_.logFile },
+		{ "checkers", checkers_->status() },
 	};
 }
 

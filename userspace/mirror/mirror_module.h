@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "checkers/module_checkers.h"
 #include "cluster/heartbeat.h"
 #include "core/config.h"
 #include "core/event_loop.h"
@@ -68,6 +69,8 @@ struct MirrorContext {
 	net::AddressOps *addresses = nullptr;
 	net::Announcer *announcer = nullptr;
 	net::VipGuard *guard = nullptr;		/* removes our VIPs if skd dies */
+	/* Another module's state on this node, for "module" checkers. */
+	std::function<std::string(const std::string &module)> moduleState;
 	std::string moduleDir;		/* <modules_dir>/<name>: scripts/ lives here */
 	std::string stateDir;		/* <state_dir>/<name> */
 	std::string logFile;		/* <log_dir>/<name>.log */
@@ -125,6 +128,11 @@ private:
 	std::unique_ptr<GenerationStore> store_;
 	std::unique_ptr<ScriptRunner> scripts_;
 	std::unique_ptr<MirrorReplication> replication_;
+	std::unique_ptr<ModuleCheckers> checkers_;
+	/* Cleared on destruction: callbacks posted to the loop check it first. */
+	std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+	void updateCheckers();
+	void onCheckerDecision(const PolicyDecision &decision);
 	NodeId peerId_ = 0;
 	std::set<size_t> networks_;		/* heartbeat network indexes this module listens on */
 	std::chrono::milliseconds timeout_;

@@ -58,7 +58,7 @@ sk_measure() { # timing scenario
 	powercut) rig_exec "$prim" ip link set eth0 down; rig_crash_node "$prim" web ;;
 	swap) rig_skctl "$other" swap -m web >/dev/null ;;
 	esac
-	rig_wait_for 200 test "$(rig_vip_answer)" = "$other"
+	rig_wait_for 200 rig_vip_answer_is "$other"
 	sleep 0.2
 	rig_stop_probe
 	record sk "$timing" "$scenario" "$(jq .longest_outage_ms "$RIG_DIR/p.json")"
@@ -131,9 +131,9 @@ ka_rig() { # advert version
 	ka_app n1
 	ka_app n2
 	ka_start n1 "$1" "$2"
-	rig_wait_for 100 test "$(rig_vip_holders)" = n1 || true
+	rig_wait_for 100 rig_vip_holders_are n1 || true
 	ka_start n2 "$1" "$2"
-	rig_wait_for 100 test -n "$(rig_vip_answer)"
+	rig_wait_for 100 rig_vip_answers
 }
 
 ka_measure() { # timing scenario advert version
@@ -148,7 +148,7 @@ ka_measure() { # timing scenario advert version
 	powercut) rig_exec "$prim" ip link set eth0 down; ka_kill "$prim" ;;
 	swap) eval "p=\$KA_PID_$prim"; kill -TERM "$p"; wait "$p" 2>/dev/null || true ;;
 	esac
-	rig_wait_for 200 test "$(rig_vip_answer)" = "$other"
+	rig_wait_for 200 rig_vip_answer_is "$other"
 	sleep 0.2
 	rig_stop_probe
 	record keepalived "$timing" "$scenario" "$(jq .longest_outage_ms "$RIG_DIR/p.json")"

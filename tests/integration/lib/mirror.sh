@@ -124,3 +124,9 @@ rig_crash_node() {
 	rig_stop_skd "$node" KILL
 	if [ -f "$pidfile" ]; then kill -KILL -- "-$(cat "$pidfile")" 2>/dev/null || true; fi
 }
+
+# Predicates for rig_wait_for (which retries a command: its arguments are
+# expanded once, so the command itself must look again each time).
+rig_vip_answer_is() { [ "$(rig_vip_answer)" = "$1" ]; }
+rig_vip_holders_are() { [ "$(rig_vip_holders)" = "$1" ]; }
+rig_vip_answers() { [ -n "$(rig_vip_answer)" ]; }

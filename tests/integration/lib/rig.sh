@@ -17,6 +17,7 @@ RIG_CLIENTS=()
 RIG_NETS=1
 RIG_PIDS_FILE=""
 SK_BIN_DIR="${SK_BIN_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)/build}"
+SK_SRC_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 SKD="$SK_BIN_DIR/userspace/skd"
 SKCTL="$SK_BIN_DIR/cli/skctl"
 
@@ -116,7 +117,8 @@ rig_start_skd() {
 	# A plain command in the background (not a function): $! is then skd itself,
 	# since `ip netns exec` execs it.
 	ip netns exec "$(rig_ns "$name")" "$SKD" --config "$RIG_DIR/$name/cluster.json" \
-		--node "$name" --log-timestamps "$@" >>"$RIG_DIR/$name/skd.log" 2>&1 &
+		--node "$name" --log-timestamps --console-dir "$SK_SRC_DIR/userspace/api/console" "$@" \
+		>>"$RIG_DIR/$name/skd.log" 2>&1 &
 	pid=$!
 	echo "$pid skd-$name" >>"$RIG_PIDS_FILE"
 	eval "RIG_PID_$name=$pid"
