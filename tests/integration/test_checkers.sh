@@ -32,7 +32,7 @@ _checker_json() {
 
 # _wait_checker NODE CHECKER STATE [TRIES]
 _wait_checker() {
-	local node=$1 checker=$2 want=$3 tries=${4:-50} got=""
+	local node=$1 checker=$2 want=$3 tries=${4:-50} got="" i
 	for ((i = 0; i < tries; i++)); do
 		got=$(_checker_json "$node" "$checker" | jq -r '.state' 2>/dev/null || true)
 		[ "$got" = "$want" ] && return 0

@@ -23,6 +23,7 @@
 #include "cluster/peer_link.h"
 #include "cluster/wire.h"
 #include "mirror/mirror_module.h"
+#include "farm/farm_module.h"
 #include "net/announce.h"
 #include "net/vip.h"
 #include "net/vip_guard.h"
@@ -259,6 +260,25 @@ Status Daemon::buildRuntime()
 	announcer_ = std::make_unique<net::Announcer>(*loop_, *frames_);
 
 	for (const ModuleConfig &m : config_.modules) {
+		if (moduleHasNode(m, self_->name) && m.type == ModuleType::Farm) {
+			FarmContext fc;
+			fc.loop = loop_.get();
+			fc.cluster = &config_.cluster;
+			fc.self = self_;
+			fc.heartbeat = heartbeat_.get();
+			fc.addresses = addresses_.get();
+			fc.guard = guard_.get();	/* removes the VIP from lo if skd dies */
+			fc.moduleDir = c.paths.modulesDir + "/" + m.name;
+			fc.stateDir = c.paths.stateDir + "/" + m.name;
+			fc.logFile = c.paths.logDir + "/" + m.name + ".log";
+			fc.pinRoot = c.paths.bpfPinRoot;
+			auto fm = FarmModule::create(fc, m);
+			if (!fm)
+				return fm.error();
+			byName_[m.name] = fm.value().get();
+			modules_.push_back(std::move(fm.value()));
+			continue;
+		}
 		if (!moduleHasNode(m, self_->name) || m.type != ModuleType::Mirror) {
 			modules_.push_back(nullptr);
 			continue;

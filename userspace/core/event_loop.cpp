@@ -45,8 +45,18 @@ Result<std::unique_ptr<EventLoop>> EventLoop::create()
 	/*
 	 * 256 entries: the loop only holds one poll per watched fd, a few dozen
 	 * at most. No SQPOLL: skd is mostly idle and must not burn a core.
+	 * COOP_TASKRUN: completions are processed when we enter the ring, not by
+	 * interrupting the thread; otherwise pending task work looks like a signal
+	 * and long syscalls on the loop thread (the BPF verifier) fail with EAGAIN.
+	 * Older kernels refuse the flag: retry without it.
 	 */
+#ifdef IORING_SETUP_COOP_TASKRUN
+	int ret = io_uring_queue_init(256, loop->ring_.get(), IORING_SETUP_COOP_TASKRUN);
+	if (ret == -EINVAL)
+		ret = io_uring_queue_init(256, loop->ring_.get(), 0);
+#else
 	int ret = io_uring_queue_init(256, loop->ring_.get(), 0);
+#endif
 	if (ret < 0) {
 		loop->ring_.reset();
 		return makeError(ret, errnoMessage("io_uring_queue_init", ret));

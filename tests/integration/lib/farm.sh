@@ -75,7 +75,7 @@ farm_wait_agreed() {
 	for ((i = 0; i < 100; i++)); do
 		ok=1
 		for node in "$@"; do
-			got=$(farm_json "$node" "$module" 2>/dev/null | jq -r '[.up[]] | join(" ") + " " + (.views_agree | tostring)' || true)
+			got=$(farm_json "$node" "$module" 2>/dev/null | jq -r '(.up | join(" ")) + " " + (.views_agree | tostring)' 2>/dev/null || true)
 			[ "$got" = "$want true" ] || { ok=0; break; }
 		done
 		[ "$ok" -eq 1 ] && return 0
@@ -101,7 +101,8 @@ farm_client_ips() {
 #     prints {"results": [{"src", "answer", "error", "ms"}...]}.
 #   probe IPS STOPFILE READYFILE CONNECT_TIMEOUT: one thread per source IP connects
 #     again and again until STOPFILE exists; prints per IP the attempts, failures,
-#     the answers in order (runs), and the longest gap between two successes (ms).
+#     the answers in order (runs), the first errors with their start times (wall ms),
+#     and the longest gap between two successes (ms).
 FARM_CLIENT_PY='
 import json, os, socket, sys, threading, time
 
@@ -144,7 +145,7 @@ if mode == "once":
     print(json.dumps({"results": results}))
 else:
     stop, ready, timeout = sys.argv[5], sys.argv[6], float(sys.argv[7])
-    stats = {ip: {"attempts": 0, "failures": 0, "runs": [], "errors": [], "gap_ms": 0.0, "gap_at": None} for ip in ips}
+    stats = {ip: {"attempts": 0, "failures": 0, "runs": [], "errors": [], "failed_at_ms": [], "gap_ms": 0.0, "gap_at": None} for ip in ips}
     answered = set()
     def run(ip):
         st, last_ok, signalled = stats[ip], None, False
@@ -156,6 +157,8 @@ else:
                 st["failures"] += 1
                 if len(st["errors"]) < 5:
                     st["errors"].append(err)
+                    # Wall clock of the attempt start, comparable with the transition times of skd.
+                    st["failed_at_ms"].append(int((time.time() - (now - t0)) * 1000))
                 time.sleep(0.005)
                 continue
             if last_ok is not None and (now - last_ok) * 1000 > st["gap_ms"]:
@@ -184,16 +187,17 @@ farm_once() {
 	rig_exec "$1" python3 -c "$FARM_CLIENT_PY" once "$FARM_VIP" "$FARM_PORT" "$2" "$3"
 }
 
-# farm_start_probe CLIENT "IPS" OUT [CONNECT_TIMEOUT]: the prober in the background.
+# farm_start_probe TAG CLIENT "IPS" OUT [CONNECT_TIMEOUT]: a prober in the background
+# (TAG names it for farm_stop_probe; several may run in one client).
 farm_start_probe() {
-	local client=$1 ips=$2 out=$3 timeout=${4:-0.1} pid
-	rm -f "$RIG_DIR/fprobe.$client.stop" "$RIG_DIR/fprobe.$client.ready"
+	local tag=$1 client=$2 ips=$3 out=$4 timeout=${5:-0.1} pid
+	rm -f "$RIG_DIR/fprobe.$tag.stop" "$RIG_DIR/fprobe.$tag.ready"
 	ip netns exec "$(rig_ns "$client")" python3 -c "$FARM_CLIENT_PY" probe "$FARM_VIP" "$FARM_PORT" "$ips" \
-		"$RIG_DIR/fprobe.$client.stop" "$RIG_DIR/fprobe.$client.ready" "$timeout" >"$out" &
+		"$RIG_DIR/fprobe.$tag.stop" "$RIG_DIR/fprobe.$tag.ready" "$timeout" >"$out" &
 	pid=$!
-	echo "$pid fprobe-$client" >>"$RIG_PIDS_FILE"
-	eval "FARM_PROBE_$client=$pid"
-	rig_wait_for 100 test -e "$RIG_DIR/fprobe.$client.ready" || rig_fail "prober on $client never got an answer"
+	echo "$pid fprobe-$tag" >>"$RIG_PIDS_FILE"
+	eval "FARM_PROBE_$tag=$pid"
+	rig_wait_for 100 test -e "$RIG_DIR/fprobe.$tag.ready" || rig_fail "prober $tag on $client never got an answer"
 }
 
 farm_stop_probe() {

@@ -56,7 +56,7 @@ rig_mirror_label() {
 
 # rig_wait_label NODE MODULE LABEL-REGEX [TRIES]
 rig_wait_label() {
-	local node=$1 module=$2 want=$3 tries=${4:-100} got=""
+	local node=$1 module=$2 want=$3 tries=${4:-100} got="" i
 	for ((i = 0; i < tries; i++)); do
 		got=$(rig_mirror_label "$node" "$module" 2>/dev/null || true)
 		if [[ "$got" =~ ^($want)$ ]]; then return 0; fi
