@@ -3,6 +3,7 @@
  * skd: the SK daemon. main = parse flags, build the Daemon (which loads and
  * checks the configuration), run, tear down in reverse (RAII).
  */
+#include <csignal>
 #include <cstdio>
 
 #include <CLI/CLI.hpp>
@@ -79,6 +80,16 @@ int main(int argc, char **argv)
 	}
 	sk::setLogLevel(l);
 	sk::setLogTimestamps(timestamps);
+
+	/*
+	 * Block the signals the loop handles before any thread exists (HTTP workers,
+	 * FUSE): threads inherit the mask, so they reach the loop's signalfd only.
+	 */
+	sigset_t handled;
+	sigemptyset(&handled);
+	for (int sig : { SIGTERM, SIGINT, SIGHUP })
+		sigaddset(&handled, sig);
+	sigprocmask(SIG_BLOCK, &handled, nullptr);
 
 	std::vector<sk::ConfigError> errors;
 	auto daemon = sk::Daemon::create(opts, &errors);

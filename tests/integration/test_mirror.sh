@@ -162,7 +162,7 @@ test_partition_without_witness_detects_split_brain() {
 	# Divergent data met: reported on both, nothing resynced automatically (policy manual).
 	rig_wait_for 100 sh -c "ip netns exec $(rig_ns n1) $SKCTL --socket $RIG_DIR/n1/run/skd.sock status --json | jq -e '.modules[0].split_brain != null' >/dev/null" ||
 		rig_fail "split brain not reported on n1"
-	rig_skctl n2 status --json | jq -e '.modules[0].split_brain != null' >/dev/null ||
+	rig_wait_for 100 sh -c "ip netns exec $(rig_ns n2) $SKCTL --socket $RIG_DIR/n2/run/skd.sock status --json | jq -e '.modules[0].split_brain != null' >/dev/null" ||
 		rig_fail "split brain not reported on n2"
 	grep -q 'SPLIT BRAIN' "$RIG_DIR/n1/log/web.log" || rig_fail "split brain not in the module log"
 }

@@ -99,12 +99,26 @@ rig_stop_probe() {
 	wait "$RIG_PROBE_PID" 2>/dev/null || true
 }
 
-# Starts the VIP sampler: records the holders every 10 ms until stopped.
+# Does NODE's eth0 hold the VIP right now?
+_rig_holds() { rig_exec "$1" ip -4 -o addr show dev eth0 2>/dev/null | grep -q " $RIG_VIP/"; }
+
+# Starts the VIP sampler until stopped. Reading two nodes takes a few ms, so a
+# handover between the two reads would look like an overlap: reads go n1, n2,
+# n1, n2 and a line says "n1 n2" only when one node held the VIP before AND
+# after the other was seen holding it, i.e. both held it at the same moment.
 rig_start_vip_sampler() {
 	local out=$1
 	(
 		while [ ! -e "$RIG_DIR/sampler.stop" ]; do
-			printf '%s\n' "$(rig_vip_holders)"
+			a=0; b=0; c=0; d=0
+			_rig_holds n1 && a=1
+			_rig_holds n2 && b=1
+			_rig_holds n1 && c=1
+			_rig_holds n2 && d=1
+			if [ $a$b$c = 111 ] || [ $b$c$d = 111 ]; then echo "n1 n2"
+			elif [ $b = 1 ]; then echo n2
+			elif [ $a = 1 ] || [ $c = 1 ]; then echo n1
+			else echo; fi
 			sleep 0.01
 		done
 	) >"$out" &
