@@ -27,6 +27,7 @@
 #include "net/announce.h"
 #include "net/vip.h"
 #include "net/vip_guard.h"
+#include "replication/mirror_replication.h"
 
 namespace sk {
 
@@ -298,11 +299,25 @@ Status Daemon::buildRuntime()
 		mc.moduleDir = c.paths.modulesDir + "/" + m.name;
 		mc.stateDir = c.paths.stateDir + "/" + m.name;
 		mc.logFile = c.paths.logDir + "/" + m.name + ".log";
-		if (!m.replication.dirs.empty())
-			return makeError(-ENOTSUP, "module " + m.name +
-							   ": replicated directories are not supported by this build "
-							   "yet; remove replication.dirs to run the module without data");
-		auto mod = MirrorModule::create(mc, m, makeNoDataReplication(*loop_));
+		std::unique_ptr<MirrorReplication> repl;
+		if (m.replication.dirs.empty()) {
+			repl = makeNoDataReplication(*loop_);
+		} else {
+			SyncReplicationContext rc;
+			rc.loop = loop_.get();
+			rc.cluster = &config_.cluster;
+			rc.self = self_;
+			for (const std::string &n : m.nodes)
+				if (n != self_->name)
+					rc.peer = c.findNode(n);
+			rc.module = &m;
+			rc.stateDir = mc.stateDir;
+			auto r = makeSyncReplication(rc);
+			if (!r)
+				return makeError(r.error().code, "module " + m.name + ": " + r.error().message);
+			repl = std::move(r.value());
+		}
+		auto mod = MirrorModule::create(mc, m, std::move(repl));
 		if (!mod)
 			return mod.error();
 		mirrors_[m.name] = mod.value().get();

@@ -144,3 +144,33 @@ rig_crash_node() {
 rig_vip_answer_is() { [ "$(rig_vip_answer)" = "$1" ]; }
 rig_vip_holders_are() { [ "$(rig_vip_holders)" = "$1" ]; }
 rig_vip_answers() { [ -n "$(rig_vip_answer)" ]; }
+
+# rig_add_replicated_dir MODULE: each node replicates its own $RIG_DIR/<node>/data
+# (same role, per-node path, so nodes on one machine never share files).
+rig_add_replicated_dir() {
+	local module=$1 node
+	for node in "${RIG_NODES[@]}"; do
+		mkdir -p "$RIG_DIR/$node/data"
+		python3 - "$RIG_DIR/$node/modules/$module/module.json" "$RIG_DIR/$node/data" <<'PY'
+import json, sys
+path, data = sys.argv[1], sys.argv[2]
+m = json.load(open(path))
+m["replication"] = {"dirs": [{"path": data}]}
+json.dump(m, open(path, "w"), indent=1)
+PY
+	done
+}
+
+# rig_in_skd NODE cmd...: runs cmd in skd's mount namespace (where its FUSE
+# over-mounts are), i.e. as the protected application sees the files.
+rig_in_skd() {
+	local node=$1 pid; shift
+	pid=$(rig_skd_pid "$node")
+	nsenter -t "$pid" -m -n "$@"
+}
+
+# Independent hash of a tree: relative path, type, mode, size and content.
+rig_tree_hash() {
+	(cd "$1" && find . -mindepth 1 -printf '%P %y %m %s\n' | sort &&
+		find . -type f -print0 | sort -z | xargs -0 -r sha256sum) | sha256sum | cut -d' ' -f1
+}

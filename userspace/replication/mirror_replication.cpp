@@ -1,0 +1,1016 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * SyncReplication: per replicated dir, a source pipeline (capture -> gate -> sender,
+ * accept + resync threads) or a target pipeline (read-only capture, control + receiver
+ * threads). Threads report to the state machine through loop->post only.
+ */
+#include "replication/mirror_replication.h"
+
+#include <atomic>
+#include <cstring>
+#include <ctime>
+#include <dirent.h>
+#include <fcntl.h>
+#include <mutex>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <thread>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "cluster/key.h"
+#include "core/log.h"
+#include "replication/apply.h"
+#include "replication/fuse/capture_fs.h"
+#include "replication/resync.h"
+#include "replication/stream.h"
+
+namespace sk {
+
+namespace {
+
+const LogCategory kLog("mirror-repl");
+
+using namespace std::chrono_literals;
+using repl::ControlChannel;
+using repl::ControlFrame;
+
+constexpr int kConnectAttempts = 5;
+constexpr int kMaxRounds = 5;
+
+uint64_t nowMs()
+{
+	return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+					     std::chrono::steady_clock::now().time_since_epoch())
+					     .count());
+}
+
+/* The real directory under a (possibly dead) over-mount, opened before mounting. */
+Result<int> openRealDir(const std::string &path)
+{
+	int fd = open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 && errno == ENOTCONN) {
+		umount2(path.c_str(), MNT_DETACH);
+		fd = open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	}
+	if (fd < 0)
+		return makeError(-errno, fmt::format("cannot open replicated dir {}: {}", path, strerror(errno)));
+	return fd;
+}
+
+void putU64(std::vector<uint8_t> *out, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		out->push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+
+uint64_t getU64(const std::vector<uint8_t> &in, size_t off)
+{
+	uint64_t v = 0;
+	for (size_t i = 0; i < 8 && off + i < in.size(); i++)
+		v |= static_cast<uint64_t>(in[off + i]) << (8 * i);
+	return v;
+}
+
+/* Copies the tree under srcFd to dst (created). Regular files, dirs and symlinks. */
+int copyTree(int srcFd, const std::string &rel, const std::string &dst, std::vector<std::string> *files)
+{
+	if (mkdir(dst.c_str(), 0700) < 0 && errno != EEXIST)
+		return -errno;
+	int dupFd = dup(srcFd);
+	DIR *d = dupFd >= 0 ? fdopendir(dupFd) : nullptr;
+	if (!d) {
+		if (dupFd >= 0)
+			close(dupFd);
+		return -errno;
+	}
+	/* A dup shares the file offset with rootFd: an earlier walk left it at the end. */
+	rewinddir(d);
+	int ret = 0;
+	while (dirent *de = readdir(d)) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		std::string name = de->d_name;
+		std::string relPath = rel.empty() ? name : rel + "/" + name;
+		std::string to = dst + "/" + name;
+		struct stat s;
+		if (fstatat(srcFd, name.c_str(), &s, AT_SYMLINK_NOFOLLOW) < 0)
+			continue;
+		if (S_ISDIR(s.st_mode)) {
+			int sub = openat(srcFd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (sub < 0)
+				continue;
+			ret = copyTree(sub, relPath, to, files);
+			close(sub);
+		} else if (S_ISLNK(s.st_mode)) {
+			char buf[4097];
+			ssize_t n = readlinkat(srcFd, name.c_str(), buf, sizeof(buf) - 1);
+			if (n >= 0) {
+				buf[n] = 0;
+				if (symlink(buf, to.c_str()) == 0)
+					files->push_back(relPath);
+			}
+		} else if (S_ISREG(s.st_mode)) {
+			int in = openat(srcFd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+			int out = in >= 0 ? open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) : -1;
+			if (in < 0 || out < 0) {
+				ret = -errno;
+			} else {
+				char buf[1 << 16];
+				ssize_t n;
+				while ((n = read(in, buf, sizeof(buf))) > 0)
+					if (write(out, buf, static_cast<size_t>(n)) != n) {
+						ret = -EIO;
+						break;
+					}
+				if (n < 0 || fsync(out) < 0)
+					ret = -EIO;
+				files->push_back(relPath);
+			}
+			if (in >= 0)
+				close(in);
+			if (out >= 0)
+				close(out);
+		}
+		if (ret < 0)
+			break;
+	}
+	closedir(d);
+	return ret;
+}
+
+/* Whole-content equality of two regular files or two symlinks. */
+bool sameContent(int aDir, const std::string &aPath, int bDir, const std::string &bPath)
+{
+	struct stat sa, sb;
+	if (fstatat(aDir, aPath.c_str(), &sa, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    fstatat(bDir, bPath.c_str(), &sb, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    (sa.st_mode & S_IFMT) != (sb.st_mode & S_IFMT) || sa.st_size != sb.st_size)
+		return false;
+	if (S_ISLNK(sa.st_mode)) {
+		char x[4097], y[4097];
+		ssize_t n = readlinkat(aDir, aPath.c_str(), x, sizeof(x));
+		ssize_t m = readlinkat(bDir, bPath.c_str(), y, sizeof(y));
+		return n == m && n >= 0 && memcmp(x, y, static_cast<size_t>(n)) == 0;
+	}
+	int a = openat(aDir, aPath.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	int b = openat(bDir, bPath.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	bool same = a >= 0 && b >= 0;
+	std::vector<char> x(1 << 16), y(1 << 16);
+	while (same) {
+		ssize_t n = read(a, x.data(), x.size());
+		ssize_t m = read(b, y.data(), y.size());
+		if (n != m || n < 0)
+			same = false;
+		else if (n == 0)
+			break;
+		else
+			same = memcmp(x.data(), y.data(), static_cast<size_t>(n)) == 0;
+	}
+	if (a >= 0)
+		close(a);
+	if (b >= 0)
+		close(b);
+	return same;
+}
+
+class SyncReplication : public MirrorReplication
+{
+public:
+	SyncReplication(const SyncReplicationContext &ctx, ClusterKey key, std::string address)
+		: ctx_(ctx), key_(std::move(key)), address_(std::move(address)),
+		  clusterId_(clusterIdFromName(ctx.cluster->name))
+	{
+	}
+	~SyncReplication() override
+	{
+		*alive_ = false;
+		stop();
+	}
+
+	void setCallbacks(Callbacks callbacks) override { cb_ = std::move(callbacks); }
+	void startSource() override;
+	void startTarget(ResyncMode mode, bool quarantine) override;
+	void stop() override;
+	void startDirtyTracking(const Generation &generation) override;
+	void stopDirtyTracking() override;
+	nlohmann::json status() const override;
+
+private:
+	struct SourceDir {
+		size_t index = 0;
+		std::string path;
+		int rootFd = -1;
+		int listenFd = -1;
+		int wakeFd = -1;
+		std::unique_ptr<repl::ReplicationSender> sender;
+		std::unique_ptr<repl::GatedSink> gate;
+		std::unique_ptr<repl::CaptureFs> capture;
+		std::thread acceptThread;
+		std::thread resyncThread;
+		std::atomic<bool> resyncBusy{ false };
+		std::atomic<bool> streamAllowed{ false };	/* this session's namespace pass began */
+		std::mutex chMutex;
+		ControlChannel *channel = nullptr;	/* live resync connection, under chMutex */
+		std::atomic<bool> inSync{ false };
+		std::atomic<uint64_t> done{ 0 }, total{ 0 }, sent{ 0 }, skipped{ 0 }, rounds{ 0 };
+		std::atomic<uint64_t> resyncStartMs{ 0 }, resyncEndMs{ 0 };
+	};
+	struct TargetDir {
+		size_t index = 0;
+		std::string path;
+		int rootFd = -1;
+		std::unique_ptr<repl::CaptureFs> capture;
+		std::unique_ptr<repl::ReplicationReceiver> receiver;
+		std::thread thread;
+		std::mutex chMutex;
+		ControlChannel *channel = nullptr;
+		int streamFd = -1;		/* under chMutex, for shutdown */
+		std::atomic<bool> done{ false };
+		std::atomic<uint64_t> bytesDone{ 0 }, bytesTotal{ 0 };
+	};
+
+	uint16_t port(size_t index) const
+	{
+		return static_cast<uint16_t>(ctx_.cluster->ports.replication + index);
+	}
+	std::string peerAddress() const;
+	void post(std::function<void(Callbacks &)> fn)
+	{
+		auto alive = alive_;
+		ctx_.loop->post([this, alive, fn = std::move(fn)] {
+			if (*alive)
+				fn(cb_);
+		});
+	}
+	void stopLocked();
+	void acceptMain(SourceDir *d);
+	void resyncMain(SourceDir *d, int fd);
+	Status resyncSession(SourceDir *d, ControlChannel *ch);
+	void onSourceDisconnected(SourceDir *d, const std::string &reason);
+	void targetMain(TargetDir *d, ResyncMode mode, bool quarantine, std::string quarantineDir);
+	Status targetSession(TargetDir *d, bool quarantine, const std::string &quarantineDir);
+	void targetFailed(const std::string &reason);
+	void maybeReportDone();
+	void reportTargetProgress();
+
+	SyncReplicationContext ctx_;
+	ClusterKey key_;
+	std::string address_;		/* self, on the first cluster network */
+	uint64_t clusterId_;
+	Callbacks cb_;
+	std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+
+	mutable std::mutex mutex_;	/* role changes; never held while calling out to a stream */
+	enum class Role { None, Source, Target } role_ = Role::None;
+	std::vector<std::unique_ptr<SourceDir>> sources_;
+	std::vector<std::unique_ptr<TargetDir>> targets_;
+	std::atomic<bool> stopping_{ false };
+	std::atomic<bool> tracking_{ false };	/* the machine says we serve alone */
+	std::atomic<bool> targetReported_{ false };	/* resyncFailed or resyncDone sent this session */
+	std::atomic<bool> targetLost_{ false };		/* replicationLost sent this session */
+	std::atomic<int> lastPercent_{ -1 };
+	Generation trackingGeneration_;
+	std::string lastError_;
+};
+
+std::string SyncReplication::peerAddress() const
+{
+	const auto &net = ctx_.cluster->networks.front();
+	auto it = ctx_.peer->addresses.find(net);
+	return it == ctx_.peer->addresses.end() ? std::string() : it->second;
+}
+
+void SyncReplication::startSource()
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	if (role_ == Role::Source)
+		return;
+	stopLocked();
+	stopping_ = false;
+	const auto &rc = ctx_.module->replication;
+	role_ = Role::Source;
+	for (size_t i = 0; i < rc.dirs.size(); i++) {
+		auto d = std::make_unique<SourceDir>();
+		d->index = i;
+		d->path = rc.dirs[i].path;
+		repl::ReplicationSender::Options so;
+		so.stream = { clusterId_, ctx_.module->name, ctx_.self->id, ctx_.peer->id };
+		auto sender = repl::ReplicationSender::create(key_, so);
+		auto fd = openRealDir(d->path);
+		if (!sender || !fd) {
+			lastError_ = !sender ? sender.error().message : fd.error().message;
+			logError(kLog, "module {}: cannot start source on {}: {}", ctx_.module->name, d->path, lastError_);
+			sources_.push_back(std::move(d));
+			continue;
+		}
+		d->rootFd = *fd;
+		d->sender = std::move(*sender);
+		d->gate = std::make_unique<repl::GatedSink>(d->sender.get());
+		SourceDir *raw = d.get();
+		d->sender->setOnDisconnected([this, raw](const std::string &why) { onSourceDisconnected(raw, why); });
+		if (tracking_)
+			d->sender->goneAlone();
+		repl::CaptureOptions co;
+		co.mountpoint = d->path;
+		co.dirIndex = static_cast<uint16_t>(i);
+		co.sink = d->gate.get();
+		co.writebackCache = !rc.perWrite;
+		co.perWrite = rc.perWrite;
+		co.exclude = rc.dirs[i].exclude;
+		co.include = rc.dirs[i].include;
+		auto cap = repl::CaptureFs::mount(co);
+		if (!cap) {
+			lastError_ = cap.error().message;
+			logError(kLog, "module {}: cannot mount capture on {}: {}", ctx_.module->name, d->path, lastError_);
+			sources_.push_back(std::move(d));
+			continue;
+		}
+		d->capture = std::move(*cap);
+		/* The capture is mounted before we listen: every op from here on is in the
+		 * sender's queue, so a resync started later misses nothing (resync.cpp). */
+		auto l = repl::listenTcp(address_, port(i), nullptr);
+		if (!l) {
+			lastError_ = l.error().message;
+			logError(kLog, "module {}: cannot listen on {}:{}: {}", ctx_.module->name, address_, port(i),
+				 lastError_);
+			sources_.push_back(std::move(d));
+			continue;
+		}
+		d->listenFd = *l;
+		d->wakeFd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		d->acceptThread = std::thread([this, raw] { acceptMain(raw); });
+		logInfo(kLog, "module {}: source for {} on {}:{}", ctx_.module->name, d->path, address_, port(i));
+		sources_.push_back(std::move(d));
+	}
+}
+
+void SyncReplication::onSourceDisconnected(SourceDir *d, const std::string &reason)
+{
+	if (stopping_)
+		return;
+	logWarn(kLog, "module {}: replication of {} lost: {}", ctx_.module->name, d->path, reason);
+	bool wasInSync = d->inSync.exchange(false);
+	if (tracking_) {
+		/* The machine already serves alone (maybe we left ALONE only for this resync):
+		 * release the waiters now, the dirty log covers what follows. */
+		d->sender->goneAlone();
+		return;
+	}
+	if (wasInSync) {
+		/* Waiters stay blocked until the machine answers with StartDirtyTracking. */
+		post([reason](Callbacks &cb) {
+			if (cb.replicationLost)
+				cb.replicationLost(reason);
+		});
+	}
+}
+
+void SyncReplication::acceptMain(SourceDir *d)
+{
+	for (;;) {
+		pollfd fds[2] = { { d->listenFd, POLLIN, 0 }, { d->wakeFd, POLLIN, 0 } };
+		if (poll(fds, 2, -1) < 0 && errno != EINTR)
+			return;
+		if (stopping_ || (fds[1].revents & POLLIN))
+			return;
+		if (!(fds[0].revents & POLLIN))
+			continue;
+		int fd = accept4(d->listenFd, nullptr, nullptr, SOCK_CLOEXEC);
+		if (fd < 0)
+			continue;
+		if (repl::peekIsControl(fd, 5000ms)) {
+			if (d->resyncBusy.exchange(true)) {
+				logWarn(kLog, "module {}: second resync connection for {} refused", ctx_.module->name,
+					d->path);
+				close(fd);
+				continue;
+			}
+			if (d->resyncThread.joinable())
+				d->resyncThread.join();
+			d->streamAllowed = false;
+			d->resyncThread = std::thread([this, d, fd] {
+				resyncMain(d, fd);
+				d->resyncBusy = false;
+			});
+			continue;
+		}
+		/* The target dials its stream right after its manifest: hold it until the
+		 * resync's namespace pass has started (see resyncSession). Bounded: 20 s. */
+		for (int i = 0; !d->streamAllowed && d->resyncBusy && !stopping_ && i < 400; i++)
+			std::this_thread::sleep_for(50ms);
+		int r = d->streamAllowed ? d->sender->attach(fd) : (close(fd), -EAGAIN);
+		if (r < 0)
+			logWarn(kLog, "module {}: stream connection for {} refused: {}", ctx_.module->name, d->path,
+				strerror(-r));
+	}
+}
+
+void SyncReplication::resyncMain(SourceDir *d, int fd)
+{
+	auto ch = ControlChannel::create(fd, key_, clusterId_, ctx_.module->name, ctx_.self->id);
+	if (!ch)
+		return;
+	{
+		std::lock_guard<std::mutex> g(d->chMutex);
+		d->channel = ch->get();
+	}
+	d->inSync = false;
+	d->resyncStartMs = nowMs();
+	Status s = resyncSession(d, ch->get());
+	d->resyncEndMs = nowMs();
+	if (!s) {
+		logWarn(kLog, "module {}: resync of {} failed: {}", ctx_.module->name, d->path, s.error().message);
+		std::string msg = s.error().message;
+		(void)(*ch)->send(ControlFrame::Fail, { reinterpret_cast<const uint8_t *>(msg.data()), msg.size() });
+	}
+	std::lock_guard<std::mutex> g(d->chMutex);
+	d->channel = nullptr;
+}
+
+Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
+{
+	if (auto s = ch->handshakeSource(10000ms); !s)
+		return s;
+	std::vector<repl::ManifestEntry> manifest;
+	uint64_t targetApplied = 0;
+	if (auto s = ch->recvManifest(&manifest, &targetApplied, 0ms); !s)
+		return s;
+	if (stopping_)
+		return makeError(-ECANCELED, "stopping");
+	uint64_t base = 0;
+	/*
+	 * Runs under the gate before the namespace pass, and the accept thread attaches
+	 * the target's stream only after it: no live op reaches this target before the
+	 * pass. Leave ALONE (new epoch, empty queue); if we were not alone, every op must
+	 * already be acked - ops of a previous session would be replayed onto this
+	 * target's unrelated tree - else the machine has to decide first (ALONE drops them).
+	 */
+	auto atStart = [d, &base]() -> Status {
+		if (d->sender->alone())
+			d->sender->endAlone();
+		else if (d->gate->lastSeq() && d->sender->waitAckedFor(d->gate->lastSeq(), 0ms) != 0)
+			return makeError(-EBUSY, "the source still holds unacknowledged ops of the last session; "
+						 "retry later");
+		/* Renames sequenced after this point were not seen by the manifest. */
+		base = d->sender->counters().appliedSeq;
+		d->streamAllowed = true;
+		return {};
+	};
+	const auto &rc = ctx_.module->replication;
+	repl::ScanOptions so;
+	so.blockSize = rc.blockSize;
+	so.include = rc.dirs[d->index].include;
+	so.exclude = rc.dirs[d->index].exclude;
+	so.stop = &stopping_;
+	uint64_t sentTotal = 0;
+	for (int round = 1;; round++) {
+		d->rounds = static_cast<uint64_t>(round);
+		auto stats = repl::runResyncRound(d->rootFd, static_cast<uint16_t>(d->index), so, manifest,
+						  d->gate.get(), [d, ch](uint64_t done, uint64_t total) {
+							  d->done = done;
+							  d->total = total;
+							  std::vector<uint8_t> p;
+							  putU64(&p, done);
+							  putU64(&p, total);
+							  (void)ch->send(ControlFrame::Progress, p);
+						  },
+						  round == 1 ? std::function<Status()>(atStart) : std::function<Status()>());
+		if (!stats)
+			return stats.error();
+		sentTotal += stats->bytesSent;
+		d->sent = sentTotal;
+		d->skipped += stats->blocksSkipped;
+		logInfo(kLog, "module {}: resync round {} of {}: {} files, {} blocks sent ({} bytes), {} skipped, {} removed",
+			ctx_.module->name, round, d->path, stats->files, stats->blocksSent, stats->bytesSent,
+			stats->blocksSkipped, stats->removed);
+		uint64_t seq = d->gate->submitBarrier(true);
+		for (;;) {
+			if (stopping_)
+				return makeError(-ECANCELED, "stopping");
+			int r = d->sender->waitAckedFor(seq, 200ms);
+			if (d->sender->alone())
+				return makeError(-ECONNRESET, "the stream to the target was lost");
+			if (r == 0)
+				break;
+			if (r != -ETIMEDOUT)
+				return makeError(r, "waiting for the resync barrier failed");
+			pollfd p{ ch->fd(), POLLIN | POLLRDHUP, 0 };
+			if (poll(&p, 1, 0) > 0)
+				return makeError(-ECONNRESET, "the target closed the resync connection");
+		}
+		if (d->gate->lastRenameSeq() <= base)
+			break;
+		if (round >= kMaxRounds)
+			return makeError(-EAGAIN, "renames kept racing the resync; will retry");
+		/* A rename moved target files the manifest saw: compare again from a fresh one. */
+		if (auto s = ch->send(ControlFrame::Rescan, {}); !s)
+			return s;
+		if (auto s = ch->recvManifest(&manifest, &targetApplied, 0ms); !s)
+			return s;
+		base = targetApplied;
+	}
+	d->inSync = true;
+	std::vector<uint8_t> p;
+	putU64(&p, sentTotal);
+	if (auto s = ch->send(ControlFrame::Done, p); !s) {
+		d->inSync = false;
+		return s;
+	}
+	logInfo(kLog, "module {}: target in sync for {} ({} bytes sent)", ctx_.module->name, d->path, sentTotal);
+	return {};
+}
+
+void SyncReplication::startTarget(ResyncMode mode, bool quarantine)
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	stopLocked();
+	stopping_ = false;
+	targetReported_ = false;
+	targetLost_ = false;
+	lastPercent_ = -1;
+	role_ = Role::Target;
+	const auto &rc = ctx_.module->replication;
+	std::string qdir;
+	if (quarantine) {
+		char stamp[32];
+		time_t t = time(nullptr);
+		struct tm tmv;
+		gmtime_r(&t, &tmv);
+		strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tmv);
+		mkdir(ctx_.stateDir.c_str(), 0700);
+		mkdir((ctx_.stateDir + "/quarantine").c_str(), 0700);
+		qdir = ctx_.stateDir + "/quarantine/" + stamp;
+		mkdir(qdir.c_str(), 0700);
+	}
+	for (size_t i = 0; i < rc.dirs.size(); i++) {
+		auto d = std::make_unique<TargetDir>();
+		d->index = i;
+		d->path = rc.dirs[i].path;
+		targets_.push_back(std::move(d));
+	}
+	for (auto &d : targets_) {
+		auto fd = openRealDir(d->path);
+		if (!fd) {
+			targetFailed(fd.error().message);
+			return;
+		}
+		d->rootFd = *fd;
+		repl::CaptureOptions co;
+		co.mountpoint = d->path;
+		co.dirIndex = static_cast<uint16_t>(d->index);
+		co.readOnly = true;
+		auto cap = repl::CaptureFs::mount(co);
+		if (!cap) {
+			targetFailed("read-only mount of " + d->path + ": " + cap.error().message);
+			return;
+		}
+		d->capture = std::move(*cap);
+		repl::Applier::Options ao;
+		ao.applyOwner = geteuid() == 0;
+		auto applier = repl::Applier::create(d->rootFd, ao);
+		if (!applier) {
+			targetFailed(applier.error().message);
+			return;
+		}
+		repl::ReplicationReceiver::Options ro;
+		ro.stream = { clusterId_, ctx_.module->name, ctx_.self->id, ctx_.peer->id };
+		auto rx = repl::ReplicationReceiver::create(key_, ro, std::move(*applier));
+		if (!rx) {
+			targetFailed(rx.error().message);
+			return;
+		}
+		d->receiver = std::move(*rx);
+	}
+	for (auto &d : targets_) {
+		TargetDir *raw = d.get();
+		std::string q = qdir.empty() ? qdir : qdir + "/" + std::to_string(d->index);
+		d->thread = std::thread([this, raw, mode, quarantine, q] { targetMain(raw, mode, quarantine, q); });
+	}
+	logInfo(kLog, "module {}: target of {} dir(s) from {}, {} resync{}", ctx_.module->name, targets_.size(),
+		peerAddress(), mode == ResyncMode::Full ? "full" : "partial", quarantine ? ", quarantine" : "");
+}
+
+void SyncReplication::targetFailed(const std::string &reason)
+{
+	lastError_ = reason;
+	if (stopping_ || targetReported_.exchange(true))
+		return;
+	logWarn(kLog, "module {}: resync failed: {}", ctx_.module->name, reason);
+	post([reason](Callbacks &cb) {
+		if (cb.resyncFailed)
+			cb.resyncFailed(reason);
+	});
+}
+
+void SyncReplication::reportTargetProgress()
+{
+	uint64_t done = 0, total = 0;
+	for (auto &t : targets_) {
+		done += t->bytesDone;
+		total += t->bytesTotal;
+	}
+	int pct = total ? static_cast<int>(done * 100 / total) : 0;
+	if (pct >= 100)
+		pct = 99;	/* 100 only with resyncDone */
+	if (pct == lastPercent_.exchange(pct))
+		return;
+	post([pct](Callbacks &cb) {
+		if (cb.progress)
+			cb.progress(pct);
+	});
+}
+
+void SyncReplication::targetMain(TargetDir *d, ResyncMode mode, bool quarantine, std::string quarantineDir)
+{
+	(void)mode;	/* every resync compares whole trees by hash: always correct, no dirty log needed */
+	Status s = targetSession(d, quarantine, quarantineDir);
+	if (!s)
+		targetFailed(s.error().message);
+}
+
+void SyncReplication::maybeReportDone()
+{
+	for (auto &t : targets_)
+		if (!t->done)
+			return;
+	if (targetReported_.exchange(true))
+		return;
+	logInfo(kLog, "module {}: resync done, target in sync", ctx_.module->name);
+	post([](Callbacks &cb) {
+		if (cb.resyncDone)
+			cb.resyncDone();
+	});
+}
+
+Status SyncReplication::targetSession(TargetDir *d, bool quarantine, const std::string &quarantineDir)
+{
+	const auto &rc = ctx_.module->replication;
+	std::string peer = peerAddress();
+	auto dial = [&]() -> Result<int> {
+		Error last{ -ECONNREFUSED, "no attempt" };
+		for (int i = 0; i < kConnectAttempts && !stopping_; i++) {
+			auto c = repl::connectTcp(peer, port(d->index));
+			if (c)
+				return *c;
+			last = c.error();
+			std::this_thread::sleep_for(1000ms);
+		}
+		return makeError(last.code, fmt::format("cannot reach the source {}:{}: {}", peer, port(d->index),
+							 last.message));
+	};
+	auto cfd = dial();
+	if (!cfd)
+		return cfd.error();
+	auto chr = ControlChannel::create(*cfd, key_, clusterId_, ctx_.module->name, ctx_.self->id);
+	if (!chr)
+		return chr.error();
+	std::unique_ptr<ControlChannel> ch = std::move(*chr);
+	{
+		std::lock_guard<std::mutex> g(d->chMutex);
+		d->channel = ch.get();
+	}
+	struct Unpublish {
+		TargetDir *d;
+		~Unpublish()
+		{
+			std::lock_guard<std::mutex> g(d->chMutex);
+			d->channel = nullptr;
+		}
+	} unpublish{ d };
+	if (auto s = ch->handshakeTarget(10000ms); !s)
+		return s;
+
+	std::vector<std::string> copied;
+	if (quarantine) {
+		/* Split-brain loser: keep our copy of everything before the winner's ops touch
+		 * it; copies equal to the synced result are pruned once in sync. */
+		int r = copyTree(d->rootFd, "", quarantineDir, &copied);
+		if (r < 0)
+			return makeError(r, fmt::format("quarantine copy to {} failed: {}", quarantineDir, strerror(-r)));
+	}
+
+	repl::ScanOptions so;
+	so.blockSize = rc.blockSize;
+	so.include = rc.dirs[d->index].include;
+	so.exclude = rc.dirs[d->index].exclude;
+	so.stop = &stopping_;
+	auto manifest = repl::scanTree(d->rootFd, so);
+	if (!manifest)
+		return manifest.error();
+	if (auto s = ch->sendManifest(*manifest, 0); !s)
+		return s;
+
+	auto sfd = dial();
+	if (!sfd)
+		return sfd.error();
+	{
+		std::lock_guard<std::mutex> g(d->chMutex);
+		d->streamFd = *sfd;
+	}
+	std::atomic<bool> streamEnded{ false };
+	std::thread serve([d, fd = *sfd, &streamEnded] {
+		d->receiver->serve(fd);
+		streamEnded = true;
+		/* A stream lost during the resync also ends the control connection, so both
+		 * sides give up instead of waiting for each other. */
+		std::lock_guard<std::mutex> g(d->chMutex);
+		if (d->channel && !d->done)
+			d->channel->shutdown();
+	});
+	struct Joiner {
+		TargetDir *d;
+		std::thread &t;
+		~Joiner()
+		{
+			t.join();
+			std::lock_guard<std::mutex> g(d->chMutex);
+			d->streamFd = -1;
+		}
+	};
+	auto stopStream = [d] {
+		std::lock_guard<std::mutex> g(d->chMutex);
+		if (d->streamFd >= 0)
+			shutdown(d->streamFd, SHUT_RDWR);
+	};
+
+	Status result;
+	{
+		Joiner joiner{ d, serve };
+		for (;;) {
+			ControlFrame type;
+			std::vector<uint8_t> payload;
+			Status s = ch->recv(&type, &payload, 0ms);
+			if (!s) {
+				result = s;
+				break;
+			}
+			if (type == ControlFrame::Progress) {
+				d->bytesDone = getU64(payload, 0);
+				d->bytesTotal = getU64(payload, 8);
+				reportTargetProgress();
+			} else if (type == ControlFrame::Rescan) {
+				uint64_t applied = d->receiver->lastApplied();
+				auto m = repl::scanTree(d->rootFd, so);
+				if (!m) {
+					result = m.error();
+					break;
+				}
+				if (auto s2 = ch->sendManifest(*m, applied); !s2) {
+					result = s2;
+					break;
+				}
+			} else if (type == ControlFrame::Done) {
+				d->done = true;
+				break;
+			} else {
+				result = makeError(-EPROTO, "unexpected control frame");
+				break;
+			}
+		}
+		if (!result.ok() || !d->done) {
+			if (streamEnded && !d->receiver->lastCloseReason().empty())
+				result = makeError(-ECONNRESET, "stream: " + d->receiver->lastCloseReason() + " (" +
+									(result.ok() ? "" : result.error().message) + ")");
+			stopStream();
+			return result.ok() ? makeError(-ECONNRESET, "resync ended early") : result;
+		}
+		ch.reset();
+		{
+			std::lock_guard<std::mutex> g(d->chMutex);
+			d->channel = nullptr;
+		}
+		if (quarantine) {
+			std::string report;
+			size_t kept = 0;
+			for (const auto &rel : copied) {
+				if (sameContent(d->rootFd, rel, AT_FDCWD, quarantineDir + "/" + rel)) {
+					unlink((quarantineDir + "/" + rel).c_str());
+					continue;
+				}
+				kept++;
+				report += rel + "\tdiffered from the peer's version (kept here)\n";
+			}
+			std::string rp = quarantineDir + "/REPORT.txt";
+			int rf = open(rp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+			if (rf >= 0) {
+				std::string head = fmt::format("quarantine of {} (dir {}): {} file(s) kept\n", d->path,
+							       d->index, kept);
+				(void)!write(rf, head.data(), head.size());
+				(void)!write(rf, report.data(), report.size());
+				fsync(rf);
+				close(rf);
+			}
+			logWarn(kLog, "module {}: quarantine kept {} differing file(s) in {}", ctx_.module->name, kept,
+				quarantineDir);
+		}
+		/* Tell the machine (all dirs done) before we block on the live stream. */
+		maybeReportDone();
+		while (!streamEnded && !stopping_)
+			std::this_thread::sleep_for(100ms);
+	}
+	if (stopping_)
+		return {};
+	std::string why = "stream: " + d->receiver->lastCloseReason();
+	if (!targetLost_.exchange(true))
+		post([why](Callbacks &cb) {
+			if (cb.replicationLost)
+				cb.replicationLost(why);
+		});
+	return {};
+}
+
+void SyncReplication::stop()
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	stopLocked();
+}
+
+/*
+ * Teardown order matters: wake every thread that may block (accept, control recv,
+ * stream), release capture workers waiting for acks (goneAlone: at stop the app is
+ * down or the node is leaving the pair, and the dirty log covers the rest), then
+ * unmount, join, and only then destroy the streams the captures point at.
+ */
+void SyncReplication::stopLocked()
+{
+	if (role_ == Role::None)
+		return;
+	stopping_ = true;
+	for (auto &d : sources_) {
+		if (d->wakeFd >= 0) {
+			uint64_t one = 1;
+			(void)!write(d->wakeFd, &one, sizeof(one));
+		}
+		{
+			std::lock_guard<std::mutex> g(d->chMutex);
+			if (d->channel)
+				d->channel->shutdown();
+		}
+		if (d->sender)
+			d->sender->goneAlone();
+	}
+	for (auto &d : targets_) {
+		std::lock_guard<std::mutex> g(d->chMutex);
+		if (d->channel)
+			d->channel->shutdown();
+		if (d->streamFd >= 0)
+			shutdown(d->streamFd, SHUT_RDWR);
+	}
+	for (auto &d : sources_) {
+		if (d->capture) {
+			if (auto s = d->capture->unmount(); !s)
+				logWarn(kLog, "module {}: unmount of {}: {}", ctx_.module->name, d->path, s.error().message);
+		}
+		if (d->acceptThread.joinable())
+			d->acceptThread.join();
+		if (d->resyncThread.joinable())
+			d->resyncThread.join();
+		if (d->sender)
+			d->sender->detach();
+		d->capture.reset();
+		d->gate.reset();
+		d->sender.reset();
+		for (int *fd : { &d->listenFd, &d->wakeFd, &d->rootFd })
+			if (*fd >= 0) {
+				close(*fd);
+				*fd = -1;
+			}
+	}
+	for (auto &d : targets_) {
+		if (d->receiver)
+			d->receiver->stop();
+		if (d->thread.joinable())
+			d->thread.join();
+		if (d->capture) {
+			if (auto s = d->capture->unmount(); !s)
+				logWarn(kLog, "module {}: unmount of {}: {}", ctx_.module->name, d->path, s.error().message);
+		}
+		d->capture.reset();
+		d->receiver.reset();
+		if (d->rootFd >= 0)
+			close(d->rootFd);
+		d->rootFd = -1;
+	}
+	sources_.clear();
+	targets_.clear();
+	role_ = Role::None;
+	logInfo(kLog, "module {}: replication stopped", ctx_.module->name);
+}
+
+void SyncReplication::startDirtyTracking(const Generation &generation)
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	trackingGeneration_ = generation;
+	tracking_ = true;
+	/* The machine now serves alone: waiters blocked on the lost peer are released. */
+	for (auto &d : sources_)
+		if (d->sender)
+			d->sender->goneAlone();
+}
+
+void SyncReplication::stopDirtyTracking()
+{
+	tracking_ = false;
+}
+
+nlohmann::json SyncReplication::status() const
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	nlohmann::json j;
+	const auto &rc = ctx_.module->replication;
+	j["mode"] = role_ == Role::Source ? "source" : role_ == Role::Target ? "target" : "stopped";
+	j["replication_mode"] = configName(rc.mode);
+	j["ack"] = configName(rc.ack);
+	j["per_write"] = rc.perWrite;
+	j["block_size"] = rc.blockSize;
+	j["dirty_tracking"] = tracking_.load();
+	if (!lastError_.empty())
+		j["last_error"] = lastError_;
+	nlohmann::json dirs = nlohmann::json::array();
+	uint64_t now = nowMs();
+	for (const auto &d : sources_) {
+		nlohmann::json o;
+		o["path"] = d->path;
+		o["in_sync"] = d->inSync.load();
+		if (d->sender) {
+			auto c = d->sender->counters();
+			o["connected"] = d->sender->streaming();
+			o["alone"] = d->sender->alone();
+			o["lag_ops"] = c.lagOps;
+			o["lag_bytes"] = c.lagBytes;
+			o["ops"] = c.ops;
+			o["bytes"] = c.bytes;
+			o["acked_seq"] = c.appliedSeq;
+			o["durable_seq"] = c.durableSeq;
+			o["ops_while_alone"] = c.opsWhileAlone;
+			o["barriers"] = c.barriers;
+			o["barrier_latency_us_avg"] = c.barriersAcked ? c.barrierLatencyNsSum / c.barriersAcked / 1000 : 0;
+			o["barrier_latency_us_max"] = c.barrierLatencyNsMax / 1000;
+			o["connections"] = c.connections;
+			o["rejected_frames"] = c.rejectedFrames;
+		}
+		uint64_t start = d->resyncStartMs, end = d->resyncEndMs;
+		uint64_t done = d->done, total = d->total;
+		uint64_t elapsed = (end >= start && end ? end : now) - start;
+		double rate = elapsed ? static_cast<double>(done) * 1000.0 / static_cast<double>(elapsed) : 0.0;
+		o["resync"] = { { "bytes_done", done },
+				{ "bytes_total", total },
+				{ "bytes_sent", d->sent.load() },
+				{ "blocks_skipped", d->skipped.load() },
+				{ "rounds", d->rounds.load() },
+				{ "rate_bytes_per_s", static_cast<uint64_t>(rate) },
+				{ "eta_s", rate > 0 && total > done ? static_cast<uint64_t>((total - done) / rate) : 0 },
+				{ "running", d->resyncBusy.load() } };
+		dirs.push_back(o);
+	}
+	for (const auto &d : targets_) {
+		nlohmann::json o;
+		o["path"] = d->path;
+		o["in_sync"] = d->done.load();
+		if (d->receiver) {
+			auto c = d->receiver->counters();
+			o["connected"] = d->receiver->lastCloseReason().empty() && d->streamFd >= 0;
+			o["applied_seq"] = d->receiver->lastApplied();
+			o["ops"] = c.ops;
+			o["bytes"] = c.bytes;
+			o["durable_flushes"] = c.durableFlushes;
+			o["apply_errors"] = c.applyErrors;
+			o["last_close_reason"] = d->receiver->lastCloseReason();
+		}
+		o["resync"] = { { "bytes_done", d->bytesDone.load() }, { "bytes_total", d->bytesTotal.load() } };
+		dirs.push_back(o);
+	}
+	j["dirs"] = dirs;
+	return j;
+}
+
+} /* namespace */
+
+Result<std::unique_ptr<MirrorReplication>> makeSyncReplication(const SyncReplicationContext &ctx)
+{
+	if (!ctx.loop || !ctx.cluster || !ctx.self || !ctx.peer || !ctx.module)
+		return makeError(-EINVAL, "sync replication needs loop, cluster, self, peer and module");
+	if (ctx.module->replication.mode != ReplicationMode::Sync)
+		return makeError(-ENOTSUP, "module " + ctx.module->name + ": only replication mode 'sync' is implemented");
+	if (ctx.module->replication.dirs.empty())
+		return makeError(-EINVAL, "module " + ctx.module->name + " replicates no directory");
+	if (ctx.cluster->networks.empty())
+		return makeError(-EINVAL, "the cluster has no network for replication");
+	const auto &net = ctx.cluster->networks.front();
+	auto self = ctx.self->addresses.find(net);
+	if (self == ctx.self->addresses.end() || ctx.peer->addresses.find(net) == ctx.peer->addresses.end())
+		return makeError(-EINVAL, "both nodes need an address on network " + net + " for replication");
+	if (ctx.module->replication.blockSize == 0)
+		return makeError(-EINVAL, "replication block size must not be 0");
+	auto key = ClusterKey::load(ctx.cluster->keyFile);
+	if (!key)
+		return key.error();
+	return std::unique_ptr<MirrorReplication>(new SyncReplication(ctx, std::move(*key), self->second));
+}
+
+} /* namespace sk */

@@ -1,0 +1,972 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Resync: tree manifests with XXH3-128 block hashes, the gated source-side diff that
+ * turns "target manifest vs source tree" into ops on the ordered stream, and the
+ * authenticated control connection that carries manifests, progress and completion.
+ */
+#include "replication/resync.h"
+
+#include <algorithm>
+#include <cstring>
+#include <dirent.h>
+#include <fcntl.h>
+#include <map>
+#include <set>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <unordered_map>
+
+#include <openssl/rand.h>
+#include <xxhash.h>
+
+#include "core/log.h"
+#include "replication/fuse/capture_fs.h"
+
+namespace sk::repl {
+
+namespace {
+
+const LogCategory kLog("resync");
+
+/* Bound on one Manifest frame; an entry with more blocks continues in the next entry. */
+constexpr size_t kManifestFrameBytes = 1u << 20;
+constexpr size_t kMaxBlocksPerEntry = 32768;
+constexpr uint8_t kEntryContinues = 1;
+constexpr int kMaxFileAttempts = 50;
+
+EntryType typeOf(mode_t mode)
+{
+	if (S_ISREG(mode))
+		return EntryType::File;
+	if (S_ISDIR(mode))
+		return EntryType::Dir;
+	if (S_ISLNK(mode))
+		return EntryType::Symlink;
+	return EntryType::Other;
+}
+
+void putU16(std::vector<uint8_t> *out, uint16_t v)
+{
+	out->push_back(static_cast<uint8_t>(v));
+	out->push_back(static_cast<uint8_t>(v >> 8));
+}
+void putU32(std::vector<uint8_t> *out, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		out->push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+void putU64(std::vector<uint8_t> *out, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		out->push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+
+class Reader
+{
+public:
+	explicit Reader(std::span<const uint8_t> in) : in_(in) {}
+	bool u8(uint8_t *v) { return get(v, 1); }
+	bool u16(uint16_t *v) { return get(v, 2); }
+	bool u32(uint32_t *v) { return get(v, 4); }
+	bool u64(uint64_t *v) { return get(v, 8); }
+	bool bytes(std::string *s, size_t n)
+	{
+		if (in_.size() - pos_ < n)
+			return false;
+		s->assign(reinterpret_cast<const char *>(in_.data() + pos_), n);
+		pos_ += n;
+		return true;
+	}
+	bool done() const { return pos_ == in_.size(); }
+
+private:
+	template<typename T>
+	bool get(T *v, size_t n)
+	{
+		if (in_.size() - pos_ < n)
+			return false;
+		uint64_t x = 0;
+		for (size_t i = 0; i < n; i++)
+			x |= static_cast<uint64_t>(in_[pos_ + i]) << (8 * i);
+		*v = static_cast<T>(x);
+		pos_ += n;
+		return true;
+	}
+	std::span<const uint8_t> in_;
+	size_t pos_ = 0;
+};
+
+std::string joinPath(const std::string &dir, const char *name)
+{
+	return dir.empty() ? std::string(name) : dir + "/" + name;
+}
+
+bool validRelPath(const std::string &p)
+{
+	if (p.empty() || p.size() > 4096 || p[0] == '/' || p.find('\0') != std::string::npos)
+		return false;
+	size_t start = 0;
+	while (start <= p.size()) {
+		size_t end = p.find('/', start);
+		if (end == std::string::npos)
+			end = p.size();
+		std::string_view c(p.data() + start, end - start);
+		if (c.empty() || c == "." || c == "..")
+			return false;
+		start = end + 1;
+	}
+	return true;
+}
+
+struct ScanState {
+	const ScanOptions &options;
+	std::vector<ManifestEntry> *out;
+};
+
+int hashFile(int fd, uint32_t blockSize, uint64_t size, std::vector<Hash128> *blocks,
+	     const std::atomic<bool> *stop)
+{
+	std::vector<uint8_t> buf(blockSize);
+	for (uint64_t off = 0; off < size; off += blockSize) {
+		if (stop && stop->load())
+			return -ECANCELED;
+		size_t want = static_cast<size_t>(std::min<uint64_t>(blockSize, size - off));
+		ssize_t n = pread(fd, buf.data(), want, static_cast<off_t>(off));
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			break;	/* shrank while we read: the stream's later ops cover it */
+		blocks->push_back(hashBlock({ buf.data(), static_cast<size_t>(n) }));
+	}
+	return 0;
+}
+
+int scanDir(ScanState &st, int dirFd, const std::string &rel, int depth)
+{
+	if (depth > 256)
+		return -ELOOP;
+	int dupFd = dup(dirFd);
+	if (dupFd < 0)
+		return -errno;
+	DIR *d = fdopendir(dupFd);
+	if (!d) {
+		int err = -errno;
+		close(dupFd);
+		return err;
+	}
+	/* A dup shares the file offset with rootFd: an earlier walk left it at the end. */
+	rewinddir(d);
+	std::vector<std::string> names;
+	while (dirent *de = readdir(d)) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		names.emplace_back(de->d_name);
+	}
+	closedir(d);
+	std::sort(names.begin(), names.end());
+
+	for (const std::string &name : names) {
+		if (st.options.stop && st.options.stop->load())
+			return -ECANCELED;
+		struct stat s;
+		if (fstatat(dirFd, name.c_str(), &s, AT_SYMLINK_NOFOLLOW) < 0) {
+			if (errno == ENOENT)
+				continue;	/* removed while we walked */
+			return -errno;
+		}
+		std::string path = joinPath(rel, name.c_str());
+		EntryType type = typeOf(s.st_mode);
+		if (type != EntryType::Dir && captureExcluded(st.options.exclude, st.options.include, path))
+			continue;
+		ManifestEntry e;
+		e.path = path;
+		e.type = type;
+		e.mode = s.st_mode;
+		e.uid = s.st_uid;
+		e.gid = s.st_gid;
+		e.size = type == EntryType::Dir ? 0 : static_cast<uint64_t>(s.st_size);
+		e.mtime = { s.st_mtim.tv_sec, static_cast<uint32_t>(s.st_mtim.tv_nsec) };
+		e.rdev = type == EntryType::Other ? s.st_rdev : 0;
+		if (type == EntryType::Symlink) {
+			char buf[4097];
+			ssize_t n = readlinkat(dirFd, name.c_str(), buf, sizeof(buf) - 1);
+			if (n < 0) {
+				if (errno == ENOENT)
+					continue;
+				return -errno;
+			}
+			e.target.assign(buf, static_cast<size_t>(n));
+		}
+		if (type == EntryType::File && st.options.hashes) {
+			int fd = openat(dirFd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+			if (fd < 0) {
+				if (errno == ENOENT)
+					continue;
+				return -errno;
+			}
+			int r = hashFile(fd, st.options.blockSize, e.size, &e.blocks, st.options.stop);
+			close(fd);
+			if (r < 0)
+				return r;
+		}
+		st.out->push_back(std::move(e));
+		if (type == EntryType::Dir) {
+			int sub = openat(dirFd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (sub < 0) {
+				if (errno == ENOENT || errno == ENOTDIR)
+					continue;
+				return -errno;
+			}
+			int r = scanDir(st, sub, path, depth + 1);
+			close(sub);
+			if (r < 0)
+				return r;
+		}
+	}
+	return 0;
+}
+
+} /* namespace */
+
+Hash128 hashBlock(std::span<const uint8_t> data)
+{
+	XXH128_hash_t h = XXH3_128bits(data.data(), data.size());
+	return { h.low64, h.high64 };
+}
+
+Result<std::vector<ManifestEntry>> scanTree(int rootFd, const ScanOptions &options)
+{
+	if (options.blockSize == 0)
+		return makeError(-EINVAL, "block size must not be 0");
+	std::vector<ManifestEntry> out;
+	ScanState st{ options, &out };
+	int r = scanDir(st, rootFd, "", 0);
+	if (r < 0)
+		return makeError(r, std::string("scanning the tree failed: ") + strerror(-r));
+	return out;
+}
+
+void encodeManifestEntry(const ManifestEntry &e, std::vector<uint8_t> *out)
+{
+	size_t first = 0;
+	do {
+		size_t n = std::min(kMaxBlocksPerEntry, e.blocks.size() - first);
+		bool more = first + n < e.blocks.size();
+		out->push_back(more ? kEntryContinues : 0);
+		out->push_back(static_cast<uint8_t>(e.type));
+		putU16(out, static_cast<uint16_t>(e.path.size()));
+		out->insert(out->end(), e.path.begin(), e.path.end());
+		putU32(out, e.mode);
+		putU32(out, e.uid);
+		putU32(out, e.gid);
+		putU64(out, e.size);
+		putU64(out, static_cast<uint64_t>(e.mtime.sec));
+		putU32(out, e.mtime.nsec);
+		putU64(out, e.rdev);
+		putU16(out, static_cast<uint16_t>(e.target.size()));
+		out->insert(out->end(), e.target.begin(), e.target.end());
+		putU32(out, static_cast<uint32_t>(n));
+		for (size_t i = first; i < first + n; i++) {
+			putU64(out, e.blocks[i].lo);
+			putU64(out, e.blocks[i].hi);
+		}
+		first += n;
+	} while (first < e.blocks.size());
+}
+
+bool decodeManifestEntries(std::span<const uint8_t> in, std::vector<ManifestEntry> *out)
+{
+	Reader r(in);
+	bool continuing = false;
+	while (!r.done()) {
+		uint8_t flags = 0, type = 0;
+		uint16_t plen = 0, tlen = 0;
+		uint32_t nblocks = 0;
+		uint64_t sec = 0;
+		ManifestEntry e;
+		if (!r.u8(&flags) || (flags & ~kEntryContinues) || !r.u8(&type) || type < 1 || type > 4 ||
+		    !r.u16(&plen) || !r.bytes(&e.path, plen) || !validRelPath(e.path) || !r.u32(&e.mode) ||
+		    !r.u32(&e.uid) || !r.u32(&e.gid) || !r.u64(&e.size) || !r.u64(&sec) ||
+		    !r.u32(&e.mtime.nsec) || !r.u64(&e.rdev) || !r.u16(&tlen) || !r.bytes(&e.target, tlen) ||
+		    !r.u32(&nblocks) || nblocks > kMaxBlocksPerEntry)
+			return false;
+		e.type = static_cast<EntryType>(type);
+		e.mtime.sec = static_cast<int64_t>(sec);
+		e.blocks.resize(nblocks);
+		for (auto &b : e.blocks)
+			if (!r.u64(&b.lo) || !r.u64(&b.hi))
+				return false;
+		if (continuing) {
+			if (out->empty() || out->back().path != e.path)
+				return false;
+			auto &prev = out->back().blocks;
+			prev.insert(prev.end(), e.blocks.begin(), e.blocks.end());
+		} else {
+			out->push_back(std::move(e));
+		}
+		continuing = flags & kEntryContinues;
+	}
+	return !continuing;
+}
+
+/* ---- GatedSink ---- */
+
+uint64_t GatedSink::submit(Op &&op)
+{
+	std::lock_guard<std::mutex> g(gate_);
+	return submitLocked(std::move(op));
+}
+
+uint64_t GatedSink::submitBarrier(bool durable)
+{
+	std::lock_guard<std::mutex> g(gate_);
+	uint64_t seq = inner_->submitBarrier(durable);
+	if (seq)
+		lastSeq_.store(seq);
+	return seq;
+}
+
+uint64_t GatedSink::submitLocked(Op &&op)
+{
+	bool rename = op.type == OpType::Rename;
+	uint64_t seq = inner_->submit(std::move(op));
+	if (rename && seq)
+		lastRenameSeq_.store(seq);
+	if (seq)
+		lastSeq_.store(seq);
+	return seq;
+}
+
+/* ---- the source side of a round ---- */
+
+namespace {
+
+/*
+ * Ordering argument (why live writes during the resync cannot be lost).
+ * Capture submits a live op after its local effect. Every resync step reads the
+ * source and submits what it read while holding the gate, so for a live op L and a
+ * step R on the same path:
+ *  - L's effect after R's read: L's submit waits for the gate, so L is applied after
+ *    R on the target, on top of what R wrote. Correct.
+ *  - L's effect before R's read: R already contains L's result. If L is sequenced
+ *    after R it is replayed on top of its own result, which is harmless for
+ *    overwrites, truncates, unlinks (absent is fine), creates (the file's later
+ *    writes follow the create in the stream), mkdir and setattr.
+ * A step that meets a different inode under its path (unlink + create in between)
+ * restarts the file with a Create, so bytes of the old inode never survive. The
+ * target's manifest may be older than ops still queued before the round; replaying
+ * those ops on the target likewise converges - except Rename, which moves a target
+ * file the manifest saw under another name: the caller repeats the round with a
+ * fresh manifest whenever a Rename was sequenced after the manifest was taken.
+ */
+class RoundRunner
+{
+public:
+	RoundRunner(int rootFd, uint16_t dirIndex, const ScanOptions &options,
+		    const std::vector<ManifestEntry> &target, GatedSink *sink, const ResyncProgressFn &progress)
+		: rootFd_(rootFd), dir_(dirIndex), options_(options), sink_(sink), progress_(progress)
+	{
+		for (const auto &e : target)
+			index_[e.path] = &e;
+		targetSorted_ = target;
+		std::sort(targetSorted_.begin(), targetSorted_.end(),
+			  [](const ManifestEntry &a, const ManifestEntry &b) { return a.path > b.path; });
+	}
+
+	Result<ResyncStats> run(const std::function<Status()> &atStart)
+	{
+		std::vector<ManifestEntry> list;
+		{
+			/* Namespace pass under one gate hold: after it every source path exists on
+			 * the target with the right type, so a live op sequenced before a path's
+			 * data step (a write into a file the stale target lacked) applies cleanly. */
+			auto gate = sink_->hold();
+			if (atStart)
+				if (Status st = atStart(); !st)
+					return st.error();
+			if (int r = removeExtras(); r < 0)
+				return makeError(r, errorText_.empty() ? strerror(-r) : errorText_);
+			ScanOptions listOpts = options_;
+			listOpts.hashes = false;
+			auto l = scanTree(rootFd_, listOpts);
+			if (!l)
+				return l.error();
+			list = std::move(*l);
+			for (const auto &e : list) {
+				if (stopped())
+					return makeError(-ECANCELED, "resync cancelled");
+				int r = 0;
+				switch (e.type) {
+				case EntryType::Dir: r = syncDir(e); break;
+				case EntryType::Symlink: r = syncSymlink(e); break;
+				case EntryType::Other: r = syncOther(e); break;
+				case EntryType::File:
+					stats_.bytesTotal += e.size;
+					r = createFile(e);
+					break;
+				}
+				if (r < 0)
+					return makeError(r, errorText_.empty() ? std::string("resync of '") + e.path +
+										  "' failed: " + strerror(-r)
+									       : errorText_);
+			}
+		}
+		report(true);
+		for (const auto &e : list) {
+			if (e.type != EntryType::File)
+				continue;
+			if (stopped())
+				return makeError(-ECANCELED, "resync cancelled");
+			if (int r = syncFile(e); r < 0)
+				return makeError(r, errorText_.empty() ? std::string("resync of '") + e.path +
+									  "' failed: " + strerror(-r)
+								       : errorText_);
+		}
+		report(true);
+		return stats_;
+	}
+
+private:
+	bool stopped() const { return options_.stop && options_.stop->load(); }
+	const ManifestEntry *target(const std::string &path) const
+	{
+		auto it = index_.find(path);
+		return it == index_.end() ? nullptr : it->second;
+	}
+	void report(bool force)
+	{
+		if (!progress_)
+			return;
+		if (force || stats_.bytesDone - lastReport_ >= (8u << 20)) {
+			lastReport_ = stats_.bytesDone;
+			progress_(stats_.bytesDone, stats_.bytesTotal);
+		}
+	}
+	int put(Op &&op)
+	{
+		op.dir = dir_;
+		std::string what = std::string(opTypeName(op.type)) + " '" + op.path + "'";
+		uint64_t seq = sink_->submitLocked(std::move(op));
+		if (seq == 0) {
+			errorText_ = "the stream refused resync op " + what;
+			return -EINVAL;
+		}
+		stats_.ops++;
+		stats_.lastSeq = seq;
+		return 0;
+	}
+
+	int removeExtras()
+	{
+		for (const auto &t : targetSorted_) {
+			if (stopped())
+				return -ECANCELED;
+			struct stat s;
+			bool present = fstatat(rootFd_, t.path.c_str(), &s, AT_SYMLINK_NOFOLLOW) == 0;
+			if (!present && errno != ENOENT && errno != ENOTDIR)
+				return -errno;
+			if (present && typeOf(s.st_mode) == t.type)
+				continue;
+			if (present && t.type != EntryType::Dir &&
+			    captureExcluded(options_.exclude, options_.include, t.path))
+				continue;
+			Op op;
+			op.type = t.type == EntryType::Dir ? OpType::Rmdir : OpType::Unlink;
+			op.path = t.path;
+			if (int r = put(std::move(op)); r < 0)
+				return r;
+			stats_.removed++;
+			removed_.insert(t.path);
+		}
+		return 0;
+	}
+
+	/* The target entry to compare with, unless removeExtras() took it away. */
+	const ManifestEntry *live(const std::string &path) const
+	{
+		return removed_.count(path) ? nullptr : target(path);
+	}
+
+	int syncDir(const ManifestEntry &e);
+	int createFile(const ManifestEntry &e);
+	int syncSymlink(const ManifestEntry &e);
+	int syncOther(const ManifestEntry &e);
+	int syncFile(const ManifestEntry &e);
+	int syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *retry);
+
+	int rootFd_;
+	uint16_t dir_;
+	const ScanOptions &options_;
+	GatedSink *sink_;
+	const ResyncProgressFn &progress_;
+	std::unordered_map<std::string, const ManifestEntry *> index_;
+	std::vector<ManifestEntry> targetSorted_;
+	std::set<std::string> removed_;
+	std::set<std::string> created_;		/* made empty by the namespace pass: send every block */
+	std::map<std::pair<dev_t, ino_t>, std::string> linkFirst_;
+	ResyncStats stats_;
+	uint64_t lastReport_ = 0;
+	std::string errorText_;
+};
+
+int RoundRunner::syncDir(const ManifestEntry &e)
+{
+	struct stat s;
+	if (fstatat(rootFd_, e.path.c_str(), &s, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(s.st_mode))
+		return 0;	/* gone or replaced since the listing: live ops carry it */
+	stats_.dirs++;
+	const ManifestEntry *t = live(e.path);
+	Op op;
+	op.path = e.path;
+	op.mode = s.st_mode & 07777;
+	op.uid = s.st_uid;
+	op.gid = s.st_gid;
+	if (!t || t->type != EntryType::Dir) {
+		op.type = OpType::Mkdir;
+		return put(std::move(op));
+	}
+	if ((t->mode & 07777) == (s.st_mode & 07777) && t->uid == s.st_uid && t->gid == s.st_gid)
+		return 0;
+	op.type = OpType::Setattr;
+	op.valid = kSetMode | kSetUid | kSetGid;
+	return put(std::move(op));
+}
+
+int RoundRunner::syncSymlink(const ManifestEntry &e)
+{
+	struct stat s;
+	char buf[4097];
+	if (fstatat(rootFd_, e.path.c_str(), &s, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISLNK(s.st_mode))
+		return 0;
+	ssize_t n = readlinkat(rootFd_, e.path.c_str(), buf, sizeof(buf) - 1);
+	if (n < 0)
+		return 0;
+	std::string link(buf, static_cast<size_t>(n));
+	const ManifestEntry *t = live(e.path);
+	if (t && t->type == EntryType::Symlink && t->target == link && t->uid == s.st_uid && t->gid == s.st_gid)
+		return 0;
+	Op op;
+	op.type = OpType::Symlink;
+	op.path = e.path;
+	op.target = link;
+	op.uid = s.st_uid;
+	op.gid = s.st_gid;
+	return put(std::move(op));
+}
+
+int RoundRunner::syncOther(const ManifestEntry &e)
+{
+	struct stat s;
+	if (fstatat(rootFd_, e.path.c_str(), &s, AT_SYMLINK_NOFOLLOW) < 0 || typeOf(s.st_mode) != EntryType::Other)
+		return 0;
+	const ManifestEntry *t = live(e.path);
+	if (t && t->type == EntryType::Other && t->mode == s.st_mode && t->rdev == s.st_rdev &&
+	    t->uid == s.st_uid && t->gid == s.st_gid)
+		return 0;
+	if (t && t->type == EntryType::Other) {
+		/* Mknod keeps an existing node of the same kind: remove it to change it. */
+		Op rm;
+		rm.type = OpType::Unlink;
+		rm.path = e.path;
+		if (int r = put(std::move(rm)); r < 0)
+			return r;
+	}
+	Op op;
+	op.type = OpType::Mknod;
+	op.path = e.path;
+	op.mode = s.st_mode;
+	op.rdev = s.st_rdev;
+	op.uid = s.st_uid;
+	op.gid = s.st_gid;
+	return put(std::move(op));
+}
+
+int RoundRunner::createFile(const ManifestEntry &e)
+{
+	struct stat s;
+	if (fstatat(rootFd_, e.path.c_str(), &s, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(s.st_mode))
+		return 0;
+	const ManifestEntry *t = live(e.path);
+	if (t && t->type == EntryType::File)
+		return 0;
+	Op op;
+	op.type = OpType::Create;
+	op.path = e.path;
+	op.mode = s.st_mode & 07777;
+	op.uid = s.st_uid;
+	op.gid = s.st_gid;
+	created_.insert(e.path);
+	return put(std::move(op));
+}
+
+int RoundRunner::syncFile(const ManifestEntry &e)
+{
+	bool forceFull = false;
+	for (int attempt = 0; attempt < kMaxFileAttempts; attempt++) {
+		bool retry = false;
+		int r = syncFileAttempt(e, forceFull, &retry);
+		if (r < 0 || !retry) {
+			stats_.bytesDone += e.size;
+			report(false);
+			return r;
+		}
+		/* The path now names another inode: what we sent of the old one must not
+		 * survive, so the next attempt recreates the file and sends every block. */
+		forceFull = true;
+	}
+	errorText_ = "'" + e.path + "' kept changing identity during resync";
+	return -EAGAIN;
+}
+
+int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *retry)
+{
+	int fd = openat(rootFd_, e.path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return 0;	/* gone or no longer a file: live ops carry it */
+	struct Closer {
+		int fd;
+		~Closer() { close(fd); }
+	} closer{ fd };
+	struct stat opened;
+	if (fstat(fd, &opened) < 0 || !S_ISREG(opened.st_mode))
+		return 0;
+	auto sameInode = [&]() {
+		struct stat s;
+		return fstatat(rootFd_, e.path.c_str(), &s, AT_SYMLINK_NOFOLLOW) == 0 &&
+		       s.st_ino == opened.st_ino && s.st_dev == opened.st_dev;
+	};
+
+	const ManifestEntry *t = live(e.path);
+	/* A retry always recreates: the namespace pass's Create may predate an unlink. */
+	bool created = !forceFull && created_.count(e.path) > 0;
+	bool full = forceFull || created || !t || t->type != EntryType::File;
+	uint64_t size = 0;
+	{
+		auto gate = sink_->hold();
+		if (!sameInode()) {
+			*retry = true;
+			return 0;
+		}
+		struct stat s;
+		if (fstat(fd, &s) < 0)
+			return -errno;
+		size = static_cast<uint64_t>(s.st_size);
+		stats_.files++;
+		if (s.st_nlink > 1) {
+			auto key = std::make_pair(s.st_dev, s.st_ino);
+			auto it = linkFirst_.find(key);
+			if (it != linkFirst_.end()) {
+				/* A second name of a file already sent: the target must share the inode
+				 * too, or later writes through one name would miss the other. */
+				Op op;
+				op.type = OpType::Link;
+				op.path = it->second;
+				op.path2 = e.path;
+				return put(std::move(op));
+			}
+			linkFirst_[key] = e.path;
+		}
+		if (full && !created) {
+			Op op;
+			op.type = OpType::Create;
+			op.path = e.path;
+			op.mode = s.st_mode & 07777;
+			op.uid = s.st_uid;
+			op.gid = s.st_gid;
+			if (int r = put(std::move(op)); r < 0)
+				return r;
+		}
+	}
+
+	const uint32_t bs = options_.blockSize;
+	std::vector<uint8_t> buf(bs);
+	bool wrote = false;
+	for (uint64_t off = 0, i = 0; off < size; off += bs, i++) {
+		if (stopped())
+			return -ECANCELED;
+		auto gate = sink_->hold();
+		if (!sameInode()) {
+			*retry = true;
+			return 0;
+		}
+		ssize_t n = pread(fd, buf.data(), bs, static_cast<off_t>(off));
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			break;	/* truncated meanwhile: the truncate is in the stream after us */
+		Hash128 h = hashBlock({ buf.data(), static_cast<size_t>(n) });
+		if (!full && i < t->blocks.size() && t->blocks[i] == h && off + static_cast<uint64_t>(n) <= t->size) {
+			stats_.blocksSkipped++;
+			continue;
+		}
+		Op op;
+		op.type = OpType::Write;
+		op.path = e.path;
+		op.offset = off;
+		op.data.assign(reinterpret_cast<const char *>(buf.data()), static_cast<size_t>(n));
+		if (int r = put(std::move(op)); r < 0)
+			return r;
+		stats_.blocksSent++;
+		stats_.bytesSent += static_cast<uint64_t>(n);
+		wrote = true;
+	}
+
+	auto gate = sink_->hold();
+	if (!sameInode()) {
+		*retry = true;
+		return 0;
+	}
+	struct stat s;
+	if (fstat(fd, &s) < 0)
+		return -errno;
+	Timespec mtime{ s.st_mtim.tv_sec, static_cast<uint32_t>(s.st_mtim.tv_nsec) };
+	if (!full && !wrote && t->size == static_cast<uint64_t>(s.st_size) && t->mode == s.st_mode &&
+	    t->uid == s.st_uid && t->gid == s.st_gid && t->mtime == mtime)
+		return 0;
+	Op op;
+	op.type = OpType::Setattr;
+	op.path = e.path;
+	op.valid = kSetMode | kSetUid | kSetGid | kSetSize | kSetMtime;
+	op.mode = s.st_mode & 07777;
+	op.uid = s.st_uid;
+	op.gid = s.st_gid;
+	op.size = static_cast<uint64_t>(s.st_size);
+	op.atime = { s.st_atim.tv_sec, static_cast<uint32_t>(s.st_atim.tv_nsec) };
+	op.mtime = mtime;
+	return put(std::move(op));
+}
+
+} /* namespace */
+
+Result<ResyncStats> runResyncRound(int rootFd, uint16_t dirIndex, const ScanOptions &options,
+				   const std::vector<ManifestEntry> &target, GatedSink *sink,
+				   const ResyncProgressFn &progress, const std::function<Status()> &atStart)
+{
+	if (options.blockSize == 0)
+		return makeError(-EINVAL, "block size must not be 0");
+	RoundRunner runner(rootFd, dirIndex, options, target, sink, progress);
+	return runner.run(atStart);
+}
+
+/* ---- control channel ---- */
+
+Result<std::unique_ptr<ControlChannel>> ControlChannel::create(int fd, const ClusterKey &key, uint64_t clusterId,
+								const std::string &module, NodeId self)
+{
+	auto codec = WireCodec::create(key, clusterId);
+	if (!codec) {
+		close(fd);
+		return codec.error();
+	}
+	std::unique_ptr<ControlChannel> ch(new ControlChannel());
+	ch->fd_ = fd;
+	ch->codec_ = std::move(*codec);
+	ch->module_ = module;
+	ch->self_ = self;
+	if (RAND_bytes(reinterpret_cast<unsigned char *>(&ch->localNonce_), sizeof(ch->localNonce_)) != 1)
+		return makeError(-EIO, "no random nonce (OpenSSL RAND_bytes failed)");
+	return ch;
+}
+
+ControlChannel::~ControlChannel()
+{
+	if (fd_ >= 0)
+		close(fd_);
+}
+
+void ControlChannel::shutdown()
+{
+	if (fd_ >= 0)
+		::shutdown(fd_, SHUT_RDWR);
+}
+
+Status ControlChannel::readExact(uint8_t *buf, size_t len, std::chrono::milliseconds timeout)
+{
+	size_t got = 0;
+	auto deadline = std::chrono::steady_clock::now() + timeout;
+	while (got < len) {
+		int waitMs = -1;
+		if (timeout.count() > 0) {
+			auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline -
+											  std::chrono::steady_clock::now());
+			if (left.count() <= 0)
+				return makeError(-ETIMEDOUT, "control connection: peer too slow");
+			waitMs = static_cast<int>(left.count());
+		}
+		pollfd p{ fd_, POLLIN, 0 };
+		int r = poll(&p, 1, waitMs);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return makeError(-errno, "control connection: poll failed");
+		}
+		if (r == 0)
+			continue;
+		ssize_t n = ::recv(fd_, buf + got, len - got, 0);
+		if (n < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			return makeError(-errno, std::string("control connection: ") + strerror(errno));
+		}
+		if (n == 0)
+			return makeError(-ECONNRESET, "control connection closed by the peer");
+		got += static_cast<size_t>(n);
+	}
+	return {};
+}
+
+Status ControlChannel::send(ControlFrame type, std::span<const uint8_t> payload)
+{
+	std::lock_guard<std::mutex> g(sendMutex_);
+	FrameHeader h;
+	h.type = static_cast<uint8_t>(type);
+	h.sender = self_;
+	h.module = module_;
+	if (type == ControlFrame::Hello || type == ControlFrame::Challenge) {
+		h.incarnation = localNonce_;
+		h.sequence = 0;
+	} else {
+		h.incarnation = peerNonce_;
+		h.sequence = ++sendSeq_;
+	}
+	std::vector<uint8_t> out;
+	if (int r = codec_->encode(h, payload, &out, kMaxStreamPayload); r < 0)
+		return makeError(r, "control frame could not be encoded");
+	size_t off = 0;
+	while (off < out.size()) {
+		ssize_t n = ::send(fd_, out.data() + off, out.size() - off, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return makeError(-errno, std::string("control connection: ") + strerror(errno));
+		}
+		off += static_cast<size_t>(n);
+	}
+	return {};
+}
+
+Status ControlChannel::recv(ControlFrame *type, std::vector<uint8_t> *payload, std::chrono::milliseconds timeout)
+{
+	std::vector<uint8_t> buf(kWireHeaderSize);
+	if (auto s = readExact(buf.data(), buf.size(), timeout); !s)
+		return s;
+	size_t size = 0;
+	if (DropReason d = WireCodec::frameSize(buf, &size); d != DropReason::None)
+		return makeError(-EPROTO, std::string("control frame refused: ") + dropReasonName(d));
+	buf.resize(size);
+	if (auto s = readExact(buf.data() + kWireHeaderSize, size - kWireHeaderSize, timeout); !s)
+		return s;
+	DecodedFrame f;
+	if (DropReason d = codec_->decode(buf, &f, kMaxStreamPayload); d != DropReason::None)
+		return makeError(-EPROTO, std::string("control frame refused: ") + dropReasonName(d));
+	if (f.header.module != module_)
+		return makeError(-EPROTO, "control frame for another module");
+	bool hello = f.header.type == static_cast<uint8_t>(ControlFrame::Hello) ||
+		     f.header.type == static_cast<uint8_t>(ControlFrame::Challenge);
+	if (hello) {
+		if (f.header.sequence != 0 || peerNonce_ != 0)
+			return makeError(-EPROTO, "control hello out of place");
+		peerNonce_ = f.header.incarnation;
+	} else if (f.header.incarnation != localNonce_ || f.header.sequence != recvSeq_ + 1) {
+		return makeError(-EPROTO, "control frame replayed or from another connection");
+	} else {
+		recvSeq_++;
+	}
+	if (f.header.type < static_cast<uint8_t>(ControlFrame::Hello) ||
+	    f.header.type > static_cast<uint8_t>(ControlFrame::Fail))
+		return makeError(-EPROTO, "unknown control frame");
+	*type = static_cast<ControlFrame>(f.header.type);
+	payload->assign(f.payload.begin(), f.payload.end());
+	if (*type == ControlFrame::Fail)
+		return makeError(-ECONNABORTED, "peer failed the resync: " +
+						       std::string(payload->begin(), payload->end()));
+	return {};
+}
+
+Status ControlChannel::handshakeTarget(std::chrono::milliseconds timeout)
+{
+	if (auto s = send(ControlFrame::Hello, {}); !s)
+		return s;
+	ControlFrame type;
+	std::vector<uint8_t> payload;
+	if (auto s = recv(&type, &payload, timeout); !s)
+		return s;
+	if (type != ControlFrame::Challenge)
+		return makeError(-EPROTO, "control: expected a challenge");
+	return {};
+}
+
+Status ControlChannel::handshakeSource(std::chrono::milliseconds timeout)
+{
+	ControlFrame type;
+	std::vector<uint8_t> payload;
+	if (auto s = recv(&type, &payload, timeout); !s)
+		return s;
+	if (type != ControlFrame::Hello)
+		return makeError(-EPROTO, "control: expected a hello");
+	return send(ControlFrame::Challenge, {});
+}
+
+Status ControlChannel::sendManifest(const std::vector<ManifestEntry> &entries, uint64_t lastApplied)
+{
+	std::vector<uint8_t> frame;
+	for (const auto &e : entries) {
+		encodeManifestEntry(e, &frame);
+		if (frame.size() >= kManifestFrameBytes) {
+			if (auto s = send(ControlFrame::Manifest, frame); !s)
+				return s;
+			frame.clear();
+		}
+	}
+	if (!frame.empty())
+		if (auto s = send(ControlFrame::Manifest, frame); !s)
+			return s;
+	std::vector<uint8_t> end;
+	putU64(&end, lastApplied);
+	return send(ControlFrame::ManifestEnd, end);
+}
+
+Status ControlChannel::recvManifest(std::vector<ManifestEntry> *entries, uint64_t *lastApplied,
+				    std::chrono::milliseconds timeout)
+{
+	entries->clear();
+	for (;;) {
+		ControlFrame type;
+		std::vector<uint8_t> payload;
+		if (auto s = recv(&type, &payload, timeout); !s)
+			return s;
+		if (type == ControlFrame::ManifestEnd) {
+			Reader r(payload);
+			if (!r.u64(lastApplied) || !r.done())
+				return makeError(-EPROTO, "malformed manifest end");
+			return {};
+		}
+		if (type != ControlFrame::Manifest)
+			return makeError(-EPROTO, "control: expected a manifest");
+		if (!decodeManifestEntries(payload, entries))
+			return makeError(-EPROTO, "malformed manifest");
+	}
+}
+
+bool peekIsControl(int fd, std::chrono::milliseconds timeout)
+{
+	uint8_t hdr[8];
+	auto deadline = std::chrono::steady_clock::now() + timeout;
+	for (;;) {
+		ssize_t n = ::recv(fd, hdr, sizeof(hdr), MSG_PEEK | MSG_DONTWAIT);
+		if (n >= 6)
+			return hdr[5] == static_cast<uint8_t>(ControlFrame::Hello);
+		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+			return false;
+		auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline -
+										  std::chrono::steady_clock::now());
+		if (left.count() <= 0)
+			return false;
+		pollfd p{ fd, POLLIN, 0 };
+		poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 100)));
+	}
+}
+
+} /* namespace sk::repl */

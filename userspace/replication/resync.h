@@ -1,0 +1,195 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Resync: bring a target tree up to date through the ordered op stream while live
+ * writes keep flowing. The target describes its tree (a manifest with XXH3-128 block
+ * hashes); the source sends only what differs, gated against live ops (see GatedSink).
+ */
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "cluster/key.h"
+#include "cluster/wire.h"
+#include "core/result.h"
+#include "replication/op.h"
+
+namespace sk::repl {
+
+struct Hash128 {
+	uint64_t lo = 0;
+	uint64_t hi = 0;
+	bool operator==(const Hash128 &) const = default;
+};
+
+Hash128 hashBlock(std::span<const uint8_t> data);
+
+enum class EntryType : uint8_t { File = 1, Dir = 2, Symlink = 3, Other = 4 };
+
+/* One path of a tree as the resync compares it. */
+struct ManifestEntry {
+	std::string path;		/* relative to the root, never "." */
+	EntryType type = EntryType::File;
+	uint32_t mode = 0;		/* full st_mode */
+	uint32_t uid = 0;
+	uint32_t gid = 0;
+	uint64_t size = 0;
+	Timespec mtime;
+	uint64_t rdev = 0;
+	std::string target;		/* Symlink */
+	std::vector<Hash128> blocks;	/* File, when hashed: one per blockSize bytes */
+	bool operator==(const ManifestEntry &) const = default;
+};
+
+struct ScanOptions {
+	uint32_t blockSize = 65536;
+	bool hashes = true;
+	std::vector<std::string> include;	/* capture patterns (captureExcluded) */
+	std::vector<std::string> exclude;
+	const std::atomic<bool> *stop = nullptr;	/* set: the scan ends with -ECANCELED */
+};
+
+/* Walks the tree under rootFd (pre-order: a directory before its entries). Excluded
+ * non-directories are left out; directories are always listed (included paths may
+ * live below an excluded one). */
+Result<std::vector<ManifestEntry>> scanTree(int rootFd, const ScanOptions &options);
+
+/* Appends one entry's encoding (little-endian, bounded) to *out. */
+void encodeManifestEntry(const ManifestEntry &entry, std::vector<uint8_t> *out);
+/* Decodes entries back to back; false on malformed input. */
+bool decodeManifestEntries(std::span<const uint8_t> in, std::vector<ManifestEntry> *out);
+
+/*
+ * The OpSink capture writes into on the source, in front of the stream. Live
+ * submits and resync steps are serialised by one gate: a resync step (read the
+ * source + submit what it read) holds the gate, so a live op whose local effect
+ * happened after the read is sequenced after the step's ops. It also remembers the
+ * seq of the last Rename, the one live op a per-path resync cannot absorb.
+ */
+class GatedSink : public OpSink
+{
+public:
+	explicit GatedSink(OpSink *inner) : inner_(inner) {}
+
+	uint64_t submit(Op &&op) override;
+	uint64_t submitBarrier(bool durable) override;
+	int waitAcked(uint64_t seq) override { return inner_->waitAcked(seq); }
+
+	/* Resync side: hold the gate across read + submitLocked(). */
+	std::unique_lock<std::mutex> hold() { return std::unique_lock<std::mutex>(gate_); }
+	uint64_t submitLocked(Op &&op);
+	uint64_t lastRenameSeq() const { return lastRenameSeq_.load(); }
+	/* Highest seq handed out so far (0: none). */
+	uint64_t lastSeq() const { return lastSeq_.load(); }
+	OpSink *inner() const { return inner_; }
+
+private:
+	OpSink *inner_;
+	std::mutex gate_;
+	std::atomic<uint64_t> lastRenameSeq_{ 0 };
+	std::atomic<uint64_t> lastSeq_{ 0 };
+};
+
+struct ResyncStats {
+	uint64_t files = 0;
+	uint64_t dirs = 0;
+	uint64_t bytesTotal = 0;	/* source regular file bytes compared */
+	uint64_t bytesDone = 0;
+	uint64_t bytesSent = 0;		/* Write payload submitted */
+	uint64_t blocksSent = 0;
+	uint64_t blocksSkipped = 0;	/* hash matched the target's */
+	uint64_t ops = 0;
+	uint64_t removed = 0;		/* target paths absent (or of another type) on the source */
+	uint64_t lastSeq = 0;		/* seq of the last op submitted (0: none) */
+};
+
+using ResyncProgressFn = std::function<void(uint64_t bytesDone, uint64_t bytesTotal)>;
+
+/*
+ * One resync round of one directory on the source. Namespace pass, under one gate
+ * hold (atStart runs first inside it: the caller leaves ALONE there, so no live op
+ * reaches the new stream before the pass): remove what the target has and the source
+ * does not, then Mkdir/Symlink/Mknod, and Create for files the target lacks. Data
+ * pass, per block under the gate: Link for extra hard link names, Write for blocks
+ * whose hash differs from the target's, Setattr (mode, owner, size, mtime). The caller then submits a durable
+ * barrier; the target equals the source once it is acked, provided no Rename was
+ * submitted after the target's manifest was taken (GatedSink::lastRenameSeq():
+ * otherwise run another round with a fresh manifest).
+ */
+Result<ResyncStats> runResyncRound(int rootFd, uint16_t dirIndex, const ScanOptions &options,
+				   const std::vector<ManifestEntry> &target, GatedSink *sink,
+				   const ResyncProgressFn &progress, const std::function<Status()> &atStart = nullptr);
+
+/*
+ * Resync control connection (authenticated wire frames, replication type range),
+ * opened by the target before its stream connection:
+ *   target -> source  Hello     u64 nonce
+ *   source -> target  Challenge u64 nonce
+ *   target -> source  Manifest  entries (any number of frames), ManifestEnd u64 lastApplied
+ *   source -> target  Progress  u64 done, u64 total;  Rescan (send a new manifest);
+ *                     Done      u64 bytesSent
+ *   either            Fail      message
+ * After the hellos each frame carries the receiving side's nonce as incarnation and a
+ * per-direction sequence 1, 2, ...: a frame recorded from another connection is refused.
+ */
+enum class ControlFrame : uint8_t {
+	Hello = 0x20,
+	Challenge = 0x21,
+	Manifest = 0x22,
+	ManifestEnd = 0x23,
+	Progress = 0x24,
+	Rescan = 0x25,
+	Done = 0x26,
+	Fail = 0x27,
+};
+
+class ControlChannel
+{
+public:
+	/* Takes ownership of fd. */
+	static Result<std::unique_ptr<ControlChannel>> create(int fd, const ClusterKey &key, uint64_t clusterId,
+							      const std::string &module, NodeId self);
+	~ControlChannel();
+
+	/* Target side: send Hello, read Challenge. Source side: read Hello, send Challenge. */
+	Status handshakeTarget(std::chrono::milliseconds timeout);
+	Status handshakeSource(std::chrono::milliseconds timeout);
+
+	Status send(ControlFrame type, std::span<const uint8_t> payload);
+	/* Reads one frame; timeout 0 = wait forever (until shutdown()). */
+	Status recv(ControlFrame *type, std::vector<uint8_t> *payload, std::chrono::milliseconds timeout);
+	/* Manifest in frames of bounded size + ManifestEnd. */
+	Status sendManifest(const std::vector<ManifestEntry> &entries, uint64_t lastApplied);
+	/* Reads Manifest frames up to ManifestEnd. */
+	Status recvManifest(std::vector<ManifestEntry> *entries, uint64_t *lastApplied,
+			    std::chrono::milliseconds timeout);
+	/* Unblocks a recv() in another thread. */
+	void shutdown();
+	int fd() const { return fd_; }
+
+private:
+	ControlChannel() = default;
+	Status readExact(uint8_t *buf, size_t len, std::chrono::milliseconds timeout);
+
+	int fd_ = -1;
+	std::unique_ptr<WireCodec> codec_;
+	std::mutex sendMutex_;
+	std::string module_;
+	NodeId self_ = 0;
+	uint64_t localNonce_ = 0;
+	uint64_t peerNonce_ = 0;
+	uint64_t sendSeq_ = 0;
+	uint64_t recvSeq_ = 0;
+};
+
+/* True when the first frame header waiting on fd (MSG_PEEK) is a control Hello. */
+bool peekIsControl(int fd, std::chrono::milliseconds timeout);
+
+} /* namespace sk::repl */
