@@ -138,8 +138,10 @@ ka_rig() { # advert version
 
 ka_measure() { # timing scenario advert version
 	local timing=$1 scenario=$2 prim other p
-	prim=$(rig_vip_holders)
-	prim=${prim%% *}
+	# The node that answers the client is the master (a killed keepalived may have
+	# left a stale VIP behind on the other one).
+	rig_wait_for 100 rig_vip_answers || true
+	prim=$(rig_vip_answer)
 	[ "$prim" = n1 ] && other=n2 || other=n1
 	rig_start_probe c1 "$RIG_DIR/p.json" --duration 60
 	sleep 0.3
@@ -148,7 +150,7 @@ ka_measure() { # timing scenario advert version
 	powercut) rig_exec "$prim" ip link set eth0 down; ka_kill "$prim" ;;
 	swap) eval "p=\$KA_PID_$prim"; kill -TERM "$p"; wait "$p" 2>/dev/null || true ;;
 	esac
-	rig_wait_for 200 rig_vip_answer_is "$other"
+	rig_wait_for 200 rig_vip_answer_is "$other" || echo "  keepalived: $other never answered" >&2
 	sleep 0.2
 	rig_stop_probe
 	record keepalived "$timing" "$scenario" "$(jq .longest_outage_ms "$RIG_DIR/p.json")"
@@ -166,11 +168,11 @@ for timing in default fast; do
 	for scenario in crash powercut swap; do
 		echo "SK $timing $scenario x$RUNS" >&2
 		sk_rig $sk_t
-		for ((i = 0; i < RUNS; i++)); do sk_measure $timing $scenario; done
+		for ((run = 0; run < RUNS; run++)); do sk_measure $timing $scenario; done
 		rig_teardown
 		echo "keepalived $timing $scenario x$RUNS" >&2
 		ka_rig $ka_t
-		for ((i = 0; i < RUNS; i++)); do ka_measure $timing $scenario $ka_t; done
+		for ((run = 0; run < RUNS; run++)); do ka_measure $timing $scenario $ka_t; done
 		rig_teardown
 	done
 done
