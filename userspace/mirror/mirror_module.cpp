@@ -22,6 +22,7 @@
 
 #include "checkers/probe.h"
 #include "core/log.h"
+#include "core/module_files.h"
 
 namespace sk {
 
@@ -600,21 +601,7 @@ void MirrorModule::onTick()
 
 void MirrorModule::moduleLog(const std::string &line) const
 {
-	/* Rare events (transitions, script results, errors): open-append-close is fine. */
-	int fd = open(ctx_.logFile.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return;
-	auto now = std::chrono::system_clock::now();
-	time_t t = std::chrono::system_clock::to_time_t(now);
-	struct tm tm;
-	localtime_r(&t, &tm);
-	char stamp[32];
-	strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S", &tm);
-	std::string text = fmt::format("{}.{:03d} [{}] {}\n", stamp,
-				       static_cast<int>(wallMs() % 1000), ctx_.self->name, line);
-	if (write(fd, text.data(), text.size()) < 0)
-		logDebug(kLog, "{}: module log write failed: {}", config_.name, strerror(errno));
-	close(fd);
+	appendModuleLog(ctx_.logFile, ctx_.self->name, line);
 }
 
 void MirrorModule::logTransition(const MirrorTransition &t)
@@ -633,35 +620,13 @@ void MirrorModule::logTransition(const MirrorTransition &t)
 
 void MirrorModule::persistAdminIntent(const std::string &intent)
 {
-	std::string path = ctx_.stateDir + "/admin";
-	std::string tmp = path + ".tmp";
-	int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		logError(kLog, "{}: cannot record admin intent: {}", config_.name, strerror(errno));
-		return;
-	}
-	std::string text = intent + "\n";
-	bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && fsync(fd) == 0;
-	close(fd);
-	if (!ok || rename(tmp.c_str(), path.c_str()) < 0)
+	if (!saveAdminIntent(ctx_.stateDir, intent))
 		logError(kLog, "{}: cannot record admin intent: {}", config_.name, strerror(errno));
 }
 
 std::string MirrorModule::loadAdminIntent() const
 {
-	std::string path = ctx_.stateDir + "/admin";
-	int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return "";
-	char buf[32] = {};
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return "";
-	std::string s(buf, static_cast<size_t>(n));
-	while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
-		s.pop_back();
-	return s;
+	return sk::loadAdminIntent(ctx_.stateDir);
 }
 
 void MirrorModule::command(const std::string &cmd, const nlohmann::json &, ControlResponder reply)
