@@ -7,6 +7,7 @@
 #include "replication/mirror_replication.h"
 
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
 #include <ctime>
 #include <dirent.h>
@@ -25,6 +26,7 @@
 #include "cluster/key.h"
 #include "core/log.h"
 #include "replication/apply.h"
+#include "replication/dirty_log.h"
 #include "replication/fuse/capture_fs.h"
 #include "replication/resync.h"
 #include "replication/stream.h"
@@ -41,6 +43,8 @@ using repl::ControlFrame;
 
 constexpr int kConnectAttempts = 5;
 constexpr int kMaxRounds = 5;
+/* How often an in-sync source rotates its dirty log (drops acked records). */
+constexpr auto kRotateInterval = 5s;
 
 uint64_t nowMs()
 {
@@ -143,6 +147,15 @@ int copyTree(int srcFd, const std::string &rel, const std::string &dst, std::vec
 	return ret;
 }
 
+nlohmann::json logStatus(const repl::DirtyLog *log)
+{
+	if (!log)
+		return { { "usable", false } };
+	auto st = log->state();
+	return { { "usable", true },	 { "covers", st.covers }, { "resyncing", st.resyncing },
+		 { "records", st.records }, { "epoch", st.epoch },   { "problem", st.problem } };
+}
+
 /* Whole-content equality of two regular files or two symlinks. */
 bool sameContent(int aDir, const std::string &aPath, int bDir, const std::string &bPath)
 {
@@ -207,11 +220,15 @@ private:
 		int rootFd = -1;
 		int listenFd = -1;
 		int wakeFd = -1;
+		std::unique_ptr<repl::DirtyLog> log;	/* null: unusable, every resync is full */
 		std::unique_ptr<repl::ReplicationSender> sender;
 		std::unique_ptr<repl::GatedSink> gate;
 		std::unique_ptr<repl::CaptureFs> capture;
 		std::thread acceptThread;
 		std::thread resyncThread;
+		std::thread rotateThread;
+		std::atomic<uint64_t> read{ 0 }, rotations{ 0 };
+		std::atomic<bool> partial{ false };	/* last resync used the dirty logs */
 		std::atomic<bool> resyncBusy{ false };
 		std::atomic<bool> streamAllowed{ false };	/* this session's namespace pass began */
 		std::mutex chMutex;
@@ -224,6 +241,7 @@ private:
 		size_t index = 0;
 		std::string path;
 		int rootFd = -1;
+		std::unique_ptr<repl::DirtyLog> log;
 		std::unique_ptr<repl::CaptureFs> capture;
 		std::unique_ptr<repl::ReplicationReceiver> receiver;
 		std::thread thread;
@@ -251,9 +269,11 @@ private:
 	void acceptMain(SourceDir *d);
 	void resyncMain(SourceDir *d, int fd);
 	Status resyncSession(SourceDir *d, ControlChannel *ch);
+	void rotateMain(SourceDir *d);
+	std::unique_ptr<repl::DirtyLog> openLog(size_t index);
 	void onSourceDisconnected(SourceDir *d, const std::string &reason);
 	void targetMain(TargetDir *d, ResyncMode mode, bool quarantine, std::string quarantineDir);
-	Status targetSession(TargetDir *d, bool quarantine, const std::string &quarantineDir);
+	Status targetSession(TargetDir *d, ResyncMode mode, bool quarantine, const std::string &quarantineDir);
 	void targetFailed(const std::string &reason);
 	void maybeReportDone();
 	void reportTargetProgress();
@@ -274,6 +294,8 @@ private:
 	std::atomic<bool> targetReported_{ false };	/* resyncFailed or resyncDone sent this session */
 	std::atomic<bool> targetLost_{ false };		/* replicationLost sent this session */
 	std::atomic<int> lastPercent_{ -1 };
+	std::mutex rotateMutex_;
+	std::condition_variable rotateWake_;
 	Generation trackingGeneration_;
 	std::string lastError_;
 };
@@ -283,6 +305,20 @@ std::string SyncReplication::peerAddress() const
 	const auto &net = ctx_.cluster->networks.front();
 	auto it = ctx_.peer->addresses.find(net);
 	return it == ctx_.peer->addresses.end() ? std::string() : it->second;
+}
+
+/* <state_dir>/<module>/dirty-<i>.log; on failure the dir works without (full resyncs). */
+std::unique_ptr<repl::DirtyLog> SyncReplication::openLog(size_t index)
+{
+	mkdir(ctx_.stateDir.c_str(), 0700);
+	std::string file = fmt::format("{}/dirty-{}.log", ctx_.stateDir, index);
+	auto log = repl::DirtyLog::open(file, ctx_.module->replication.blockSize);
+	if (!log) {
+		logWarn(kLog, "module {}: {}; resyncs of dir {} will compare everything", ctx_.module->name,
+			log.error().message, index);
+		return nullptr;
+	}
+	return std::move(*log);
 }
 
 void SyncReplication::startSource()
@@ -309,6 +345,7 @@ void SyncReplication::startSource()
 			continue;
 		}
 		d->rootFd = *fd;
+		d->log = openLog(i);
 		d->sender = std::move(*sender);
 		d->gate = std::make_unique<repl::GatedSink>(d->sender.get());
 		SourceDir *raw = d.get();
@@ -323,6 +360,7 @@ void SyncReplication::startSource()
 		co.perWrite = rc.perWrite;
 		co.exclude = rc.dirs[i].exclude;
 		co.include = rc.dirs[i].include;
+		co.dirtyLog = d->log.get();
 		auto cap = repl::CaptureFs::mount(co);
 		if (!cap) {
 			lastError_ = cap.error().message;
@@ -344,6 +382,8 @@ void SyncReplication::startSource()
 		d->listenFd = *l;
 		d->wakeFd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 		d->acceptThread = std::thread([this, raw] { acceptMain(raw); });
+		if (d->log)
+			d->rotateThread = std::thread([this, raw] { rotateMain(raw); });
 		logInfo(kLog, "module {}: source for {} on {}:{}", ctx_.module->name, d->path, address_, port(i));
 		sources_.push_back(std::move(d));
 	}
@@ -436,10 +476,63 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 {
 	if (auto s = ch->handshakeSource(10000ms); !s)
 		return s;
+	const auto &rc = ctx_.module->replication;
+	/*
+	 * Want: the blocks this node's dirty log names, by path (a walk maps its inodes).
+	 * With no usable log the target hashes everything (full compare).
+	 */
+	repl::BlockSelection want;
+	std::vector<repl::ManifestEntry> local;
+	std::string fullWhy;
+	if (!d->log) {
+		fullWhy = "no dirty log";
+	} else if (auto st = d->log->state(); !st.covers) {
+		fullWhy = "dirty log here: " + (st.problem.empty() ? std::string("incomplete") : st.problem);
+	} else if (st.resyncing) {
+		fullWhy = "this node's copy was left half-way through a resync";
+	} else {
+		repl::BlockSelection mine = d->log->selection();
+		repl::ScanOptions lo;
+		lo.blockSize = rc.blockSize;
+		lo.include = rc.dirs[d->index].include;
+		lo.exclude = rc.dirs[d->index].exclude;
+		lo.stop = &stopping_;
+		lo.hashes = false;
+		lo.onFile = [&](const std::string &path, uint64_t ino) {
+			auto it = mine.byIno.find(ino);
+			if (it != mine.byIno.end())
+				want.byPath[path] = it->second;
+		};
+		auto l = repl::scanTree(d->rootFd, lo);
+		if (!l)
+			return l.error();
+		local = std::move(*l);
+	}
+	const bool full = !fullWhy.empty();
+	if (auto s = ch->sendSelection(ControlFrame::Want, ControlFrame::WantEnd, want, full); !s)
+		return s;
 	std::vector<repl::ManifestEntry> manifest;
 	uint64_t targetApplied = 0;
 	if (auto s = ch->recvManifest(&manifest, &targetApplied, 0ms); !s)
 		return s;
+	/* Files changed outside both logs (size or mtime differ): ask for their hashes. */
+	repl::BlockSelection ask;
+	if (!full)
+		for (const auto &path : repl::unexplainedFiles(local, manifest))
+			ask.byPath[path];
+	if (auto s = ch->sendSelection(ControlFrame::HashRequest, ControlFrame::HashRequestEnd, ask, false); !s)
+		return s;
+	std::vector<repl::ManifestEntry> hashed;
+	uint64_t ignored = 0;
+	if (auto s = ch->recvManifest(&hashed, &ignored, 0ms); !s)
+		return s;
+	repl::mergeManifest(&manifest, std::move(hashed));
+	d->partial = !full;
+	if (full)
+		logInfo(kLog, "module {}: resync of {} compares everything: {}", ctx_.module->name, d->path, fullWhy);
+	else
+		logInfo(kLog, "module {}: resync of {} by dirty logs: {} file(s) named here, {} changed outside the logs",
+			ctx_.module->name, d->path, want.byPath.size(), ask.byPath.size());
 	if (stopping_)
 		return makeError(-ECANCELED, "stopping");
 	uint64_t base = 0;
@@ -461,13 +554,12 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 		d->streamAllowed = true;
 		return {};
 	};
-	const auto &rc = ctx_.module->replication;
 	repl::ScanOptions so;
 	so.blockSize = rc.blockSize;
 	so.include = rc.dirs[d->index].include;
 	so.exclude = rc.dirs[d->index].exclude;
 	so.stop = &stopping_;
-	uint64_t sentTotal = 0;
+	uint64_t sentTotal = 0, readTotal = 0;
 	for (int round = 1;; round++) {
 		d->rounds = static_cast<uint64_t>(round);
 		auto stats = repl::runResyncRound(d->rootFd, static_cast<uint16_t>(d->index), so, manifest,
@@ -483,11 +575,13 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 		if (!stats)
 			return stats.error();
 		sentTotal += stats->bytesSent;
+		readTotal += stats->bytesRead;
 		d->sent = sentTotal;
+		d->read = readTotal;
 		d->skipped += stats->blocksSkipped;
-		logInfo(kLog, "module {}: resync round {} of {}: {} files, {} blocks sent ({} bytes), {} skipped, {} removed",
-			ctx_.module->name, round, d->path, stats->files, stats->blocksSent, stats->bytesSent,
-			stats->blocksSkipped, stats->removed);
+		logInfo(kLog, "module {}: resync round {} of {}: {} files, {} bytes read, {} blocks sent ({} bytes), "
+			"{} skipped, {} removed", ctx_.module->name, round, d->path, stats->files, stats->bytesRead,
+			stats->blocksSent, stats->bytesSent, stats->blocksSkipped, stats->removed);
 		uint64_t seq = d->gate->submitBarrier(true);
 		for (;;) {
 			if (stopping_)
@@ -525,6 +619,34 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 	return {};
 }
 
+/*
+ * Activity-log rotation while in sync: new epoch (every earlier write submitted its
+ * op), a durable barrier, and once the peer acked it the older records go.
+ */
+void SyncReplication::rotateMain(SourceDir *d)
+{
+	for (;;) {
+		{
+			std::unique_lock<std::mutex> l(rotateMutex_);
+			rotateWake_.wait_for(l, kRotateInterval, [this] { return stopping_.load(); });
+		}
+		if (stopping_)
+			return;
+		if (!d->inSync || tracking_ || d->sender->alone())
+			continue;
+		uint64_t epoch = d->log->switchEpoch();
+		uint64_t seq = d->gate->submitBarrier(true);
+		int r = seq ? d->sender->waitAckedFor(seq, 30000ms) : -EIO;
+		if (r != 0 || stopping_ || !d->inSync || d->sender->alone())
+			continue;
+		if (auto s = d->log->dropBefore(epoch); !s)
+			logWarn(kLog, "module {}: dirty log rotation for {}: {}", ctx_.module->name, d->path,
+				s.error().message);
+		else
+			d->rotations++;
+	}
+}
+
 void SyncReplication::startTarget(ResyncMode mode, bool quarantine)
 {
 	std::lock_guard<std::mutex> lock(mutex_);
@@ -560,6 +682,7 @@ void SyncReplication::startTarget(ResyncMode mode, bool quarantine)
 			return;
 		}
 		d->rootFd = *fd;
+		d->log = openLog(d->index);
 		repl::CaptureOptions co;
 		co.mountpoint = d->path;
 		co.dirIndex = static_cast<uint16_t>(d->index);
@@ -627,8 +750,7 @@ void SyncReplication::reportTargetProgress()
 
 void SyncReplication::targetMain(TargetDir *d, ResyncMode mode, bool quarantine, std::string quarantineDir)
 {
-	(void)mode;	/* every resync compares whole trees by hash: always correct, no dirty log needed */
-	Status s = targetSession(d, quarantine, quarantineDir);
+	Status s = targetSession(d, mode, quarantine, quarantineDir);
 	if (!s)
 		targetFailed(s.error().message);
 }
@@ -647,7 +769,8 @@ void SyncReplication::maybeReportDone()
 	});
 }
 
-Status SyncReplication::targetSession(TargetDir *d, bool quarantine, const std::string &quarantineDir)
+Status SyncReplication::targetSession(TargetDir *d, ResyncMode mode, bool quarantine,
+				      const std::string &quarantineDir)
 {
 	const auto &rc = ctx_.module->replication;
 	std::string peer = peerAddress();
@@ -684,6 +807,29 @@ Status SyncReplication::targetSession(TargetDir *d, bool quarantine, const std::
 	} unpublish{ d };
 	if (auto s = ch->handshakeTarget(10000ms); !s)
 		return s;
+	repl::BlockSelection want;
+	bool sourceFull = true;
+	if (auto s = ch->recvSelection(ControlFrame::Want, ControlFrame::WantEnd, &want, &sourceFull, 60000ms); !s)
+		return s;
+	/* Hash only what either log names, unless a log is unusable or the machine
+	 * asked for a full compare (unknown or divergent generations). */
+	std::string fullWhy = sourceFull ? "the source has no usable dirty log"
+			      : mode == ResyncMode::Full ? "full resync requested"
+			      : !d->log ? "no dirty log here"
+			      : !d->log->state().covers ? "dirty log here: " + d->log->state().problem
+							: "";
+	repl::BlockSelection select;
+	if (fullWhy.empty()) {
+		select = d->log->selection();
+		select.byPath = std::move(want.byPath);
+	}
+	if (d->log)
+		if (auto s = d->log->setResyncing(true); !s)
+			logWarn(kLog, "module {}: {}", ctx_.module->name, s.error().message);
+	logInfo(kLog, "module {}: resync of {}: {}", ctx_.module->name, d->path,
+		fullWhy.empty() ? fmt::format("by dirty logs ({} file(s) named by the source, {} inode(s) here)",
+					      select.byPath.size(), select.byIno.size())
+				: "full compare: " + fullWhy);
 
 	std::vector<std::string> copied;
 	if (quarantine) {
@@ -699,11 +845,35 @@ Status SyncReplication::targetSession(TargetDir *d, bool quarantine, const std::
 	so.include = rc.dirs[d->index].include;
 	so.exclude = rc.dirs[d->index].exclude;
 	so.stop = &stopping_;
+	so.select = fullWhy.empty() ? &select : nullptr;
 	auto manifest = repl::scanTree(d->rootFd, so);
 	if (!manifest)
 		return manifest.error();
 	if (auto s = ch->sendManifest(*manifest, 0); !s)
 		return s;
+	/* The source may ask for whole-file hashes of files changed outside the logs. */
+	{
+		repl::BlockSelection ask;
+		bool ignored = false;
+		if (auto s = ch->recvSelection(ControlFrame::HashRequest, ControlFrame::HashRequestEnd, &ask,
+					       &ignored, 0ms);
+		    !s)
+			return s;
+		std::vector<repl::ManifestEntry> hashed;
+		if (!ask.empty()) {
+			repl::ScanOptions ho = so;
+			ho.select = &ask;
+			auto all = repl::scanTree(d->rootFd, ho);
+			if (!all)
+				return all.error();
+			for (auto &e : *all)
+				if (ask.byPath.count(e.path))
+					hashed.push_back(std::move(e));
+		}
+		if (auto s = ch->sendManifest(hashed, 0); !s)
+			return s;
+	}
+	so.select = nullptr;	/* a Rescan (renames raced the round) compares everything */
 
 	auto sfd = dial();
 	if (!sfd)
@@ -766,6 +936,10 @@ Status SyncReplication::targetSession(TargetDir *d, bool quarantine, const std::
 				}
 			} else if (type == ControlFrame::Done) {
 				d->done = true;
+				/* Equal to the source now: our own records are moot. */
+				if (d->log)
+					if (auto s2 = d->log->resetAfterResync(); !s2)
+						logWarn(kLog, "module {}: {}", ctx_.module->name, s2.error().message);
 				break;
 			} else {
 				result = makeError(-EPROTO, "unexpected control frame");
@@ -841,6 +1015,10 @@ void SyncReplication::stopLocked()
 	if (role_ == Role::None)
 		return;
 	stopping_ = true;
+	{
+		std::lock_guard<std::mutex> l(rotateMutex_);
+		rotateWake_.notify_all();
+	}
 	for (auto &d : sources_) {
 		if (d->wakeFd >= 0) {
 			uint64_t one = 1;
@@ -870,11 +1048,14 @@ void SyncReplication::stopLocked()
 			d->acceptThread.join();
 		if (d->resyncThread.joinable())
 			d->resyncThread.join();
+		if (d->rotateThread.joinable())
+			d->rotateThread.join();
 		if (d->sender)
 			d->sender->detach();
 		d->capture.reset();
 		d->gate.reset();
 		d->sender.reset();
+		d->log.reset();
 		for (int *fd : { &d->listenFd, &d->wakeFd, &d->rootFd })
 			if (*fd >= 0) {
 				close(*fd);
@@ -892,6 +1073,7 @@ void SyncReplication::stopLocked()
 		}
 		d->capture.reset();
 		d->receiver.reset();
+		d->log.reset();
 		if (d->rootFd >= 0)
 			close(d->rootFd);
 		d->rootFd = -1;
@@ -961,11 +1143,15 @@ nlohmann::json SyncReplication::status() const
 		o["resync"] = { { "bytes_done", done },
 				{ "bytes_total", total },
 				{ "bytes_sent", d->sent.load() },
+				{ "bytes_read", d->read.load() },
+				{ "by_dirty_logs", d->partial.load() },
 				{ "blocks_skipped", d->skipped.load() },
 				{ "rounds", d->rounds.load() },
 				{ "rate_bytes_per_s", static_cast<uint64_t>(rate) },
 				{ "eta_s", rate > 0 && total > done ? static_cast<uint64_t>((total - done) / rate) : 0 },
 				{ "running", d->resyncBusy.load() } };
+		o["dirty_log"] = logStatus(d->log.get());
+		o["dirty_log"]["rotations"] = d->rotations.load();
 		dirs.push_back(o);
 	}
 	for (const auto &d : targets_) {
@@ -983,6 +1169,7 @@ nlohmann::json SyncReplication::status() const
 			o["last_close_reason"] = d->receiver->lastCloseReason();
 		}
 		o["resync"] = { { "bytes_done", d->bytesDone.load() }, { "bytes_total", d->bytesTotal.load() } };
+		o["dirty_log"] = logStatus(d->log.get());
 		dirs.push_back(o);
 	}
 	j["dirs"] = dirs;

@@ -34,6 +34,9 @@ const LogCategory kLog("resync");
 constexpr size_t kManifestFrameBytes = 1u << 20;
 constexpr size_t kMaxBlocksPerEntry = 32768;
 constexpr uint8_t kEntryContinues = 1;
+constexpr uint8_t kEntrySparse = 2;	/* Coverage::Some: u64 block index before each hash */
+constexpr uint8_t kEntryUnhashed = 4;	/* Coverage::None */
+constexpr uint32_t kMaxRangesPerPath = 1u << 16;
 constexpr int kMaxFileAttempts = 50;
 
 EntryType typeOf(mode_t mode)
@@ -125,13 +128,27 @@ struct ScanState {
 	std::vector<ManifestEntry> *out;
 };
 
+/* Hashes every block, or only those in ranges (then indices go to *index). */
 int hashFile(int fd, uint32_t blockSize, uint64_t size, std::vector<Hash128> *blocks,
-	     const std::atomic<bool> *stop)
+	     const std::atomic<bool> *stop, const BlockRanges *ranges = nullptr,
+	     std::vector<uint64_t> *index = nullptr)
 {
 	std::vector<uint8_t> buf(blockSize);
 	for (uint64_t off = 0; off < size; off += blockSize) {
 		if (stop && stop->load())
 			return -ECANCELED;
+		if (ranges) {
+			uint64_t block = off / blockSize;
+			if (!ranges->contains(block)) {
+				/* Jump to the next selected range. */
+				auto it = std::upper_bound(ranges->ranges.begin(), ranges->ranges.end(),
+							   std::make_pair(block, UINT64_MAX));
+				if (it == ranges->ranges.end() || it->first >= (size + blockSize - 1) / blockSize)
+					break;
+				off = it->first * blockSize - blockSize;	/* loop adds one block */
+				continue;
+			}
+		}
 		size_t want = static_cast<size_t>(std::min<uint64_t>(blockSize, size - off));
 		ssize_t n = pread(fd, buf.data(), want, static_cast<off_t>(off));
 		if (n < 0)
@@ -139,6 +156,8 @@ int hashFile(int fd, uint32_t blockSize, uint64_t size, std::vector<Hash128> *bl
 		if (n == 0)
 			break;	/* shrank while we read: the stream's later ops cover it */
 		blocks->push_back(hashBlock({ buf.data(), static_cast<size_t>(n) }));
+		if (index)
+			index->push_back(off / blockSize);
 	}
 	return 0;
 }
@@ -199,17 +218,47 @@ int scanDir(ScanState &st, int dirFd, const std::string &rel, int depth)
 			}
 			e.target.assign(buf, static_cast<size_t>(n));
 		}
+		if (type == EntryType::File && st.options.onFile)
+			st.options.onFile(path, s.st_ino);
 		if (type == EntryType::File && st.options.hashes) {
-			int fd = openat(dirFd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-			if (fd < 0) {
-				if (errno == ENOENT)
-					continue;
-				return -errno;
+			/* Which blocks: all, or the union of the selection by inode and by path. */
+			BlockRanges picked;
+			bool all = !st.options.select;
+			if (!all) {
+				const auto &sel = *st.options.select;
+				auto byIno = sel.byIno.find(s.st_ino);
+				if (byIno != sel.byIno.end())
+					for (const auto &r : byIno->second.ranges)
+						picked.add(r.first, r.second);
+				auto byPath = sel.byPath.find(path);
+				if (byPath != sel.byPath.end()) {
+					if (byPath->second.empty())
+						all = true;
+					for (const auto &r : byPath->second.ranges)
+						picked.add(r.first, r.second);
+				}
+				uint64_t nblocks = (e.size + st.options.blockSize - 1) / st.options.blockSize;
+				if (!picked.empty() && picked.ranges.front().first == 0 &&
+				    picked.ranges.front().second >= nblocks)
+					all = true;
 			}
-			int r = hashFile(fd, st.options.blockSize, e.size, &e.blocks, st.options.stop);
-			close(fd);
-			if (r < 0)
-				return r;
+			if (all || !picked.empty()) {
+				int fd = openat(dirFd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+				if (fd < 0) {
+					if (errno == ENOENT)
+						continue;
+					return -errno;
+				}
+				e.coverage = all ? Coverage::All : Coverage::Some;
+				int r = all ? hashFile(fd, st.options.blockSize, e.size, &e.blocks, st.options.stop)
+					    : hashFile(fd, st.options.blockSize, e.size, &e.blocks, st.options.stop,
+						       &picked, &e.blockIndex);
+				close(fd);
+				if (r < 0)
+					return r;
+			} else {
+				e.coverage = Coverage::None;
+			}
 		}
 		st.out->push_back(std::move(e));
 		if (type == EntryType::Dir) {
@@ -254,7 +303,12 @@ void encodeManifestEntry(const ManifestEntry &e, std::vector<uint8_t> *out)
 	do {
 		size_t n = std::min(kMaxBlocksPerEntry, e.blocks.size() - first);
 		bool more = first + n < e.blocks.size();
-		out->push_back(more ? kEntryContinues : 0);
+		uint8_t flags = more ? kEntryContinues : 0;
+		if (e.coverage == Coverage::Some)
+			flags |= kEntrySparse;
+		else if (e.coverage == Coverage::None)
+			flags |= kEntryUnhashed;
+		out->push_back(flags);
 		out->push_back(static_cast<uint8_t>(e.type));
 		putU16(out, static_cast<uint16_t>(e.path.size()));
 		out->insert(out->end(), e.path.begin(), e.path.end());
@@ -269,6 +323,8 @@ void encodeManifestEntry(const ManifestEntry &e, std::vector<uint8_t> *out)
 		out->insert(out->end(), e.target.begin(), e.target.end());
 		putU32(out, static_cast<uint32_t>(n));
 		for (size_t i = first; i < first + n; i++) {
+			if (e.coverage == Coverage::Some)
+				putU64(out, e.blockIndex[i]);
 			putU64(out, e.blocks[i].lo);
 			putU64(out, e.blocks[i].hi);
 		}
@@ -286,7 +342,8 @@ bool decodeManifestEntries(std::span<const uint8_t> in, std::vector<ManifestEntr
 		uint32_t nblocks = 0;
 		uint64_t sec = 0;
 		ManifestEntry e;
-		if (!r.u8(&flags) || (flags & ~kEntryContinues) || !r.u8(&type) || type < 1 || type > 4 ||
+		if (!r.u8(&flags) || (flags & ~(kEntryContinues | kEntrySparse | kEntryUnhashed)) ||
+		    (flags & kEntrySparse && flags & kEntryUnhashed) || !r.u8(&type) || type < 1 || type > 4 ||
 		    !r.u16(&plen) || !r.bytes(&e.path, plen) || !validRelPath(e.path) || !r.u32(&e.mode) ||
 		    !r.u32(&e.uid) || !r.u32(&e.gid) || !r.u64(&e.size) || !r.u64(&sec) ||
 		    !r.u32(&e.mtime.nsec) || !r.u64(&e.rdev) || !r.u16(&tlen) || !r.bytes(&e.target, tlen) ||
@@ -294,15 +351,32 @@ bool decodeManifestEntries(std::span<const uint8_t> in, std::vector<ManifestEntr
 			return false;
 		e.type = static_cast<EntryType>(type);
 		e.mtime.sec = static_cast<int64_t>(sec);
+		e.coverage = (flags & kEntrySparse) ? Coverage::Some
+			     : (flags & kEntryUnhashed) ? Coverage::None
+							 : Coverage::All;
+		if (e.coverage == Coverage::None && nblocks)
+			return false;
 		e.blocks.resize(nblocks);
-		for (auto &b : e.blocks)
+		for (auto &b : e.blocks) {
+			if (e.coverage == Coverage::Some) {
+				uint64_t idx = 0;
+				if (!r.u64(&idx) || (!e.blockIndex.empty() && idx <= e.blockIndex.back()))
+					return false;
+				e.blockIndex.push_back(idx);
+			}
 			if (!r.u64(&b.lo) || !r.u64(&b.hi))
 				return false;
+		}
 		if (continuing) {
-			if (out->empty() || out->back().path != e.path)
+			if (out->empty())
 				return false;
-			auto &prev = out->back().blocks;
-			prev.insert(prev.end(), e.blocks.begin(), e.blocks.end());
+			auto &prev = out->back();
+			if (prev.path != e.path || prev.coverage != e.coverage ||
+			    (!e.blockIndex.empty() && !prev.blockIndex.empty() &&
+			     e.blockIndex.front() <= prev.blockIndex.back()))
+				return false;
+			prev.blocks.insert(prev.blocks.end(), e.blocks.begin(), e.blocks.end());
+			prev.blockIndex.insert(prev.blockIndex.end(), e.blockIndex.begin(), e.blockIndex.end());
 		} else {
 			out->push_back(std::move(e));
 		}
@@ -312,6 +386,72 @@ bool decodeManifestEntries(std::span<const uint8_t> in, std::vector<ManifestEntr
 }
 
 /* ---- GatedSink ---- */
+
+void encodePathSelection(const std::string &path, const BlockRanges &ranges, std::vector<uint8_t> *out)
+{
+	putU16(out, static_cast<uint16_t>(path.size()));
+	out->insert(out->end(), path.begin(), path.end());
+	putU32(out, static_cast<uint32_t>(ranges.ranges.size()));
+	for (const auto &r : ranges.ranges) {
+		putU64(out, r.first);
+		putU64(out, r.second);
+	}
+}
+
+bool decodePathSelection(std::span<const uint8_t> in, BlockSelection *out)
+{
+	Reader r(in);
+	while (!r.done()) {
+		uint16_t plen = 0;
+		uint32_t n = 0;
+		std::string path;
+		if (!r.u16(&plen) || !r.bytes(&path, plen) || !validRelPath(path) || !r.u32(&n) ||
+		    n > kMaxRangesPerPath)
+			return false;
+		BlockRanges &ranges = out->byPath[path];
+		uint64_t end = 0;
+		for (uint32_t i = 0; i < n; i++) {
+			uint64_t first = 0, count = 0;
+			/* Sorted, disjoint, non-empty, no overflow: what encode produces. */
+			if (!r.u64(&first) || !r.u64(&count) || count == 0 || first < end ||
+			    count > UINT64_MAX / 2 - first)
+				return false;
+			ranges.ranges.emplace_back(first, count);
+			end = first + count;
+		}
+	}
+	return true;
+}
+
+std::vector<std::string> unexplainedFiles(const std::vector<ManifestEntry> &source,
+					  const std::vector<ManifestEntry> &target)
+{
+	std::unordered_map<std::string, const ManifestEntry *> src;
+	for (const auto &e : source)
+		if (e.type == EntryType::File)
+			src[e.path] = &e;
+	std::vector<std::string> out;
+	for (const auto &t : target) {
+		if (t.type != EntryType::File || t.coverage != Coverage::None)
+			continue;
+		auto it = src.find(t.path);
+		if (it != src.end() && (it->second->size != t.size || !(it->second->mtime == t.mtime)))
+			out.push_back(t.path);
+	}
+	return out;
+}
+
+void mergeManifest(std::vector<ManifestEntry> *base, std::vector<ManifestEntry> &&update)
+{
+	std::unordered_map<std::string, size_t> at;
+	for (size_t i = 0; i < base->size(); i++)
+		at[(*base)[i].path] = i;
+	for (auto &u : update) {
+		auto it = at.find(u.path);
+		if (it != at.end())
+			(*base)[it->second] = std::move(u);
+	}
+}
 
 uint64_t GatedSink::submit(Op &&op)
 {
@@ -403,7 +543,7 @@ public:
 				case EntryType::Symlink: r = syncSymlink(e); break;
 				case EntryType::Other: r = syncOther(e); break;
 				case EntryType::File:
-					stats_.bytesTotal += e.size;
+					stats_.bytesTotal += toCompare(e);
 					r = createFile(e);
 					break;
 				}
@@ -495,6 +635,23 @@ private:
 	int syncOther(const ManifestEntry &e);
 	int syncFile(const ManifestEntry &e);
 	int syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *retry);
+
+	/* Bytes of e the data pass reads: all, unless the target's entry (by the dirty
+	 * logs) names only some blocks; then those plus the tail past the shorter size. */
+	uint64_t toCompare(const ManifestEntry &e) const
+	{
+		const ManifestEntry *t = live(e.path);
+		if (!t || t->type != EntryType::File || t->coverage == Coverage::All)
+			return e.size;
+		uint64_t bs = options_.blockSize;
+		uint64_t n = 0;
+		for (uint64_t b : t->blockIndex)
+			if (b * bs < e.size)
+				n += std::min<uint64_t>(bs, e.size - b * bs);
+		if (e.size > t->size)
+			n += e.size - t->size / bs * bs;
+		return std::min(n, e.size);
+	}
 
 	int rootFd_;
 	uint16_t dir_;
@@ -604,11 +761,12 @@ int RoundRunner::createFile(const ManifestEntry &e)
 int RoundRunner::syncFile(const ManifestEntry &e)
 {
 	bool forceFull = false;
+	uint64_t counted = toCompare(e);
 	for (int attempt = 0; attempt < kMaxFileAttempts; attempt++) {
 		bool retry = false;
 		int r = syncFileAttempt(e, forceFull, &retry);
 		if (r < 0 || !retry) {
-			stats_.bytesDone += e.size;
+			stats_.bytesDone += counted;
 			report(false);
 			return r;
 		}
@@ -683,9 +841,39 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 	const uint32_t bs = options_.blockSize;
 	std::vector<uint8_t> buf(bs);
 	bool wrote = false;
+	/*
+	 * With partial coverage (both dirty logs usable) only the blocks the target
+	 * hashed and the tail past the shorter of both sizes can differ; every other
+	 * block is equal by the logs and is neither read nor sent.
+	 */
+	const bool partial = !full && t->coverage != Coverage::All;
+	const uint64_t tailFrom = full || size == t->size ? UINT64_MAX : std::min(size, t->size) / bs;
+	auto targetHash = [&](uint64_t i) -> const Hash128 * {
+		if (full)
+			return nullptr;
+		if (t->coverage == Coverage::All)
+			return i < t->blocks.size() ? &t->blocks[i] : nullptr;
+		auto it = std::lower_bound(t->blockIndex.begin(), t->blockIndex.end(), i);
+		if (it == t->blockIndex.end() || *it != i)
+			return nullptr;
+		return &t->blocks[static_cast<size_t>(it - t->blockIndex.begin())];
+	};
 	for (uint64_t off = 0, i = 0; off < size; off += bs, i++) {
 		if (stopped())
 			return -ECANCELED;
+		const Hash128 *th = targetHash(i);
+		if (partial && !th && i < tailFrom) {
+			if (t->coverage == Coverage::None)
+				break;	/* nothing named and no tail before the end */
+			/* Skip to the next hashed block or the tail. */
+			auto it = std::upper_bound(t->blockIndex.begin(), t->blockIndex.end(), i);
+			uint64_t next = std::min(tailFrom, it == t->blockIndex.end() ? UINT64_MAX : *it);
+			if (next == UINT64_MAX || next * bs >= size)
+				break;
+			off = next * bs - bs;
+			i = next - 1;
+			continue;
+		}
 		auto gate = sink_->hold();
 		if (!sameInode()) {
 			*retry = true;
@@ -696,8 +884,9 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 			return -errno;
 		if (n == 0)
 			break;	/* truncated meanwhile: the truncate is in the stream after us */
+		stats_.bytesRead += static_cast<uint64_t>(n);
 		Hash128 h = hashBlock({ buf.data(), static_cast<size_t>(n) });
-		if (!full && i < t->blocks.size() && t->blocks[i] == h && off + static_cast<uint64_t>(n) <= t->size) {
+		if (th && *th == h && off + static_cast<uint64_t>(n) <= t->size) {
 			stats_.blocksSkipped++;
 			continue;
 		}
@@ -875,7 +1064,7 @@ Status ControlChannel::recv(ControlFrame *type, std::vector<uint8_t> *payload, s
 		recvSeq_++;
 	}
 	if (f.header.type < static_cast<uint8_t>(ControlFrame::Hello) ||
-	    f.header.type > static_cast<uint8_t>(ControlFrame::Fail))
+	    f.header.type > static_cast<uint8_t>(ControlFrame::HashRequestEnd))
 		return makeError(-EPROTO, "unknown control frame");
 	*type = static_cast<ControlFrame>(f.header.type);
 	payload->assign(f.payload.begin(), f.payload.end());
@@ -926,6 +1115,46 @@ Status ControlChannel::sendManifest(const std::vector<ManifestEntry> &entries, u
 	std::vector<uint8_t> end;
 	putU64(&end, lastApplied);
 	return send(ControlFrame::ManifestEnd, end);
+}
+
+Status ControlChannel::sendSelection(ControlFrame frame, ControlFrame end, const BlockSelection &selection,
+				     bool full)
+{
+	std::vector<uint8_t> buf;
+	for (const auto &[path, ranges] : selection.byPath) {
+		encodePathSelection(path, ranges, &buf);
+		if (buf.size() >= kManifestFrameBytes) {
+			if (auto s = send(frame, buf); !s)
+				return s;
+			buf.clear();
+		}
+	}
+	if (!buf.empty())
+		if (auto s = send(frame, buf); !s)
+			return s;
+	uint8_t f = full ? 1 : 0;
+	return send(end, { &f, 1 });
+}
+
+Status ControlChannel::recvSelection(ControlFrame frame, ControlFrame end, BlockSelection *selection, bool *full,
+				     std::chrono::milliseconds timeout)
+{
+	for (;;) {
+		ControlFrame type;
+		std::vector<uint8_t> payload;
+		if (auto s = recv(&type, &payload, timeout); !s)
+			return s;
+		if (type == end) {
+			if (payload.size() != 1 || payload[0] > 1)
+				return makeError(-EPROTO, "malformed selection end");
+			*full = payload[0] == 1;
+			return {};
+		}
+		if (type != frame)
+			return makeError(-EPROTO, "control: expected a selection");
+		if (!decodePathSelection(payload, selection))
+			return makeError(-EPROTO, "malformed selection");
+	}
 }
 
 Status ControlChannel::recvManifest(std::vector<ManifestEntry> *entries, uint64_t *lastApplied,

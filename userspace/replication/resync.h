@@ -19,6 +19,7 @@
 #include "cluster/key.h"
 #include "cluster/wire.h"
 #include "core/result.h"
+#include "replication/dirty_log.h"
 #include "replication/op.h"
 
 namespace sk::repl {
@@ -33,6 +34,14 @@ Hash128 hashBlock(std::span<const uint8_t> data);
 
 enum class EntryType : uint8_t { File = 1, Dir = 2, Symlink = 3, Other = 4 };
 
+/*
+ * Which blocks of a File entry carry hashes. All: blocks[i] for every block i. Some:
+ * blocks[k] hashes block blockIndex[k] (strictly increasing); the other blocks are
+ * equal on both sides according to both dirty logs. None: no block differs
+ * according to both logs (a size or mtime difference then asks for All).
+ */
+enum class Coverage : uint8_t { All = 0, Some = 1, None = 2 };
+
 /* One path of a tree as the resync compares it. */
 struct ManifestEntry {
 	std::string path;		/* relative to the root, never "." */
@@ -44,13 +53,20 @@ struct ManifestEntry {
 	Timespec mtime;
 	uint64_t rdev = 0;
 	std::string target;		/* Symlink */
-	std::vector<Hash128> blocks;	/* File, when hashed: one per blockSize bytes */
+	std::vector<Hash128> blocks;	/* File, when hashed: see Coverage */
+	Coverage coverage = Coverage::All;
+	std::vector<uint64_t> blockIndex;	/* Some */
 	bool operator==(const ManifestEntry &) const = default;
 };
 
 struct ScanOptions {
 	uint32_t blockSize = 65536;
 	bool hashes = true;
+	/* With hashes: null hashes every block; else only the selected blocks of a file
+	 * (by inode or path; a path with no ranges means the whole file) are hashed. */
+	const BlockSelection *select = nullptr;
+	/* Called for every regular file listed, with its inode (maps dirty logs to paths). */
+	std::function<void(const std::string &path, uint64_t ino)> onFile;
 	std::vector<std::string> include;	/* capture patterns (captureExcluded) */
 	std::vector<std::string> exclude;
 	const std::atomic<bool> *stop = nullptr;	/* set: the scan ends with -ECANCELED */
@@ -60,6 +76,17 @@ struct ScanOptions {
  * non-directories are left out; directories are always listed (included paths may
  * live below an excluded one). */
 Result<std::vector<ManifestEntry>> scanTree(int rootFd, const ScanOptions &options);
+
+/* A selection by path (Want / HashRequest frames): path, ranges; no ranges = whole file. */
+void encodePathSelection(const std::string &path, const BlockRanges &ranges, std::vector<uint8_t> *out);
+bool decodePathSelection(std::span<const uint8_t> in, BlockSelection *out);
+
+/* Source side: target files whose hashes must be asked for (Coverage::None yet size or
+ * mtime differ: changed outside both dirty logs, e.g. while SK was not running). */
+std::vector<std::string> unexplainedFiles(const std::vector<ManifestEntry> &source,
+					  const std::vector<ManifestEntry> &target);
+/* Replaces the entries of base with the same path as an entry of update. */
+void mergeManifest(std::vector<ManifestEntry> *base, std::vector<ManifestEntry> &&update);
 
 /* Appends one entry's encoding (little-endian, bounded) to *out. */
 void encodeManifestEntry(const ManifestEntry &entry, std::vector<uint8_t> *out);
@@ -100,8 +127,9 @@ private:
 struct ResyncStats {
 	uint64_t files = 0;
 	uint64_t dirs = 0;
-	uint64_t bytesTotal = 0;	/* source regular file bytes compared */
+	uint64_t bytesTotal = 0;	/* source regular file bytes to compare */
 	uint64_t bytesDone = 0;
+	uint64_t bytesRead = 0;		/* source bytes read and hashed */
 	uint64_t bytesSent = 0;		/* Write payload submitted */
 	uint64_t blocksSent = 0;
 	uint64_t blocksSkipped = 0;	/* hash matched the target's */
@@ -132,7 +160,12 @@ Result<ResyncStats> runResyncRound(int rootFd, uint16_t dirIndex, const ScanOpti
  * opened by the target before its stream connection:
  *   target -> source  Hello     u64 nonce
  *   source -> target  Challenge u64 nonce
+ *   source -> target  Want      path selections (any number), WantEnd u8 full
  *   target -> source  Manifest  entries (any number of frames), ManifestEnd u64 lastApplied
+ *                     (hashes: everything if full or the target's log is unusable, else
+ *                     the wanted blocks plus those the target's own dirty log names)
+ *   source -> target  HashRequest paths (any number), HashRequestEnd
+ *   target -> source  Manifest  whole-file hashes of those paths, ManifestEnd
  *   source -> target  Progress  u64 done, u64 total;  Rescan (send a new manifest);
  *                     Done      u64 bytesSent
  *   either            Fail      message
@@ -148,6 +181,10 @@ enum class ControlFrame : uint8_t {
 	Rescan = 0x25,
 	Done = 0x26,
 	Fail = 0x27,
+	Want = 0x28,		/* source -> target: paths + block ranges to hash */
+	WantEnd = 0x29,		/* u8: 1 = hash every block of every file */
+	HashRequest = 0x2a,	/* source -> target: paths to hash whole */
+	HashRequestEnd = 0x2b,
 };
 
 class ControlChannel
@@ -167,6 +204,10 @@ public:
 	Status recv(ControlFrame *type, std::vector<uint8_t> *payload, std::chrono::milliseconds timeout);
 	/* Manifest in frames of bounded size + ManifestEnd. */
 	Status sendManifest(const std::vector<ManifestEntry> &entries, uint64_t lastApplied);
+	/* Selection frames (Want or HashRequest) + their end frame carrying u8 full. */
+	Status sendSelection(ControlFrame frame, ControlFrame end, const BlockSelection &selection, bool full);
+	Status recvSelection(ControlFrame frame, ControlFrame end, BlockSelection *selection, bool *full,
+			     std::chrono::milliseconds timeout);
 	/* Reads Manifest frames up to ManifestEnd. */
 	Status recvManifest(std::vector<ManifestEntry> *entries, uint64_t *lastApplied,
 			    std::chrono::milliseconds timeout);

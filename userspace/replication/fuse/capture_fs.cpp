@@ -35,6 +35,7 @@
 
 #include "replication/fuse/capture_fs.h"
 #include "core/log.h"
+#include "replication/dirty_log.h"
 
 #include <atomic>
 #include <cerrno>
@@ -250,6 +251,16 @@ public:
 
 	/* --- op emission (caller holds orderMutex_) --- */
 	bool capturing() const { return options_.sink != nullptr; }
+	/* Before a local data change: the dirty log record (durable), and its Guard. */
+	DirtyLog::Guard recordWrite(Inode *inode, uint64_t offset, uint64_t length, int fd)
+	{
+		DirtyLog *log = options_.dirtyLog;
+		if (!log || options_.readOnly)
+			return {};
+		DirtyLog::Guard g = log->guard();
+		log->mark(inode->ino, offset, length, fd);
+		return g;
+	}
 	bool excluded(const std::string &path) const
 	{
 		return captureExcluded(options_.exclude, options_.include, path);
@@ -713,6 +724,19 @@ void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, fus
 	Inode *inode = fs->inodeOf(ino);
 	int fd = fi ? fhOf(fi)->fd : -1;
 	std::string proc = procPath(inode->fd);
+	DirtyLog::Guard logged;
+	if (valid & FUSE_SET_ATTR_SIZE) {
+		/* Extending exposes zeros between the sizes; shrinking cuts the block at
+		 * the new size: both ranges may differ from the peer afterwards. */
+		struct stat before;
+		uint64_t size = static_cast<uint64_t>(attr->st_size), from = size, to = size + 1;
+		if (fstatat(inode->fd, "", &before, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0) {
+			uint64_t old = static_cast<uint64_t>(before.st_size);
+			from = std::min(size, old);
+			to = std::max(size + 1, old);
+		}
+		logged = fs->recordWrite(inode, from, to - from, -1);
+	}
 	std::unique_lock order(fs->orderMutex_);
 	Op op;
 	op.type = OpType::Setattr;
@@ -1201,6 +1225,7 @@ void opWrite(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_
 	ssize_t n;
 	bool replicated = false;
 	{
+		DirtyLog::Guard logged = fs->recordWrite(inode, off, size, fh->fd);
 		std::shared_lock order(fs->orderMutex_);
 		std::lock_guard same(inode->writeMutex);
 		n = pwrite(fh->fd, data, size, off);
@@ -1495,6 +1520,7 @@ void opFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t l
 	if (fs->options_.readOnly)
 		return (void)fuse_reply_err(req, EROFS);
 	Inode *inode = fs->inodeOf(ino);
+	DirtyLog::Guard logged = fs->recordWrite(inode, offset, length, -1);
 	std::shared_lock order(fs->orderMutex_);
 	std::lock_guard same(inode->writeMutex);
 	if (fallocate(fhOf(fi)->fd, mode, offset, length) < 0)

@@ -17,6 +17,8 @@
 
 namespace sk::repl {
 
+class DirtyLog;
+
 struct CaptureOptions {
 	std::string mountpoint;		/* the replicated directory; over-mounted in place */
 	uint16_t dirIndex = 0;		/* Op::dir of every op */
@@ -33,6 +35,9 @@ struct CaptureOptions {
 	std::vector<std::string> exclude;
 	std::vector<std::string> include;
 	unsigned threads = 4;		/* FUSE worker threads (max) */
+	/* Borrowed, optional: every write, truncate and fallocate is recorded here before
+	 * its local effect (see dirty_log.h), its Guard held until the op is submitted. */
+	DirtyLog *dirtyLog = nullptr;
 };
 
 struct CaptureCounters {
