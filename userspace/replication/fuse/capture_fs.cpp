@@ -1096,7 +1096,10 @@ void opRename(fuse_req_t req, fuse_ino_t parentIno, const char *name, fuse_ino_t
  * the offsets it gives), and O_DIRECT would need aligned buffers. */
 int backingFlags(const Impl *fs, int flags)
 {
-	flags &= ~(O_APPEND | O_CREAT | O_EXCL | O_NOCTTY | O_DIRECT);
+	/* O_NOFOLLOW: the kernel already refused a symlink before asking us, and our
+	 * path is /proc/self/fd/N, itself a symlink O_NOFOLLOW would refuse (ELOOP:
+	 * MariaDB's Aria engine opens its files with it). */
+	flags &= ~(O_APPEND | O_CREAT | O_EXCL | O_NOCTTY | O_DIRECT | O_NOFOLLOW);
 	/* With the writeback cache the kernel may read to fill partial pages. */
 	if (fs->options_.writebackCache && !fs->options_.perWrite && (flags & O_ACCMODE) == O_WRONLY)
 		flags = (flags & ~O_ACCMODE) | O_RDWR;
