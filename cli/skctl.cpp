@@ -1,23 +1,28 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * skctl: SK's command line. It only translates: arguments become a control
- * request to skd (or a libsk call, for `config check`), replies become text.
+ * request to skd (or libsk calls, for `config check` and `module ...`), replies become text.
  * Exit codes: 0 ok, 1 request refused or failed, 2 bad usage or invalid config,
  * 3 skd not reachable.
  */
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <algorithm>
 #include <string>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "api/control.h"
 #include "core/config.h"
+#include "core/module_package.h"
 
 using nlohmann::json;
 
@@ -113,6 +118,324 @@ int printLog(const std::string &file, bool follow)
 	}
 	if (f)
 		fclose(f);
+	return 0;
+}
+
+/* ---- skctl module ... ---- */
+
+constexpr const char *kDefaultClusterFile = "/etc/sk/cluster.json";
+
+void printConfigErrors(const std::vector<sk::ConfigError> &errors, const char *indent)
+{
+	for (const sk::ConfigError &e : errors)
+		fmt::print(stderr, "{}{}\n", indent, sk::formatConfigError(e));
+}
+
+/* The cluster configuration module commands need (modules_dir, cross-references). */
+bool loadCluster(const std::string &file, sk::ClusterConfig *out, int *exitCode)
+{
+	std::vector<sk::ConfigError> errors;
+	auto c = sk::loadClusterConfig(file, &errors);
+	if (c) {
+		*out = std::move(c.value());
+		return true;
+	}
+	fmt::print(stderr, "skctl: the cluster configuration {} is not usable (--config FILE):\n", file);
+	printConfigErrors(errors, "  ");
+	if (errors.empty())
+		fmt::print(stderr, "  {}\n", c.error().message);
+	*exitCode = kExitUsage;
+	return false;
+}
+
+/* skd's status, when it answers. absent: no daemon listens (so nothing of ours runs). */
+struct DaemonView {
+	bool reachable = false;
+	bool absent = false;
+	json status;
+	std::string error;
+};
+
+DaemonView askDaemon(const Globals &g)
+{
+	DaemonView v;
+	auto r = sk::controlRequest(g.socket, { { "cmd", "status" } }, g.timeoutMs);
+	if (r) {
+		v.reachable = true;
+		v.status = std::move(r.value());
+	} else {
+		v.absent = r.error().code == -ENOENT || r.error().code == -ECONNREFUSED;
+		v.error = r.error().message;
+	}
+	return v;
+}
+
+/*
+ * Refuses (prints why, returns false) when skd runs the module on this node, or when skd
+ * exists but cannot say (timeout, permission): removing files under a running module is
+ * what must never happen. No skd listening: allowed.
+ */
+bool checkNotRunning(const Globals &g, const std::string &name, const char *what, int *exitCode)
+{
+	DaemonView v = askDaemon(g);
+	if (!v.reachable) {
+		if (v.absent) {
+			fmt::print("skd is not running here: {} without a running check\n", what);
+			return true;
+		}
+		fmt::print(stderr, "skctl: {} refused: cannot ask skd whether module {} runs: {}\n", what, name, v.error);
+		*exitCode = kExitFailed;
+		return false;
+	}
+	sk::ModuleRunState rs = sk::moduleRunState(v.status, name);
+	if (rs.running) {
+		fmt::print(stderr, "skctl: {} refused: module {} is running on this node ({}); stop it first: "
+				   "skctl stop -m {}\n",
+			   what, name, rs.label, name);
+		*exitCode = kExitFailed;
+		return false;
+	}
+	return true;
+}
+
+/* After an install or a remove: makes skd re-read its configuration and says what it did. */
+void reloadDaemon(const Globals &g, const std::string &name, bool installed, int *exitCode)
+{
+	auto r = sk::controlRequest(g.socket, { { "cmd", "reload" } }, g.timeoutMs);
+	if (!r) {
+		int c = r.error().code;
+		if (c == -ENOENT || c == -ECONNREFUSED) {
+			fmt::print("skd is not running: it {} module {} when it starts\n",
+				   installed ? "loads" : "will not load", name);
+			return;
+		}
+		fmt::print(stderr, "skctl: module {} is {}, but skd did not reload:\n{}\n", name,
+			   installed ? "installed" : "removed", r.error().message);
+		fmt::print(stderr, "skctl: fix that, then run 'skctl reload'\n");
+		*exitCode = kExitFailed;
+		return;
+	}
+	DaemonView v = askDaemon(g);
+	sk::ModuleRunState rs = v.reachable ? sk::moduleRunState(v.status, name) : sk::ModuleRunState{};
+	if (installed && rs.known)
+		fmt::print("skd reloaded its configuration: module {} is loaded ({}); start it with 'skctl start -m {}'\n",
+			   name, rs.label, name);
+	else if (installed)
+		fmt::print("skd reloaded its configuration, but does not list module {}\n", name);
+	else
+		fmt::print("skd reloaded its configuration: module {} is no longer loaded\n", name);
+}
+
+std::string moduleSummary(const sk::ModuleConfig &m)
+{
+	return fmt::format("{}, nodes {}", sk::configName(m.type), fmt::join(m.nodes, ","));
+}
+
+/* Prints a refused module's problems; exit code 2 (invalid configuration). */
+void printRefusal(const char *what, const sk::ModuleCheck &check, int *exitCode)
+{
+	fmt::print(stderr, "skctl: {} refused, nothing was written:\n", what);
+	printConfigErrors(check.errors, "  ");
+	fmt::print(stderr, "{} error(s)\n", check.errors.size());
+	*exitCode = kExitUsage;
+}
+
+void printWarnings(const sk::ModuleCheck &check)
+{
+	for (const sk::ConfigError &e : check.warnings)
+		fmt::print(stderr, "warning: {} (skd rejects the configuration until this is fixed)\n",
+			   sk::formatConfigError(e));
+}
+
+int moduleInstall(const Globals &g, const std::string &clusterFile, const std::string &source, bool force)
+{
+	int exitCode = 0;
+	sk::ClusterConfig cluster;
+	if (!loadCluster(clusterFile, &cluster, &exitCode))
+		return exitCode;
+	const std::string &modulesDir = cluster.paths.modulesDir;
+	auto bundle = sk::readModule(source);
+	if (!bundle) {
+		fmt::print(stderr, "skctl: module install refused, nothing was written:\n  {}\n", bundle.error().message);
+		return kExitUsage;
+	}
+	auto installed = sk::listInstalledModules(modulesDir, &cluster);
+	if (!installed) {
+		fmt::print(stderr, "skctl: {}\n", installed.error().message);
+		return kExitFailed;
+	}
+	std::vector<sk::ModuleConfig> others;
+	for (const sk::InstalledModule &im : *installed)
+		if (im.valid)
+			others.push_back(im.config);
+	sk::ModuleCheck check = sk::checkModuleBundle(*bundle, &cluster, &others);
+	if (!check.errors.empty()) {
+		printRefusal("module install", check, &exitCode);
+		return exitCode;
+	}
+	const std::string &name = check.config.name;
+	fmt::print("module {}: valid ({}; {} entries, {} bytes)\n", name, moduleSummary(check.config),
+		   bundle->entries.size(), bundle->totalBytes());
+	printWarnings(check);
+
+	bool exists = std::any_of(installed->begin(), installed->end(),
+				  [&](const sk::InstalledModule &im) { return im.name == name; });
+	if (exists && !force) {
+		fmt::print(stderr, "skctl: module install refused: module {} is already installed in {} "
+				   "(--force replaces it)\n",
+			   name, modulesDir);
+		return kExitFailed;
+	}
+	if (exists && !checkNotRunning(g, name, "module install --force", &exitCode))
+		return exitCode;
+	auto res = sk::installModule(*bundle, name, modulesDir, force);
+	if (!res) {
+		fmt::print(stderr, "skctl: module install failed, {} is unchanged: {}\n", modulesDir,
+			   res.error().message);
+		return kExitFailed;
+	}
+	fmt::print("installed module {} into {}: {} files, {} bytes{}\n", name, res->dir, res->files, res->bytes,
+		   res->replaced ? " (replaced the previous version)" : "");
+	reloadDaemon(g, name, true, &exitCode);
+	return exitCode;
+}
+
+int moduleList(const Globals &g, const std::string &clusterFile, bool asJson)
+{
+	int exitCode = 0;
+	sk::ClusterConfig cluster;
+	if (!loadCluster(clusterFile, &cluster, &exitCode))
+		return exitCode;
+	auto installed = sk::listInstalledModules(cluster.paths.modulesDir, &cluster);
+	if (!installed) {
+		fmt::print(stderr, "skctl: {}\n", installed.error().message);
+		return kExitFailed;
+	}
+	DaemonView v = askDaemon(g);
+	json mods = json::array();
+	for (const sk::InstalledModule &im : *installed) {
+		sk::ModuleRunState rs = v.reachable ? sk::moduleRunState(v.status, im.name) : sk::ModuleRunState{};
+		json errors = json::array();
+		for (const sk::ConfigError &e : im.errors)
+			errors.push_back(sk::formatConfigError(e));
+		json m = { { "name", im.name },
+			   { "dir", im.dir },
+			   { "valid", im.valid },
+			   { "type", im.valid ? json(sk::configName(im.config.type)) : json(nullptr) },
+			   { "nodes", im.valid ? json(im.config.nodes) : json::array() },
+			   { "errors", errors },
+			   { "loaded", rs.known },
+			   { "running", rs.running },
+			   { "state", rs.known ? json(rs.state) : json(nullptr) },
+			   { "label", rs.known ? json(rs.label) : json(nullptr) } };
+		mods.push_back(std::move(m));
+	}
+	if (asJson) {
+		json doc = { { "modules_dir", cluster.paths.modulesDir },
+			     { "skd", { { "reachable", v.reachable }, { "error", v.error } } },
+			     { "modules", mods } };
+		fmt::print("{}\n", doc.dump(2));
+		return 0;
+	}
+	if (mods.empty()) {
+		fmt::print("no modules installed in {}\n", cluster.paths.modulesDir);
+	} else {
+		fmt::print("{:<16} {:<7} {:<16} {}\n", "MODULE", "TYPE", "NODES", "STATE (this node)");
+		for (const json &m : mods) {
+			std::string state;
+			if (!m["valid"].get<bool>())
+				state = fmt::format("INVALID: {}", m["errors"].empty() ? "?" : m["errors"][0].get<std::string>());
+			else if (!v.reachable)
+				state = "-";
+			else if (!m["loaded"].get<bool>())
+				state = "not loaded by skd (skctl reload)";
+			else
+				state = m["label"].get<std::string>();
+			fmt::print("{:<16} {:<7} {:<16} {}\n", m["name"].get<std::string>(),
+				   m["valid"].get<bool>() ? m["type"].get<std::string>() : "-",
+				   m["valid"].get<bool>() ? joined(m["nodes"]) : "-", state);
+		}
+	}
+	if (!v.reachable)
+		fmt::print("(skd not reachable: {})\n", v.error);
+	return 0;
+}
+
+int moduleRemove(const Globals &g, const std::string &clusterFile, const std::string &name)
+{
+	int exitCode = 0;
+	sk::ClusterConfig cluster;
+	if (!loadCluster(clusterFile, &cluster, &exitCode))
+		return exitCode;
+	const std::string &modulesDir = cluster.paths.modulesDir;
+	auto installed = sk::listInstalledModules(modulesDir, &cluster);
+	if (!installed) {
+		fmt::print(stderr, "skctl: {}\n", installed.error().message);
+		return kExitFailed;
+	}
+	std::vector<std::string> names;
+	for (const sk::InstalledModule &im : *installed)
+		names.push_back(im.name);
+	if (std::find(names.begin(), names.end(), name) == names.end()) {
+		fmt::print(stderr, "skctl: module remove refused: no module \"{}\" in {}{}\n", name, modulesDir,
+			   names.empty() ? "" : fmt::format(" (installed: {})", fmt::join(names, ", ")));
+		return kExitFailed;
+	}
+	std::vector<std::string> watchers = sk::modulesWatching(*installed, name);
+	if (!watchers.empty()) {
+		fmt::print(stderr, "skctl: module remove refused: module {} is watched by {}; change or remove "
+				   "those first\n",
+			   name, fmt::join(watchers, ", "));
+		return kExitFailed;
+	}
+	if (!checkNotRunning(g, name, "module remove", &exitCode))
+		return exitCode;
+	sk::Status s = sk::removeModule(modulesDir, name);
+	if (!s) {
+		fmt::print(stderr, "skctl: module remove failed: {}\n", s.error().message);
+		return kExitFailed;
+	}
+	fmt::print("removed module {} from {}\n", name, modulesDir);
+	reloadDaemon(g, name, false, &exitCode);
+	return exitCode;
+}
+
+int modulePackage(const std::string &clusterFile, const std::string &dir, std::string output)
+{
+	int exitCode = 0;
+	sk::ClusterConfig cluster;
+	bool withCluster = !clusterFile.empty();
+	if (withCluster && !loadCluster(clusterFile, &cluster, &exitCode))
+		return exitCode;
+	struct stat st;
+	if (stat(dir.c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) {
+		fmt::print(stderr, "skctl: module package: {} is not a directory\n", dir);
+		return kExitUsage;
+	}
+	auto bundle = sk::readModuleDir(dir);
+	if (!bundle) {
+		fmt::print(stderr, "skctl: module package refused, nothing was written:\n  {}\n", bundle.error().message);
+		return kExitUsage;
+	}
+	sk::ModuleCheck check = sk::checkModuleBundle(*bundle, withCluster ? &cluster : nullptr, nullptr);
+	if (!check.errors.empty()) {
+		printRefusal("module package", check, &exitCode);
+		return exitCode;
+	}
+	const std::string &name = check.config.name;
+	fmt::print("module {}: valid ({}){}\n", name, moduleSummary(check.config),
+		   withCluster ? "" : "; nodes and networks are checked at install (or give --config)");
+	if (output.empty())
+		output = name + ".tar.gz";
+	sk::Status s = sk::writeModuleArchive(*bundle, name, output);
+	if (!s) {
+		fmt::print(stderr, "skctl: module package failed: {}\n", s.error().message);
+		return kExitFailed;
+	}
+	struct stat out;
+	off_t size = stat(output.c_str(), &out) == 0 ? out.st_size : 0;
+	fmt::print("wrote {}: module {}, {} entries, {} bytes of files, {} bytes compressed\n", output, name,
+		   bundle->entries.size(), bundle->totalBytes(), static_cast<long long>(size));
 	return 0;
 }
 
@@ -279,6 +602,62 @@ int main(int argc, char **argv)
 		fmt::print(stderr, "{} error(s)\n", errors.empty() ? 1 : errors.size());
 		exitCode = kExitUsage;
 	});
+
+	/* module install|list|remove|package */
+	std::string clusterFile = kDefaultClusterFile;
+	CLI::App *module = app.add_subcommand(
+		"module", "Install, list, remove and package modules (module.json + scripts/ in the cluster's "
+			  "paths.modules_dir)");
+	module->require_subcommand(1);
+	auto addConfig = [](CLI::App *sub, std::string *file) {
+		return sub->add_option("-c,--config", *file,
+				       "Cluster configuration: where modules go (paths.modules_dir) and what "
+				       "they are checked against")
+			->envname("SK_CONFIG");
+	};
+	std::string moduleSource;
+	bool force = false;
+	CLI::App *install = module->add_subcommand(
+		"install", "Check a module (directory or archive from 'module package') as skd would, then install\n"
+			   "it atomically as <modules_dir>/<name> and make skd reload. Refused, with every error\n"
+			   "and nothing written: invalid module.json (also against the cluster and the installed\n"
+			   "modules), unknown or non-executable files in scripts/, set-id files, symlinks leaving\n"
+			   "the module, special files, too many or too large files. Exit 2 when invalid, 1 when\n"
+			   "refused (already installed, running) or when skd rejects the reload.");
+	install->add_option("SOURCE", moduleSource, "Module directory, or a .tar.gz made by 'skctl module package'")
+		->required();
+	addConfig(install, &clusterFile)->capture_default_str();
+	install->add_flag("-f,--force", force,
+			  "Replace an installed module of the same name (refused while it runs on this node)");
+	install->callback([&] { exitCode = moduleInstall(g, clusterFile, moduleSource, force); });
+
+	bool listJson = false;
+	CLI::App *list = module->add_subcommand(
+		"list", "Installed modules: type, nodes, and their state on this node when skd answers\n"
+			"(invalid ones with their first error)");
+	addConfig(list, &clusterFile)->capture_default_str();
+	list->add_flag("--json", listJson, "Print a JSON document (modules_dir, skd reachability, one object per module)");
+	list->callback([&] { exitCode = moduleList(g, clusterFile, listJson); });
+
+	std::string removeName;
+	CLI::App *remove = module->add_subcommand(
+		"remove", "Remove an installed module atomically and make skd reload. Refused while the module\n"
+			  "runs on this node (stop it first) or while another module's checker watches it;\n"
+			  "allowed when skd is not running.");
+	remove->add_option("NAME", removeName, "Module name")->required();
+	addConfig(remove, &clusterFile)->capture_default_str();
+	remove->callback([&] { exitCode = moduleRemove(g, clusterFile, removeName); });
+
+	std::string packageDir, packageOut;
+	std::string packageCluster;
+	CLI::App *package = module->add_subcommand(
+		"package", "Check a module directory, then write it as one tar.gz (module.json, scripts with\n"
+			   "their modes, other files) for 'skctl module install' on each node. Without --config\n"
+			   "nodes and networks are not checked (install does).");
+	package->add_option("DIR", packageDir, "Module directory")->required();
+	package->add_option("-o,--output", packageOut, "Archive to write (default: ./<name>.tar.gz)");
+	addConfig(package, &packageCluster);
+	package->callback([&] { exitCode = modulePackage(packageCluster, packageDir, packageOut); });
 
 	try {
 		app.parse(argc, argv);
