@@ -3,6 +3,8 @@
  * Header-only packet parse helpers for the farm XDP filter: a cursor over the
  * packet and one helper per header. Each helper returns 0 and advances the
  * cursor, or -1 when the header is truncated or invalid (cursor then unusable).
+ * Helpers hand headers out through a pointer argument and report failure in
+ * their return value: a NULL-returning pull costs a pointer test per header.
  */
 #ifndef SK_FARM_PARSE_H
 #define SK_FARM_PARSE_H
@@ -39,7 +41,12 @@ struct sk_cursor {
 	void *end;
 };
 
-/* What the L3 parse found; addresses as raw network-order words. */
+/*
+ * What the L3 parse found; addresses as raw network-order words (IPv4: word 0,
+ * the rest zero). Copies, not pointers into the packet: a pointer's packet
+ * range differs on every path through the extension header walk, which
+ * multiplies the states the verifier explores about threefold.
+ */
 struct sk_l3 {
 	__u32 src[4];
 	__u32 dst[4];
@@ -49,24 +56,26 @@ struct sk_l3 {
 	__u8 l4_here;	/* cursor is at the L4 header (not a non-first fragment) */
 };
 
-static __always_inline void *sk_pull(struct sk_cursor *c, __u32 len)
+/* *hdr = the next len bytes, advancing the cursor past them; -1 when the packet is shorter. */
+static __always_inline int sk_pull(struct sk_cursor *c, __u32 len, void **hdr)
 {
 	void *p = c->pos;
 
 	if (p + len > c->end)
-		return 0;
+		return -1;
 	c->pos = p + len;
-	return p;
+	*hdr = p;
+	return 0;
 }
 
 /* Ethernet plus up to two 802.1Q / 802.1ad tags; *proto gets the inner ethertype (network order). */
 static __always_inline int sk_parse_eth(struct sk_cursor *c, __u16 *proto)
 {
-	struct ethhdr *eth = sk_pull(c, sizeof(*eth));
+	struct ethhdr *eth;
 	__u16 type;
 	int i;
 
-	if (!eth)
+	if (sk_pull(c, sizeof(*eth), (void **)&eth))
 		return -1;
 	type = eth->h_proto;
 #pragma unroll
@@ -75,8 +84,7 @@ static __always_inline int sk_parse_eth(struct sk_cursor *c, __u16 *proto)
 
 		if (type != bpf_htons(ETH_P_8021Q) && type != bpf_htons(ETH_P_8021AD))
 			break;
-		vh = sk_pull(c, sizeof(*vh));
-		if (!vh)
+		if (sk_pull(c, sizeof(*vh), (void **)&vh))
 			return -1;
 		type = vh->h_vlan_encapsulated_proto;
 	}
@@ -86,12 +94,17 @@ static __always_inline int sk_parse_eth(struct sk_cursor *c, __u16 *proto)
 
 static __always_inline int sk_parse_ipv4(struct sk_cursor *c, struct sk_l3 *l3)
 {
-	struct iphdr *iph = sk_pull(c, sizeof(*iph));
-	__u32 hlen;
+	struct iphdr *iph;
+	__u32 vihl, hlen;
+	__u16 frag_off;
 
-	if (!iph || iph->version != 4 || iph->ihl < 5)
+	if (sk_pull(c, sizeof(*iph), (void **)&iph))
 		return -1;
-	hlen = iph->ihl * 4;
+	/* Version and IHL share a byte: one load, one range check (version 4, IHL >= 5). */
+	vihl = *(__u8 *)iph;
+	if (vihl - 0x45 > 0x0a)
+		return -1;
+	hlen = (vihl & 0x0f) * 4;
 	/* Options: skip them (the verifier sees hlen bounded to 60). */
 	if ((void *)iph + hlen > c->end)
 		return -1;
@@ -102,17 +115,18 @@ static __always_inline int sk_parse_ipv4(struct sk_cursor *c, struct sk_l3 *l3)
 	l3->src[1] = l3->src[2] = l3->src[3] = 0;
 	l3->dst[1] = l3->dst[2] = l3->dst[3] = 0;
 	l3->proto = iph->protocol;
-	l3->frag = (iph->frag_off & bpf_htons(SK_IP_MF | SK_IP_OFFSET)) != 0;
-	l3->l4_here = (iph->frag_off & bpf_htons(SK_IP_OFFSET)) == 0;
+	frag_off = iph->frag_off;
+	l3->frag = (frag_off & bpf_htons(SK_IP_MF | SK_IP_OFFSET)) != 0;
+	l3->l4_here = (frag_off & bpf_htons(SK_IP_OFFSET)) == 0;
 	return 0;
 }
 
 /* The fixed IPv6 header only: proto is its next header, extension headers not walked. */
 static __always_inline int sk_parse_ipv6_fixed(struct sk_cursor *c, struct sk_l3 *l3)
 {
-	struct ipv6hdr *ip6h = sk_pull(c, sizeof(*ip6h));
+	struct ipv6hdr *ip6h;
 
-	if (!ip6h || ip6h->version != 6)
+	if (sk_pull(c, sizeof(*ip6h), (void **)&ip6h) || ip6h->version != 6)
 		return -1;
 	l3->family = 6;
 	__builtin_memcpy(l3->src, &ip6h->saddr, 16);
@@ -131,11 +145,11 @@ static __always_inline int sk_parse_ipv6_fixed(struct sk_cursor *c, struct sk_l3
  */
 static __always_inline int sk_parse_ipv6(struct sk_cursor *c, struct sk_l3 *l3)
 {
-	struct ipv6hdr *ip6h = sk_pull(c, sizeof(*ip6h));
+	struct ipv6hdr *ip6h;
 	__u8 next;
 	int i;
 
-	if (!ip6h || ip6h->version != 6)
+	if (sk_pull(c, sizeof(*ip6h), (void **)&ip6h) || ip6h->version != 6)
 		return -1;
 	l3->family = 6;
 	__builtin_memcpy(l3->src, &ip6h->saddr, 16);
@@ -148,9 +162,9 @@ static __always_inline int sk_parse_ipv6(struct sk_cursor *c, struct sk_l3 *l3)
 		__u32 len;
 
 		if (next == SK_IPPROTO_FRAGMENT) {
-			struct frag_hdr *fh = sk_pull(c, sizeof(*fh));
+			struct frag_hdr *fh;
 
-			if (!fh)
+			if (sk_pull(c, sizeof(*fh), (void **)&fh))
 				return -1;
 			next = fh->nexthdr;
 			/* Offset in the upper 13 bits, M flag in bit 0. */

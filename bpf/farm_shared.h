@@ -22,13 +22,38 @@
 #define SK_FARM_NODE_NONE 0
 
 /*
+ * VIP table: an array of SK_FARM_VIP_SLOTS slots per table, two tables (the
+ * loader fills the inactive one, then flips sk_farm_config.vip_table). A VIP
+ * sits at slot sk_farm_vip_home(salt, addr) or, on collision, in one of the
+ * next SK_FARM_VIP_MAX_PROBE - 1 slots (linear probing, wrapping); an empty
+ * slot (family 0) ends the search. 4x SK_FARM_MAX_VIPS slots keep probes
+ * short; the loader picks a salt that keeps every VIP within the bound. An
+ * array lookup is inlined by the verifier: no helper call per packet.
+ */
+#define SK_FARM_VIP_SLOTS_LOG2 10
+#define SK_FARM_VIP_SLOTS (1u << SK_FARM_VIP_SLOTS_LOG2)
+#define SK_FARM_VIP_MAX_PROBE 8
+
+/*
+ * Global port rules (every VIP): a bitmap of 2 x 65536 bits in __u64 words,
+ * TCP ports in words [0, 1024), UDP in [1024, 2048); port p (host order) is
+ * bit p % 64 of word p / 64 of its half.
+ */
+#define SK_FARM_PORT_WORDS 2048
+
+/*
  * Maps are pinned by name (LIBBPF_PIN_BY_NAME) under <pin root>/<module>/:
- * farm_vips, farm_ports, farm_owners, farm_config, farm_verdicts,
- * farm_bkt_pkts. C++ reaches them through the skeleton (and bpf_map__name),
- * never by spelling the names again.
+ * farm_vips, farm_ports, farm_port_bits, farm_owners, farm_config,
+ * farm_verdicts, farm_bkt_pkts. C++ reaches them through the skeleton (and
+ * bpf_map__name), never by spelling the names again.
  */
 
-/* Verdict counter indexes (per-CPU array "farm_verdicts"). */
+/*
+ * Verdicts. Each packet is counted once, in one per-CPU counter: the two
+ * balanced verdicts (PASS_OWNED, DROP_NOT_OWNED) per bucket in farm_bkt_pkts
+ * (struct sk_farm_bucket_count; their sums are the totals), the others in
+ * farm_verdicts at their index (entries 1 and 2 stay zero there).
+ */
 enum sk_farm_verdict {
 	SK_FARM_PASS_NOT_VIP = 0,	/* not for a VIP (or ARP/ND): untouched */
 	SK_FARM_PASS_OWNED = 1,		/* for a VIP, bucket owned here */
@@ -56,30 +81,32 @@ enum sk_farm_hash_mode {
 };
 
 /*
- * VIP map key. family is 4 or 6; addr holds the address in network order
- * (IPv4 in addr[0..3], the rest zero). The all-zero key (family 0) is never a
- * VIP; in the port map it stands for "every VIP" (global port rules).
+ * A VIP: family 4 or 6 (0: empty slot), address in network order (IPv4 in
+ * addr[0], the rest zero).
  */
 struct sk_farm_vip_key {
 	__u8 family;
 	__u8 pad[3];
-	__u8 addr[16];
+	__u32 addr[4];
 };
 
 /* VIP flags: which port list narrows the balanced traffic of this VIP. */
-#define SK_FARM_VIP_PORTS_OWN (1u << 0)		/* per-VIP rules (key = this VIP) */
-#define SK_FARM_VIP_PORTS_GLOBAL (1u << 1)	/* global rules (key family 0) */
+#define SK_FARM_VIP_PORTS_OWN (1u << 0)		/* per-VIP rules in farm_ports */
+#define SK_FARM_VIP_PORTS_GLOBAL (1u << 1)	/* global rules in farm_port_bits */
 
-struct sk_farm_vip_value {
+/* One slot of the VIP table (farm_vips). */
+struct sk_farm_vip_slot {
+	struct sk_farm_vip_key vip;
 	__u32 flags;
 };
 
 /*
- * Port map key: (VIP or zero key, L4 protocol, destination port in network
- * order). Value is unused (presence is the rule). With no port flag, every
- * packet to the VIP is balanced. With a flag, TCP/UDP packets whose port is not
- * listed pass untouched on every node (the VIP is not balanced on that port);
- * packets without visible ports (fragments, ICMP) are always balanced.
+ * Per-VIP port rule (hash map farm_ports): (VIP, L4 protocol, destination port
+ * in network order); the value is unused (presence is the rule). With no port
+ * flag, every packet to the VIP is balanced. With a flag, TCP/UDP packets whose
+ * port is in neither the VIP's own nor the global list pass untouched on every
+ * node (the VIP is not balanced on that port); packets without visible ports
+ * (fragments, ICMP) are always balanced.
  */
 struct sk_farm_port_key {
 	struct sk_farm_vip_key vip;
@@ -88,15 +115,24 @@ struct sk_farm_port_key {
 	__u16 port;
 };
 
+/* Per-CPU packet counts of one bucket (farm_bkt_pkts, one entry per bucket). */
+struct sk_farm_bucket_count {
+	__u64 kept;	/* SK_FARM_PASS_OWNED */
+	__u64 dropped;	/* SK_FARM_DROP_NOT_OWNED */
+};
+
 /*
- * Config array (one entry). The owner map holds two tables of `buckets`
- * entries each; active_table (0 or 1) says which one readers use. The loader
- * fills the inactive table, then flips active_table with one 32-bit store, so
- * a packet always sees one whole, consistent table.
+ * Config array (one entry, read once per packet). The owner map holds two
+ * tables of `buckets` entries each; active_table (0 or 1) says which one
+ * readers use; vip_table likewise for the VIP map, whose table t is searched
+ * with vip_salt[t]. The loader fills an inactive table, then flips the switch
+ * (0 <-> 1: a byte-wise copy cannot tear it), so a packet always sees one
+ * whole, consistent table of each kind.
  */
 struct sk_farm_config {
 	__u32 active_table;
-	__u32 pad;
+	__u32 vip_table;
+	__u32 vip_salt[2];
 };
 
 #endif

@@ -19,6 +19,7 @@
 
 #include <filesystem>
 #include <random>
+#include <set>
 
 #include <bpf/libbpf.h>
 
@@ -259,6 +260,8 @@ std::vector<Fixture> fixtures()
 		pass("IPv4 IHL below 5", p, SK_FARM_PASS_MALFORMED);
 		p[14] = 0x65;	/* version 6 inside an IPv4 ethertype */
 		pass("IPv4 ethertype with version 6", p, SK_FARM_PASS_MALFORMED);
+		p[14] = 0x35;	/* version 3: below the version/IHL range check */
+		pass("IPv4 ethertype with version 3", p, SK_FARM_PASS_MALFORMED);
 	}
 	pass("truncated IPv6 header", truncated(tcp6(kClient6, kVip6, 1, 443), 14 + 30), SK_FARM_PASS_MALFORMED);
 	pass("truncated IPv6 extension header",
@@ -289,6 +292,22 @@ std::vector<Fixture> fixtures()
 	pass("port rule: IPv6 tcp/80 unlisted", tcp6(kClient6, kVip6Ports, 50005, 80), SK_FARM_PASS_PORT_UNLISTED);
 	pass("port rule of another VIP does not leak: VIP6P tcp/53",
 	     toVip().ipv6(ip6(kClient6), ip6(kVip6Ports), kTcp).tcp(50006, 53).bytes(), SK_FARM_PASS_PORT_UNLISTED);
+	/* The same rules on the general path (VLAN tag, IPv4 options, extension headers), not the fast one. */
+	both("port rule, 802.1Q: tcp/80 listed",
+	     toVip().vlan(0x8100, 7).ipv4(ip4(kClient4), ip4(kVip4Ports), kTcp).tcp(40011, 80).bytes(),
+	     key(kClient4), key(kClient4, 40011));
+	pass("port rule, 802.1Q: tcp/22 unlisted",
+	     toVip().vlan(0x8100, 7).ipv4(ip4(kClient4), ip4(kVip4Ports), kTcp).tcp(40012, 22).bytes(),
+	     SK_FARM_PASS_PORT_UNLISTED);
+	pass("port rule, IPv4 options: udp/54 unlisted",
+	     toVip().ipv4(ip4(kClient4), ip4(kVip4Ports), kUdp, { 1, 1, 1, 0 }).udp(40013, 54).bytes(),
+	     SK_FARM_PASS_PORT_UNLISTED);
+	both("port rule, IPv6 destination options: tcp/443 listed",
+	     toVip().ipv6(ip6(kClient6), ip6(kVip6Ports), 60).ipv6Ext(kTcp).tcp(50007, 443).bytes(),
+	     key(kClient6), key(kClient6, 50007));
+	pass("port rule, IPv6 destination options: tcp/80 unlisted",
+	     toVip().ipv6(ip6(kClient6), ip6(kVip6Ports), 60).ipv6Ext(kTcp).tcp(50008, 80).bytes(),
+	     SK_FARM_PASS_PORT_UNLISTED);
 	return t;
 }
 
@@ -384,6 +403,35 @@ TEST_CASE("global port rules apply to every VIP, unioned with its own")
 		checkFixture(*f, fx);
 	}
 
+	/* Bitmap edges: port 0/63/64 words, the last TCP word and the UDP half. */
+	s.globalPorts = { { kTcp, 63 }, { kTcp, 64 }, { kTcp, 65535 }, { kUdp, 1 } };
+	REQUIRE(f->setVips(s).ok());
+	std::vector<Fixture> edges{
+		{ "global tcp/63", FarmHashMode::IpPort, tcp4(kClient4, kVip4, 41010, 63), SK_FARM_PASS_OWNED,
+		  key(kClient4, 41010), {} },
+		{ "global tcp/64", FarmHashMode::IpPort, tcp4(kClient4, kVip4, 41011, 64), SK_FARM_DROP_NOT_OWNED,
+		  key(kClient4, 41011), {} },
+		{ "global tcp/65535", FarmHashMode::IpPort, tcp4(kClient4, kVip4, 41012, 65535), SK_FARM_PASS_OWNED,
+		  key(kClient4, 41012), {} },
+		{ "tcp/62 next to listed ports", FarmHashMode::IpPort, tcp4(kClient4, kVip4, 41013, 62),
+		  SK_FARM_PASS_PORT_UNLISTED, {}, {} },
+		{ "tcp/65534 next to a listed port", FarmHashMode::IpPort, tcp4(kClient4, kVip4, 41014, 65534),
+		  SK_FARM_PASS_PORT_UNLISTED, {}, {} },
+		{ "tcp/1: only udp/1 is listed", FarmHashMode::IpPort, tcp4(kClient4, kVip4, 41015, 1),
+		  SK_FARM_PASS_PORT_UNLISTED, {}, {} },
+		{ "global udp/1", FarmHashMode::IpPort,
+		  toVip().ipv4(ip4(kClient4), ip4(kVip4), kUdp).udp(41016, 1).bytes(), SK_FARM_PASS_OWNED,
+		  key(kClient4, 41016), {} },
+		{ "the old global tcp/8080 is gone", FarmHashMode::IpPort, tcp4(kClient4, kVip4, 41017, 8080),
+		  SK_FARM_PASS_PORT_UNLISTED, {}, {} },
+		{ "IPv6 VIP: global rules apply too", FarmHashMode::IpPort, tcp6(kClient6, kVip6, 41018, 64),
+		  SK_FARM_PASS_OWNED, key(kClient6, 41018), {} },
+	};
+	for (const Fixture &fx : edges) {
+		CAPTURE(fx.what);
+		checkFixture(*f, fx);
+	}
+
 	/* Removing a VIP and the global rules takes effect: back to untouched / all ports. */
 	FarmVipSet smaller;
 	smaller.vips.push_back({ addr(kVip4), {} });
@@ -438,12 +486,23 @@ TEST_CASE("property: exactly one of three nodes keeps each VIP packet")
 			const uint32_t expectOwner = (*owners)[expectedBucket(k, mode, kSeed, kBuckets)];
 			int passes = 0;
 			uint32_t passer = 0;
+			/* The same packet with an 802.1Q tag takes the general path: same owner. */
+			std::vector<uint8_t> tagged(p.begin(), p.begin() + 12);
+			tagged.insert(tagged.end(), { 0x81, 0x00, 0x00, 0x05 });
+			tagged.insert(tagged.end(), p.begin() + 12, p.end());
 			for (uint32_t id = 1; id <= 3; id++) {
 				XdpRun r = runXdp(nodes[id - 1]->programFd(), p);
+				XdpRun t = runXdp(nodes[id - 1]->programFd(), tagged);
 				REQUIRE(r.err == 0);
+				REQUIRE(t.err == 0);
 				if (r.action == XDP_PASS) {
 					passes++;
 					passer = id;
+				}
+				if (t.action != r.action) {
+					failures++;
+					FAIL_CHECK("tuple ", i, ": node ", id, " gave action ", r.action, " untagged but ",
+						   t.action, " tagged\n", hex(p));
 				}
 			}
 			if (passes != 1 || passer != expectOwner) {
@@ -461,6 +520,101 @@ TEST_CASE("property: exactly one of three nodes keeps each VIP packet")
 	}
 }
 
+TEST_CASE("256 VIPs: colliding home slots are found by the out-of-line probe; sets replace each other")
+{
+	auto f = makeFilter(FarmHashMode::Ip);
+	REQUIRE(f->setOwners(std::vector<uint32_t>(kBuckets, kThisNode)).ok());
+	/* 128 random IPv4 VIPs in 198.18.4.0/22 and 128 random IPv6 VIPs in fd00:5c::4:0/112. */
+	FarmVipSet big;
+	std::vector<sk_farm_vip_slot> slots;
+	std::mt19937 rng(777);
+	std::set<std::string> seen;
+	while (big.vips.size() < SK_FARM_MAX_VIPS) {
+		char text[48];
+		if (big.vips.size() % 2)
+			snprintf(text, sizeof(text), "fd00:5c::4:%x", static_cast<unsigned>(rng() & 0xffff));
+		else
+			snprintf(text, sizeof(text), "198.18.%u.%u", 4 + static_cast<unsigned>(rng() % 4),
+				 static_cast<unsigned>(rng() % 256));
+		if (seen.insert(text).second)
+			big.vips.push_back({ addr(text), {} });
+	}
+	for (const FarmVip &v : big.vips) {
+		sk_farm_vip_slot slot{};
+		slot.vip.family = v.address.family;
+		std::memcpy(slot.vip.addr, v.address.bytes.data(), 16);
+		slots.push_back(slot);
+	}
+	/* The loader lays them out like farmBuildVipTable: 256 in 1024 slots cannot all be at home. */
+	auto layout = farmBuildVipTable(slots);
+	REQUIRE(layout.ok());
+	CHECK(layout->maxProbe > 1);
+	REQUIRE(f->setVips(big).ok());
+	int displaced = 0;
+	for (const sk_farm_vip_slot &s : layout->slots) {
+		if (!s.vip.family)
+			continue;
+		const uint32_t home = sk_farm_vip_home(layout->salt, s.vip.addr[0], s.vip.addr[1], s.vip.addr[2],
+						       s.vip.addr[3], SK_FARM_VIP_SLOTS_LOG2);
+		displaced += &s - layout->slots.data() != static_cast<ptrdiff_t>(home);
+	}
+	INFO(displaced, " VIPs away from their home slot");
+	CHECK(displaced > 0);
+	for (const FarmVip &v : big.vips) {
+		const std::string a = v.address.str();
+		CAPTURE(a);
+		const auto p = v.address.family == 4 ? tcp4(kClient4, a.c_str(), 42000, 80)
+						     : tcp6(kClient6, a.c_str(), 42000, 80);
+		XdpRun r = runXdp(f->programFd(), p);
+		REQUIRE(r.err == 0);
+		CHECK_MESSAGE(r.action == XDP_PASS, "VIP not balanced");
+		CHECK_MESSAGE(r.out == withDestMac(p, kOwnMac), "VIP not kept");
+	}
+	/* Other addresses of those ranges are not VIPs (their probes end at an empty slot or run out). */
+	int others = 0;
+	for (unsigned i = 0; i < 2048 && others < 200; i++) {
+		char text[48];
+		if (i % 2)
+			snprintf(text, sizeof(text), "fd00:5c::4:%x", i * 31);
+		else
+			snprintf(text, sizeof(text), "198.18.%u.%u", 4 + i / 512, (i / 2) % 256);
+		if (seen.count(text))
+			continue;
+		others++;
+		const char *other = text;
+		CAPTURE(other);
+		const auto p = std::string(other).find(':') != std::string::npos ? tcp6(kClient6, other, 42000, 80)
+										 : tcp4(kClient4, other, 42000, 80);
+		XdpRun r = runXdp(f->programFd(), p);
+		REQUIRE(r.err == 0);
+		CHECK(r.action == XDP_PASS);
+		CHECK(r.out == p);
+	}
+	CHECK(others == 200);
+	/* A smaller set replaces the big one whole (the other table), and back. */
+	for (int round = 0; round < 3; round++) {
+		CAPTURE(round);
+		REQUIRE(f->setVips(testVips()).ok());
+		const std::string some = big.vips[0].address.str(), some6 = big.vips[1].address.str();
+		XdpRun gone = runXdp(f->programFd(), tcp4(kClient4, some.c_str(), 42001, 80));
+		CHECK(gone.out == tcp4(kClient4, some.c_str(), 42001, 80));
+		XdpRun kept = runXdp(f->programFd(), tcp4(kClient4, kVip4, 42001, 80));
+		CHECK(kept.out == withDestMac(tcp4(kClient4, kVip4, 42001, 80), kOwnMac));
+		REQUIRE(f->setVips(big).ok());
+		XdpRun back = runXdp(f->programFd(), tcp6(kClient6, some6.c_str(), 42001, 80));
+		CHECK(back.out == withDestMac(tcp6(kClient6, some6.c_str(), 42001, 80), kOwnMac));
+		XdpRun old = runXdp(f->programFd(), tcp4(kClient4, kVip4, 42001, 80));
+		CHECK(old.out == tcp4(kClient4, kVip4, 42001, 80));
+	}
+	/* 257 VIPs are refused and the filter keeps the set it had. */
+	FarmVipSet tooMany = big;
+	tooMany.vips.push_back({ addr("198.18.9.1"), {} });
+	CHECK(f->setVips(tooMany).code() == -E2BIG);
+	const std::string some = big.vips[0].address.str();
+	XdpRun still = runXdp(f->programFd(), tcp4(kClient4, some.c_str(), 42002, 80));
+	CHECK(still.out == withDestMac(tcp4(kClient4, some.c_str(), 42002, 80), kOwnMac));
+}
+
 TEST_CASE("maps are pinned under <pin root>/<module> and removed on destroy")
 {
 	REQUIRE_MESSAGE(geteuid() == 0, "needs root");
@@ -475,7 +629,7 @@ TEST_CASE("maps are pinned under <pin root>/<module> and removed on destroy")
 		~RemoveRoot() { rmdir(path.c_str()); }	/* only if empty: never someone else's pins */
 	} removeRoot{ root };
 	const std::string dir = root + "/farm1";
-	const std::vector<std::string> names{ "farm_vips", "farm_ports", "farm_owners",
+	const std::vector<std::string> names{ "farm_vips", "farm_ports", "farm_port_bits", "farm_owners",
 					      "farm_config", "farm_verdicts", "farm_bkt_pkts" };
 	{
 		auto f = makeFilter(FarmHashMode::Ip, kThisNode, root, "farm1");
@@ -542,6 +696,7 @@ TEST_CASE("attach to a veth in a private netns (native mode), detach on destroy,
 		o.pinRoot = "";
 		o.ifindex = ifindex;
 		o.nodeId = 1;
+		o.mode = XdpMode::Native;	/* auto would pick generic on a veth (next test) */
 		{
 			auto f = XdpFilter::create(o);
 			if (!f.ok()) {
@@ -605,5 +760,92 @@ TEST_CASE("attach to a veth in a private netns (native mode), detach on destroy,
 	 * 18 stale setup, 19 stale replaced without replaceStale, 20 stale not replaced,
 	 * 21 wrong program attached, 22 still attached, 23 foreign setup,
 	 * 24 foreign program replaced */
+	CHECK_MESSAGE(WEXITSTATUS(status) == 0, "child step failed, code ", WEXITSTATUS(status));
+}
+
+namespace {
+
+/* The XDP program id attached to ifindex in mode (XDP_FLAGS_DRV_MODE / _SKB_MODE), 0 if none. */
+uint32_t attachedId(int ifindex, uint32_t mode)
+{
+	uint32_t id = 0;
+	return bpf_xdp_query_id(ifindex, static_cast<int>(mode), &id) < 0 ? 0 : id;
+}
+
+uint32_t progId(int fd)
+{
+	bpf_prog_info info{};
+	uint32_t len = sizeof(info);
+	return bpf_obj_get_info_by_fd(fd, &info, &len) < 0 ? 0 : info.id;
+}
+
+} /* namespace */
+
+TEST_CASE("XDP modes on a veth: auto and generic attach in skb mode, stale takeover across modes")
+{
+	REQUIRE_MESSAGE(geteuid() == 0, "needs root");
+	pid_t pid = fork();
+	REQUIRE(pid >= 0);
+	if (pid == 0) {
+		if (unshare(CLONE_NEWNET) < 0)
+			_exit(10);
+		if (system("ip link add skt0 type veth peer name skt1 && ip link set skt0 up && ip link set skt1 up") != 0)
+			_exit(11);
+		const int ifindex = static_cast<int>(if_nametoindex("skt0"));
+		if (ifindex <= 0)
+			_exit(12);
+		XdpFilterOptions o;
+		o.module = "modes";
+		o.pinRoot = "";
+		o.ifindex = ifindex;
+		o.nodeId = 1;
+		for (XdpMode mode : { XdpMode::Auto, XdpMode::Generic }) {
+			o.mode = mode;
+			auto f = XdpFilter::create(o);
+			if (!f.ok()) {
+				fprintf(stderr, "%s\n", f.error().message.c_str());
+				_exit(13);
+			}
+			const uint32_t id = progId(f.value()->programFd());
+			if (f.value()->nativeMode() || attachedId(ifindex, XDP_FLAGS_SKB_MODE) != id ||
+			    attachedId(ifindex, XDP_FLAGS_DRV_MODE) != 0)
+				_exit(14);
+		}
+		if (attachedId(ifindex, 0) != 0)
+			_exit(15);
+
+		/* A farm filter left in native mode by a dead skd; the new one wants generic. */
+		XdpFilterOptions loadOnly = o;
+		loadOnly.ifindex = 0;
+		auto stale = XdpFilter::create(loadOnly);
+		if (!stale.ok() || bpf_xdp_attach(ifindex, stale.value()->programFd(), XDP_FLAGS_DRV_MODE, nullptr) < 0)
+			_exit(16);
+		o.mode = XdpMode::Generic;
+		if (XdpFilter::create(o).ok())	/* not without replaceStale */
+			_exit(17);
+		if (attachedId(ifindex, XDP_FLAGS_DRV_MODE) != progId(stale.value()->programFd()))
+			_exit(18);
+		o.replaceStale = true;
+		{
+			auto f = XdpFilter::create(o);
+			if (!f.ok()) {
+				fprintf(stderr, "%s\n", f.error().message.c_str());
+				_exit(19);
+			}
+			if (attachedId(ifindex, XDP_FLAGS_SKB_MODE) != progId(f.value()->programFd()) ||
+			    attachedId(ifindex, XDP_FLAGS_DRV_MODE) != 0)
+				_exit(20);
+		}
+		if (attachedId(ifindex, 0) != 0)
+			_exit(21);
+		_exit(0);
+	}
+	int status = 0;
+	REQUIRE(waitpid(pid, &status, 0) == pid);
+	REQUIRE(WIFEXITED(status));
+	/* 10 unshare, 11 veth, 12 ifindex, 13 create, 14 not attached in skb mode only,
+	 * 15 still attached after destroy, 16 stale setup, 17 stale replaced without
+	 * replaceStale, 18 stale gone, 19 takeover failed, 20 wrong program or mode
+	 * after takeover, 21 still attached after destroy */
 	CHECK_MESSAGE(WEXITSTATUS(status) == 0, "child step failed, code ", WEXITSTATUS(status));
 }

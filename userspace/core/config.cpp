@@ -61,6 +61,9 @@ const Choice<SplitBrainPolicy> kSplitBrain[] = { { "manual", SplitBrainPolicy::M
 						 { "defaultprim", SplitBrainPolicy::DefaultPrim } };
 const Choice<WitnessType> kWitnessTypes[] = { { "icmp", WitnessType::Icmp }, { "tcp", WitnessType::Tcp } };
 const Choice<FarmHash> kFarmHashes[] = { { "ip", FarmHash::Ip }, { "ip_port", FarmHash::IpPort } };
+const Choice<FarmXdpMode> kFarmXdpModes[] = { { "auto", FarmXdpMode::Auto },
+					      { "native", FarmXdpMode::Native },
+					      { "generic", FarmXdpMode::Generic } };
 
 const std::vector<std::string> kModuleStates = { "STOP", "WAIT", "ALONE", "PRIM", "SECOND", "UP" };
 
@@ -1156,7 +1159,8 @@ void readFarm(ObjectReader &r, ModuleConfig &m)
 		v.error("/farm", "found a farm section in a mirror module, expected it only in farm modules");
 		return;
 	}
-	ObjectReader fr(v, *f, "/farm", { "interface", "hash", "ports", "buckets", "weights", "virtual_mac", "seed" },
+	ObjectReader fr(v, *f, "/farm", { "interface", "hash", "ports", "buckets", "weights", "virtual_mac", "seed",
+					  "xdp_mode" },
 			"an object (farm settings)");
 	FarmConfig &c = m.farm;
 	if (fr.str("interface", &c.interface, true, "a network interface name") && !validInterfaceName(c.interface))
@@ -1164,6 +1168,7 @@ void readFarm(ObjectReader &r, ModuleConfig &m)
 						       "no '/', ':' or spaces)",
 						       json(c.interface).dump()));
 	fr.choice("hash", &c.hash, kFarmHashes);
+	fr.choice("xdp_mode", &c.xdpMode, kFarmXdpModes);
 	if (const json *ports = fr.array("ports", false, "an array of ports 1..65535")) {
 		for (size_t i = 0; i < ports->size(); i++) {
 			const json &e = (*ports)[i];
@@ -1290,6 +1295,7 @@ const char *configName(CheckerAction v) { return choiceName(kCheckerActions, v);
 const char *configName(SplitBrainPolicy v) { return choiceName(kSplitBrain, v); }
 const char *configName(WitnessType v) { return choiceName(kWitnessTypes, v); }
 const char *configName(FarmHash v) { return choiceName(kFarmHashes, v); }
+const char *configName(FarmXdpMode v) { return choiceName(kFarmXdpModes, v); }
 
 const NodeConfig *ClusterConfig::findNode(std::string_view nodeName) const
 {

@@ -26,6 +26,8 @@ enum class CheckerAction { Restart, StopStart, Wait, None };
 enum class SplitBrainPolicy { Manual, KeepPrim, DefaultPrim };
 enum class WitnessType { Icmp, Tcp };
 enum class FarmHash { Ip, IpPort };
+/* How a farm's XDP filter attaches: see sk::XdpMode (auto picks per interface). */
+enum class FarmXdpMode { Auto, Native, Generic };
 
 /* The JSON spelling of each choice (same strings the loader accepts). Not named toString:
  * doctest finds toString() by ADL and would use it to print values. */
@@ -38,6 +40,7 @@ const char *configName(CheckerAction v);
 const char *configName(SplitBrainPolicy v);
 const char *configName(WitnessType v);
 const char *configName(FarmHash v);
+const char *configName(FarmXdpMode v);
 
 /*
  * toString() spelling for callers that use it (daemon.cpp). It lives in a nested namespace
@@ -181,6 +184,7 @@ struct FarmConfig {
 	std::string virtualMac;		/* lower-case "02:..."; empty: derived by the farm driver */
 	bool hasSeed = false;
 	uint64_t seed = 0;
+	FarmXdpMode xdpMode = FarmXdpMode::Auto;
 
 	uint32_t weightOf(const std::string &node) const;
 };

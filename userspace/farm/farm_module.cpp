@@ -14,9 +14,6 @@
 #include "farm/farm_module.h"
 
 #include <fcntl.h>
-#include <linux/ethtool.h>
-#include <linux/if_link.h>
-#include <linux/sockios.h>
 #include <net/if.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -31,7 +28,6 @@
 #include <sstream>
 #include <thread>
 
-#include <bpf/libbpf.h>
 #include <fmt/format.h>
 
 #include "core/log.h"
@@ -91,65 +87,6 @@ bool bpffsMounted()
 	return false;
 }
 
-/* Driver name of an interface (ETHTOOL_GDRVINFO); "" when unknown. */
-std::string driverName(int fd, const std::string &ifname)
-{
-	struct ethtool_drvinfo info {};
-	info.cmd = ETHTOOL_GDRVINFO;
-	struct ifreq ifr {};
-	if (ifname.size() >= IFNAMSIZ)
-		return "";
-	std::memcpy(ifr.ifr_name, ifname.c_str(), ifname.size());
-	ifr.ifr_data = reinterpret_cast<char *>(&info);
-	if (ioctl(fd, SIOCETHTOOL, &ifr) < 0)
-		return "";
-	return std::string(info.driver, strnlen(info.driver, sizeof(info.driver)));
-}
-
-/*
- * On veth, native XDP runs on an skb the sending side already classified with
- * eth_type_trans(): frames to the virtual MAC stay PACKET_OTHERHOST after the
- * filter rewrites their destination, and ip_rcv() drops them. Generic XDP
- * re-classifies after a MAC rewrite, so on veth the program is moved there.
- * Physical NICs build the skb after XDP and need none of this.
- */
-class GenericModeFilter final : public FarmFilter
-{
-public:
-	GenericModeFilter(std::unique_ptr<XdpFilter> inner, int ifindex) : inner_(std::move(inner)), ifindex_(ifindex) {}
-	~GenericModeFilter() override
-	{
-		/* Detach only our program; give it back in native mode so XdpFilter detaches and unpins as usual. */
-		bpf_xdp_attach_opts opts{};
-		opts.sz = sizeof(opts);
-		opts.old_prog_fd = inner_->programFd();
-		if (bpf_xdp_detach(ifindex_, XDP_FLAGS_SKB_MODE | XDP_FLAGS_REPLACE, &opts) == 0)
-			(void)bpf_xdp_attach(ifindex_, inner_->programFd(), XDP_FLAGS_DRV_MODE, nullptr);
-	}
-	static Result<std::unique_ptr<FarmFilter>> wrap(std::unique_ptr<XdpFilter> inner, int ifindex)
-	{
-		int fd = inner->programFd();
-		int err = bpf_xdp_detach(ifindex, XDP_FLAGS_DRV_MODE, nullptr);
-		if (!err)
-			err = bpf_xdp_attach(ifindex, fd, XDP_FLAGS_SKB_MODE, nullptr);
-		if (err) {
-			(void)bpf_xdp_attach(ifindex, fd, XDP_FLAGS_DRV_MODE, nullptr);
-			return makeError(err, errnoMessage("moving the farm filter to generic XDP on a veth", err));
-		}
-		logInfo(kLog, "XDP filter moved to generic mode on veth interface index {}", ifindex);
-		return std::unique_ptr<FarmFilter>(new GenericModeFilter(std::move(inner), ifindex));
-	}
-
-	Status setVips(const FarmVipSet &vips) override { return inner_->setVips(vips); }
-	Status setOwners(const std::vector<uint32_t> &owners) override { return inner_->setOwners(owners); }
-	Result<FarmCounters> counters() override { return inner_->counters(); }
-	uint32_t buckets() const override { return inner_->buckets(); }
-
-private:
-	std::unique_ptr<XdpFilter> inner_;
-	int ifindex_;
-};
-
 /* The real kernel: ioctl for promiscuous mode, /proc/sys, XdpFilter, AF_PACKET. */
 class SystemFarmHost : public FarmHost
 {
@@ -188,15 +125,10 @@ public:
 				return makeError(-errno, errnoMessage(std::string("cannot mount bpffs at ") + kBpfFsMount, -errno));
 			logInfo(kLog, "mounted bpffs at {}", kBpfFsMount);
 		}
-		std::optional<Result<std::unique_ptr<XdpFilter>>> f;
-		f.emplace(XdpFilter::create(options));
-		if (!*f)
-			return f->error();
-		char name[IF_NAMESIZE] = {};
-		if (f->value()->nativeMode() && if_indextoname(static_cast<unsigned>(options.ifindex), name) &&
-		    driverName(ioctlFd_, name) == "veth")
-			return GenericModeFilter::wrap(std::move(f->value()), options.ifindex);
-		return std::unique_ptr<FarmFilter>(std::move(f->value()));
+		auto f = XdpFilter::create(options);
+		if (!f)
+			return f.error();
+		return std::unique_ptr<FarmFilter>(std::move(f.value()));
 	}
 
 	Result<bool> setPromiscuous(const std::string &ifname, bool on) override
@@ -608,6 +540,17 @@ void FarmModule::loadFilter()
 	o.seed = sm_->config().seed;
 	o.nodeId = ctx_.self->id;
 	o.mac = ownMac_;
+	switch (config_.farm.xdpMode) {
+	case FarmXdpMode::Auto:
+		o.mode = XdpMode::Auto;
+		break;
+	case FarmXdpMode::Native:
+		o.mode = XdpMode::Native;
+		break;
+	case FarmXdpMode::Generic:
+		o.mode = XdpMode::Generic;
+		break;
+	}
 
 	/*
 	 * Loaded on a worker thread: verification takes long enough on a busy host to stall
@@ -1040,6 +983,7 @@ nlohmann::json FarmModule::status() const
 		{ "label", farmStateLabel(sm_->state(), sm_->phase()) },
 		{ "interface", config_.farm.interface },
 		{ "hash", configName(config_.farm.hash) },
+		{ "xdp_mode", configName(config_.farm.xdpMode) },
 		{ "buckets", config_.farm.buckets },
 		{ "virtual_mac", net::formatMac(virtualMac_) },
 		{ "vips", vips },

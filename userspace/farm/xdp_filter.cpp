@@ -6,21 +6,28 @@
 #include "farm/xdp_filter.h"
 
 #include <arpa/inet.h>
+#include <linux/ethtool.h>
 #include <linux/if_link.h>
 #include <linux/magic.h>
+#include <linux/sockios.h>
+#include <net/if.h>
 #include <netinet/in.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
 
 #include <bit>
 #include <cstring>
+#include <map>
 #include <set>
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fmt/format.h>
 
+#include "bpf/farm_hash.h"
 #include "core/log.h"
 #include "farm_filter.skel.h"
 
@@ -52,6 +59,59 @@ sk_farm_vip_key vipKey(const FarmAddress &a)
 	k.family = a.family;
 	std::memcpy(k.addr, a.bytes.data(), a.family == 4 ? 4 : 16);
 	return k;
+}
+
+uint32_t homeSlot(uint32_t salt, const sk_farm_vip_key &k)
+{
+	return sk_farm_vip_home(salt, k.addr[0], k.addr[1], k.addr[2], k.addr[3], SK_FARM_VIP_SLOTS_LOG2);
+}
+
+/* Word and bit of a global port rule in farm_port_bits (see SK_FARM_PORT_WORDS). */
+std::pair<uint32_t, uint64_t> portBit(const FarmPortRule &r)
+{
+	const uint32_t half = r.proto == IPPROTO_UDP ? SK_FARM_PORT_WORDS / 2 : 0;
+	return { half + r.port / 64u, 1ull << (r.port % 64u) };
+}
+
+/* Driver name of an interface (ETHTOOL_GDRVINFO); "" when unknown. */
+std::string driverName(int ifindex)
+{
+	char name[IF_NAMESIZE] = {};
+	if (!if_indextoname(static_cast<unsigned>(ifindex), name))
+		return "";
+	const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return "";
+	struct ethtool_drvinfo info {};
+	info.cmd = ETHTOOL_GDRVINFO;
+	struct ifreq ifr {};
+	std::memcpy(ifr.ifr_name, name, sizeof(ifr.ifr_name) - 1);
+	ifr.ifr_data = reinterpret_cast<char *>(&info);
+	const int rc = ioctl(fd, SIOCETHTOOL, &ifr);
+	close(fd);
+	if (rc < 0)
+		return "";
+	return std::string(info.driver, strnlen(info.driver, sizeof(info.driver)));
+}
+
+/*
+ * Writes entries [first, first + n) of an array map from values (value_size
+ * bytes each): one batch call, or entry by entry where batches are missing.
+ */
+int writeArray(int fd, uint32_t first, const void *values, uint32_t n, size_t valueSize)
+{
+	std::vector<uint32_t> keys(n);
+	for (uint32_t i = 0; i < n; i++)
+		keys[i] = first + i;
+	uint32_t count = n;
+	if (bpf_map_update_batch(fd, keys.data(), values, &count, nullptr) == 0)
+		return 0;
+	const auto *bytes = static_cast<const uint8_t *>(values);
+	for (uint32_t i = 0; i < n; i++) {
+		if (int err = bpf_map_update_elem(fd, &keys[i], bytes + i * valueSize, BPF_ANY); err)
+			return err;
+	}
+	return 0;
 }
 
 sk_farm_port_key portKey(const sk_farm_vip_key &vip, const FarmPortRule &r)
@@ -110,6 +170,57 @@ std::string FarmAddress::str() const
 		return "(none)";
 	inet_ntop(family == 4 ? AF_INET : AF_INET6, bytes.data(), buf, sizeof(buf));
 	return buf;
+}
+
+const char *xdpModeName(XdpMode mode)
+{
+	switch (mode) {
+	case XdpMode::Auto:
+		return "auto";
+	case XdpMode::Native:
+		return "native";
+	case XdpMode::Generic:
+		return "generic";
+	}
+	return "?";
+}
+
+/*
+ * At most 256 VIPs in 1024 slots: a salt that puts every VIP at home exists for
+ * small sets (the common case: no out-of-line probe per packet); for large sets
+ * the best of kSaltTries keeps searches far below the bound.
+ */
+Result<FarmVipTable> farmBuildVipTable(const std::vector<sk_farm_vip_slot> &vips)
+{
+	constexpr uint32_t kSaltTries = 256;
+	if (vips.size() > SK_FARM_MAX_VIPS)
+		return makeError(-E2BIG, fmt::format("farm: at most {} VIPs, got {}", SK_FARM_MAX_VIPS, vips.size()));
+	FarmVipTable best;
+	best.maxProbe = UINT32_MAX;
+	for (uint32_t t = 0; t < kSaltTries && best.maxProbe > 1; t++) {
+		FarmVipTable cand;
+		cand.salt = t * 0x9e3779b9u;	/* spread the tries over the salt space */
+		cand.slots.assign(SK_FARM_VIP_SLOTS, sk_farm_vip_slot{});
+		for (const sk_farm_vip_slot &v : vips) {
+			uint32_t probe = 0, at = homeSlot(cand.salt, v.vip);
+			while (cand.slots[at].vip.family != 0) {
+				if (std::memcmp(&cand.slots[at].vip, &v.vip, sizeof(v.vip)) == 0)
+					return makeError(-EINVAL, "farm: the same VIP twice in a VIP table");
+				at = (at + 1) & (SK_FARM_VIP_SLOTS - 1);
+				probe++;
+			}
+			cand.slots[at] = v;
+			cand.maxProbe = std::max(cand.maxProbe, probe + 1);
+		}
+		if (vips.empty())
+			cand.maxProbe = 1;
+		if (cand.maxProbe < best.maxProbe)
+			best = std::move(cand);
+	}
+	if (best.maxProbe > SK_FARM_VIP_MAX_PROBE)
+		return makeError(-E2BIG, fmt::format("farm: cannot lay out {} VIPs within {} probes",
+						     vips.size(), SK_FARM_VIP_MAX_PROBE));
+	return best;
 }
 
 Result<std::unique_ptr<XdpFilter>> XdpFilter::create(const XdpFilterOptions &options)
@@ -173,13 +284,20 @@ Status XdpFilter::load()
 	err = farm_filter__load(skel_);
 	if (err)
 		return makeError(err, errnoMessage(pinDir_.empty() ? "cannot load the farm XDP program" :
-					   "cannot load the farm XDP program (stale pins from another "
-					   "bucket count in " + pinDir_ + "?)", err));
+					   "cannot load the farm XDP program (pins left in " + pinDir_ +
+					   " by a run with another bucket count or an older map layout? "
+					   "remove them while the module is stopped)", err));
 
-	sk_farm_config cfg{};
+	/* Reused pins carry the tables in use: continue from them. */
 	uint32_t zero = 0;
-	if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.farm_config), &zero, &cfg) == 0)
-		activeTable_ = cfg.active_table & 1;
+	if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.farm_config), &zero, &config_) < 0)
+		config_ = {};
+	config_.active_table &= 1;
+	config_.vip_table &= 1;
+	portBits_.assign(SK_FARM_PORT_WORDS, 0);
+	const int bitsFd = bpf_map__fd(skel_->maps.farm_port_bits);
+	for (uint32_t i = 0; i < SK_FARM_PORT_WORDS; i++)
+		(void)bpf_map_lookup_elem(bitsFd, &i, &portBits_[i]);
 	logInfo(kLog, "{}: farm filter loaded (node {}, {} buckets, hash {}, maps {})", options_.module,
 		options_.nodeId, options_.buckets,
 		options_.hashMode == FarmHashMode::Ip ? "ip" : "ip+port",
@@ -207,22 +325,46 @@ int XdpFilter::staleFilterFd(uint32_t mode) const
 	return fd;
 }
 
+XdpMode XdpFilter::resolveMode() const
+{
+	if (options_.mode != XdpMode::Auto)
+		return options_.mode;
+	const std::string driver = driverName(options_.ifindex);
+	if (driver == "veth") {
+		logInfo(kLog, "{}: ifindex {} is a veth: generic XDP (native XDP there cannot keep "
+			"packets to another MAC)", options_.module, options_.ifindex);
+		return XdpMode::Generic;
+	}
+	return XdpMode::Native;
+}
+
 Status XdpFilter::attach()
 {
+	const uint32_t modeFlag = resolveMode() == XdpMode::Generic ? XDP_FLAGS_SKB_MODE : XDP_FLAGS_DRV_MODE;
 	const int fd = programFd();
 	/* UPDATE_IF_NOEXIST: never replace someone else's XDP program silently. */
-	uint32_t flags = XDP_FLAGS_UPDATE_IF_NOEXIST | XDP_FLAGS_DRV_MODE;
+	uint32_t flags = XDP_FLAGS_UPDATE_IF_NOEXIST | modeFlag;
 	int err = bpf_xdp_attach(options_.ifindex, fd, flags, nullptr);
 	if ((err == -EBUSY || err == -EEXIST) && options_.replaceStale) {
-		for (uint32_t mode : { XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE }) {
-			const int old = staleFilterFd(mode);
+		for (uint32_t staleMode : { XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE }) {
+			const int old = staleFilterFd(staleMode);
 			if (old < 0)
 				continue;
 			bpf_xdp_attach_opts opts{};
 			opts.sz = sizeof(opts);
 			opts.old_prog_fd = old;
-			flags = mode | XDP_FLAGS_REPLACE;
-			err = bpf_xdp_attach(options_.ifindex, fd, flags, &opts);
+			if (staleMode == modeFlag) {
+				/* Same mode: swapped atomically. */
+				flags = modeFlag | XDP_FLAGS_REPLACE;
+				err = bpf_xdp_attach(options_.ifindex, fd, flags, &opts);
+			} else {
+				/* A kernel holds one mode at a time: detach the stale one (only if still it), then attach. */
+				err = bpf_xdp_detach(options_.ifindex, staleMode | XDP_FLAGS_REPLACE, &opts);
+				if (!err) {
+					flags = XDP_FLAGS_UPDATE_IF_NOEXIST | modeFlag;
+					err = bpf_xdp_attach(options_.ifindex, fd, flags, nullptr);
+				}
+			}
 			close(old);
 			if (!err)
 				logWarn(kLog, "{}: replaced a farm filter left on ifindex {} by a previous run",
@@ -230,19 +372,21 @@ Status XdpFilter::attach()
 			break;
 		}
 	}
-	if (err && options_.allowGeneric && err != -EBUSY && err != -EEXIST) {
+	if (err && options_.mode == XdpMode::Auto && modeFlag == XDP_FLAGS_DRV_MODE && err != -EBUSY &&
+	    err != -EEXIST) {
 		logWarn(kLog, "{}: native XDP attach on ifindex {} failed ({}), using generic mode",
 			options_.module, options_.ifindex, strerror(-err));
 		flags = XDP_FLAGS_UPDATE_IF_NOEXIST | XDP_FLAGS_SKB_MODE;
 		err = bpf_xdp_attach(options_.ifindex, fd, flags, nullptr);
 	}
 	if (err)
-		return makeError(err, errnoMessage(fmt::format("cannot attach the farm XDP program to ifindex {}",
-							       options_.ifindex), err));
+		return makeError(err, errnoMessage(fmt::format("cannot attach the farm XDP program to ifindex {} "
+							       "({} mode)", options_.ifindex,
+							       xdpModeName(options_.mode)), err));
 	attachFlags_ = flags;
 	nativeMode_ = (flags & XDP_FLAGS_DRV_MODE) != 0;
-	logInfo(kLog, "{}: farm filter attached to ifindex {} ({} mode)", options_.module,
-		options_.ifindex, nativeMode_ ? "native" : "generic");
+	logInfo(kLog, "{}: farm filter attached to ifindex {} ({} mode, asked {})", options_.module,
+		options_.ifindex, nativeMode_ ? "native" : "generic", xdpModeName(options_.mode));
 	return {};
 }
 
@@ -284,56 +428,104 @@ int XdpFilter::programFd() const
 	return bpf_program__fd(skel_->progs.sk_farm_filter);
 }
 
+Status XdpFilter::writeConfig(const sk_farm_config &config)
+{
+	uint32_t zero = 0;
+	if (int err = bpf_map_update_elem(bpf_map__fd(skel_->maps.farm_config), &zero, &config, BPF_ANY); err)
+		return makeError(err, errnoMessage("farm: cannot write the filter config", err));
+	config_ = config;
+	return {};
+}
+
 /*
- * Order: new port rules, then VIPs (a VIP never refers to missing rules), then
- * removal of stale VIPs, then of stale rules. Each map write is atomic per key.
+ * Order, so that a packet never sees a VIP whose rules are missing: new per-VIP
+ * rules and the union of old and new global port bits; then the new VIP table
+ * (written whole while inactive, then switched to); then the global bits
+ * without the stale ones, and removal of stale per-VIP rules. Each config write
+ * changes one field (the inactive table's salt, then the switch), so readers
+ * never pair a table with another table's salt.
  */
 Status XdpFilter::setVips(const FarmVipSet &set)
 {
 	const int vipFd = bpf_map__fd(skel_->maps.farm_vips);
 	const int portFd = bpf_map__fd(skel_->maps.farm_ports);
+	const int bitsFd = bpf_map__fd(skel_->maps.farm_port_bits);
 	std::set<sk_farm_vip_key, KeyLess> wantVips;
 	std::set<sk_farm_port_key, KeyLess> wantPorts;
-	std::vector<std::pair<sk_farm_vip_key, sk_farm_vip_value>> vipValues;
+	std::vector<sk_farm_vip_slot> slots;
+	std::vector<uint64_t> bits(SK_FARM_PORT_WORDS, 0);
 
-	for (const FarmPortRule &r : set.globalPorts)
-		wantPorts.insert(portKey(sk_farm_vip_key{}, r));
+	for (const FarmPortRule &r : set.globalPorts) {
+		if (r.proto != IPPROTO_TCP && r.proto != IPPROTO_UDP)
+			return makeError(-EINVAL, fmt::format("farm: port rules are for TCP (6) or UDP (17), got {}",
+							      r.proto));
+		auto [word, bit] = portBit(r);
+		bits[word] |= bit;
+	}
 	for (const FarmVip &v : set.vips) {
 		if (v.address.family != 4 && v.address.family != 6)
 			return makeError(-EINVAL, "farm VIP without an address family");
 		const sk_farm_vip_key k = vipKey(v.address);
-		sk_farm_vip_value val{};
+		sk_farm_vip_slot slot{};
+		slot.vip = k;
 		if (!v.ports.empty())
-			val.flags |= SK_FARM_VIP_PORTS_OWN;
+			slot.flags |= SK_FARM_VIP_PORTS_OWN;
 		if (!set.globalPorts.empty())
-			val.flags |= SK_FARM_VIP_PORTS_GLOBAL;
+			slot.flags |= SK_FARM_VIP_PORTS_GLOBAL;
 		for (const FarmPortRule &r : v.ports)
 			wantPorts.insert(portKey(k, r));
 		if (wantVips.insert(k).second)
-			vipValues.emplace_back(k, val);
+			slots.push_back(slot);
 	}
 	if (wantVips.size() > SK_FARM_MAX_VIPS || wantPorts.size() > SK_FARM_MAX_PORT_RULES)
-		return makeError(-E2BIG, fmt::format("farm: at most {} VIPs and {} port rules",
+		return makeError(-E2BIG, fmt::format("farm: at most {} VIPs and {} per-VIP port rules",
 						     SK_FARM_MAX_VIPS, SK_FARM_MAX_PORT_RULES));
+	auto table = farmBuildVipTable(slots);
+	if (!table)
+		return table.error();
 
 	const uint8_t one = 1;
 	for (const sk_farm_port_key &k : wantPorts) {
 		if (int err = bpf_map_update_elem(portFd, &k, &one, BPF_ANY); err)
 			return makeError(err, errnoMessage("farm: cannot add a port rule", err));
 	}
-	for (const auto &[k, val] : vipValues) {
-		if (int err = bpf_map_update_elem(vipFd, &k, &val, BPF_ANY); err)
-			return makeError(err, errnoMessage("farm: cannot add a VIP", err));
-	}
-	for (const sk_farm_vip_key &k : mapKeys<sk_farm_vip_key>(vipFd)) {
-		if (!wantVips.count(k))
-			bpf_map_delete_elem(vipFd, &k);
-	}
+	auto writeBits = [&](const std::vector<uint64_t> &want) -> int {
+		for (uint32_t i = 0; i < SK_FARM_PORT_WORDS; i++) {
+			if (want[i] == portBits_[i])
+				continue;
+			if (int err = bpf_map_update_elem(bitsFd, &i, &want[i], BPF_ANY); err)
+				return err;
+			portBits_[i] = want[i];
+		}
+		return 0;
+	};
+	std::vector<uint64_t> both(SK_FARM_PORT_WORDS);
+	for (uint32_t i = 0; i < SK_FARM_PORT_WORDS; i++)
+		both[i] = bits[i] | portBits_[i];
+	if (int err = writeBits(both); err)
+		return makeError(err, errnoMessage("farm: cannot write the global port rules", err));
+
+	const uint32_t next = config_.vip_table ^ 1;
+	if (int err = writeArray(vipFd, next * SK_FARM_VIP_SLOTS, table->slots.data(), SK_FARM_VIP_SLOTS,
+				 sizeof(sk_farm_vip_slot));
+	    err)
+		return makeError(err, errnoMessage("farm: cannot write the VIP table", err));
+	sk_farm_config cfg = config_;
+	cfg.vip_salt[next] = table->salt;
+	if (Status s = writeConfig(cfg); !s)
+		return s;
+	cfg.vip_table = next;
+	if (Status s = writeConfig(cfg); !s)
+		return s;
+
+	if (int err = writeBits(bits); err)
+		return makeError(err, errnoMessage("farm: cannot write the global port rules", err));
 	for (const sk_farm_port_key &k : mapKeys<sk_farm_port_key>(portFd)) {
 		if (!wantPorts.count(k))
 			bpf_map_delete_elem(portFd, &k);
 	}
-	logInfo(kLog, "{}: {} VIPs, {} port rules", options_.module, wantVips.size(), wantPorts.size());
+	logInfo(kLog, "{}: {} VIPs (VIP table {}, worst search {} slot(s)), {} global and {} per-VIP port rules",
+		options_.module, wantVips.size(), next, table->maxProbe, set.globalPorts.size(), wantPorts.size());
 	return {};
 }
 
@@ -351,29 +543,15 @@ Status XdpFilter::setOwners(const std::vector<uint32_t> &owners)
 	if (owners.size() != options_.buckets)
 		return makeError(-EINVAL, fmt::format("farm: owner table has {} entries, expected {}",
 						      owners.size(), options_.buckets));
-	const int ownFd = bpf_map__fd(skel_->maps.farm_owners);
-	const uint32_t next = activeTable_ ^ 1;
-	const uint32_t base = next * options_.buckets;
-	std::vector<uint32_t> keys(owners.size());
-	for (uint32_t i = 0; i < options_.buckets; i++)
-		keys[i] = base + i;
-	uint32_t count = options_.buckets;
-	int err = bpf_map_update_batch(ownFd, keys.data(), owners.data(), &count, nullptr);
-	if (err) {
-		/* Older kernels lack batch ops on arrays: entry by entry is just as safe here. */
-		for (uint32_t i = 0; i < options_.buckets; i++) {
-			err = bpf_map_update_elem(ownFd, &keys[i], &owners[i], BPF_ANY);
-			if (err)
-				return makeError(err, errnoMessage("farm: cannot write the owner table", err));
-		}
-	}
-	sk_farm_config cfg{};
+	const uint32_t next = config_.active_table ^ 1;
+	if (int err = writeArray(bpf_map__fd(skel_->maps.farm_owners), next * options_.buckets, owners.data(),
+				 options_.buckets, sizeof(uint32_t));
+	    err)
+		return makeError(err, errnoMessage("farm: cannot write the owner table", err));
+	sk_farm_config cfg = config_;
 	cfg.active_table = next;
-	uint32_t zero = 0;
-	err = bpf_map_update_elem(bpf_map__fd(skel_->maps.farm_config), &zero, &cfg, BPF_ANY);
-	if (err)
-		return makeError(err, errnoMessage("farm: cannot switch owner tables", err));
-	activeTable_ = next;
+	if (Status s = writeConfig(cfg); !s)
+		return makeError(s.code(), "farm: cannot switch owner tables: " + s.error().message);
 	size_t mine = 0;
 	for (uint32_t o : owners)
 		mine += o == options_.nodeId;
@@ -382,32 +560,45 @@ Status XdpFilter::setOwners(const std::vector<uint32_t> &owners)
 	return {};
 }
 
+/* Balanced verdicts are counted per bucket only (see enum sk_farm_verdict): summed here. */
 Result<FarmCounters> XdpFilter::counters()
 {
 	const int ncpu = libbpf_num_possible_cpus();
 	if (ncpu <= 0)
 		return makeError(ncpu, errnoMessage("cannot count CPUs", ncpu));
-	std::vector<uint64_t> perCpu(static_cast<size_t>(ncpu));
-	auto sum = [&](int fd, uint32_t key, uint64_t *out) -> int {
-		if (bpf_map_lookup_elem(fd, &key, perCpu.data()) < 0)
-			return -errno;
-		uint64_t total = 0;
-		for (uint64_t v : perCpu)
-			total += v;
-		*out = total;
-		return 0;
-	};
+	const size_t cpus = static_cast<size_t>(ncpu);
 	FarmCounters c;
+	std::vector<uint64_t> perCpu(cpus);
 	const int vfd = bpf_map__fd(skel_->maps.farm_verdicts);
 	for (uint32_t i = 0; i < SK_FARM_VERDICT_MAX; i++) {
-		if (int err = sum(vfd, i, &c.verdicts[i]); err)
-			return makeError(err, errnoMessage("farm: cannot read verdict counters", err));
+		if (bpf_map_lookup_elem(vfd, &i, perCpu.data()) < 0)
+			return makeError(-errno, errnoMessage("farm: cannot read verdict counters", -errno));
+		for (uint64_t v : perCpu)
+			c.verdicts[i] += v;
 	}
-	const int bfd = bpf_map__fd(skel_->maps.farm_bkt_pkts);
-	c.bucketPackets.resize(options_.buckets);
-	for (uint32_t i = 0; i < options_.buckets; i++) {
-		if (int err = sum(bfd, i, &c.bucketPackets[i]); err)
-			return makeError(err, errnoMessage("farm: cannot read bucket counters", err));
+	/* Per-CPU values are laid out one per CPU, each rounded up to 8 bytes (16 here). */
+	const uint32_t n = options_.buckets;
+	std::vector<sk_farm_bucket_count> values(static_cast<size_t>(n) * cpus);
+	std::vector<uint32_t> keys(n);
+	uint32_t count = n, out = 0;
+	int err = bpf_map_lookup_batch(bpf_map__fd(skel_->maps.farm_bkt_pkts), nullptr, &out, keys.data(),
+				       values.data(), &count, nullptr);
+	if ((err && err != -ENOENT) || count != n) {
+		/* No batch lookups on this kernel: entry by entry. */
+		for (uint32_t i = 0; i < n; i++) {
+			if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.farm_bkt_pkts), &i, &values[i * cpus]) < 0)
+				return makeError(-errno, errnoMessage("farm: cannot read bucket counters", -errno));
+			keys[i] = i;
+		}
+	}
+	c.bucketPackets.assign(n, 0);
+	for (uint32_t i = 0; i < n; i++) {
+		for (size_t cpu = 0; cpu < cpus; cpu++) {
+			const sk_farm_bucket_count &b = values[i * cpus + cpu];
+			c.verdicts[SK_FARM_PASS_OWNED] += b.kept;
+			c.verdicts[SK_FARM_DROP_NOT_OWNED] += b.dropped;
+			c.bucketPackets[keys[i]] += b.kept + b.dropped;
+		}
 	}
 	return c;
 }

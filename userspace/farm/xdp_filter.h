@@ -61,6 +61,24 @@ struct FarmCounters {
 	std::vector<uint64_t> bucketPackets;			/* by bucket, all nodes' share */
 };
 
+/*
+ * The VIP table the filter searches (see SK_FARM_VIP_SLOTS in farm_shared.h):
+ * SK_FARM_VIP_SLOTS slots and the salt of their home-slot hash.
+ */
+struct FarmVipTable {
+	uint32_t salt = 0;
+	std::vector<sk_farm_vip_slot> slots;
+	uint32_t maxProbe = 0;	/* slots the worst-placed VIP needs searched (1: all at home) */
+};
+
+/*
+ * Lays out vips (distinct, at most SK_FARM_MAX_VIPS) with linear probing,
+ * trying salts until every VIP sits at its home slot or, failing that, taking
+ * the salt with the shortest worst search; -E2BIG if none stays within
+ * SK_FARM_VIP_MAX_PROBE. Pure: the unit tests replay the filter's search on it.
+ */
+Result<FarmVipTable> farmBuildVipTable(const std::vector<sk_farm_vip_slot> &vips);
+
 /* The data plane as the farm driver sees it. */
 class FarmFilter
 {
@@ -76,11 +94,26 @@ public:
 	virtual uint32_t buckets() const = 0;
 };
 
+/* How the filter attaches to its interface. */
+enum class XdpMode {
+	/*
+	 * Native (driver) mode, generic where native cannot work: on veth (whose
+	 * native XDP sees an skb already classified for another host, so packets
+	 * kept by a MAC rewrite are dropped by the IP layer) and when the native
+	 * attach fails (no XDP in the driver).
+	 */
+	Auto,
+	Native,		/* driver mode or nothing */
+	Generic,	/* skb mode: any interface, slower */
+};
+
+const char *xdpModeName(XdpMode mode);
+
 struct XdpFilterOptions {
 	std::string module;			/* names the pin directory */
 	std::string pinRoot = "/sys/fs/bpf/sk";	/* maps under <pinRoot>/<module>/; "" = no pins */
 	int ifindex = 0;			/* 0: load only (BPF_PROG_RUN tests, benchmarks) */
-	bool allowGeneric = true;		/* fall back to generic XDP if native fails */
+	XdpMode mode = XdpMode::Auto;
 	/*
 	 * XDP stays attached when its process dies. With this set, a farm filter
 	 * already on the interface (same program name) is taken over atomically;
@@ -125,7 +158,9 @@ private:
 	explicit XdpFilter(const XdpFilterOptions &options) : options_(options) {}
 	Status load();
 	Status attach();
+	XdpMode resolveMode() const;	/* Auto made concrete for options_.ifindex */
 	int staleFilterFd(uint32_t mode) const;
+	Status writeConfig(const sk_farm_config &config);
 	void unpinAll();
 
 	XdpFilterOptions options_;
@@ -133,7 +168,8 @@ private:
 	struct farm_filter *skel_ = nullptr;
 	uint32_t attachFlags_ = 0;	/* flags used to attach; 0 when not attached */
 	bool nativeMode_ = false;
-	uint32_t activeTable_ = 0;	/* mirror of farm_config.active_table */
+	sk_farm_config config_{};	/* mirror of farm_config (read back when pins are reused) */
+	std::vector<uint64_t> portBits_;	/* mirror of farm_port_bits */
 };
 
 } /* namespace sk */

@@ -282,6 +282,7 @@ const std::vector<BadCase> kBadCases = {
 	{ "farm virtual mac malformed", Doc::Farm, { "/farm/virtual_mac", "02:00:5e:00:00" }, "/farm/virtual_mac", "found \"02:00:5e:00:00\", expected a MAC address" },
 	{ "farm with defaultprim", Doc::Farm, { "/failover", { { "defaultprim", "n1" } } }, "/failover/defaultprim", "found a default primary in a farm module" },
 	{ "farm seed negative", Doc::Farm, { "/farm/seed", -5 }, "/farm/seed", "found number -5, expected an integer" },
+	{ "farm xdp mode unknown", Doc::Farm, { "/farm/xdp_mode", "driver" }, "/farm/xdp_mode", "expected one of \"auto\", \"native\", \"generic\"" },
 };
 
 std::vector<sk::ConfigError> check(Doc doc, const json &j)
@@ -427,7 +428,21 @@ TEST_CASE("a farm module gets farm defaults and VIPs inherit the farm interface"
 	CHECK(r->farm.weightOf("n3") == 2);
 	CHECK(r->farm.weightOf("n1") == 1);
 	CHECK_FALSE(r->farm.hasSeed);
+	CHECK(r->farm.xdpMode == sk::FarmXdpMode::Auto);
 	CHECK(r->vips[0].interface == "eth0");
+
+	for (auto [name, mode] : { std::pair{ "native", sk::FarmXdpMode::Native },
+				   std::pair{ "generic", sk::FarmXdpMode::Generic },
+				   std::pair{ "auto", sk::FarmXdpMode::Auto } }) {
+		CAPTURE(name);
+		json m = baseFarm();
+		m["farm"]["xdp_mode"] = name;
+		errors.clear();
+		auto forced = sk::parseModuleConfig(m.dump(), "lb.json", &sampleCluster(), &errors);
+		INFO(dumpErrors(errors));
+		REQUIRE(forced.ok());
+		CHECK(forced->farm.xdpMode == mode);
+	}
 }
 
 TEST_CASE("without a cluster, node and network references are not checked")
@@ -647,6 +662,7 @@ TEST_CASE("enum names round-trip to their JSON spelling")
 	CHECK(std::string(sk::configName(sk::CheckerAction::StopStart)) == "stopstart");
 	CHECK(std::string(sk::configName(sk::SplitBrainPolicy::KeepPrim)) == "keep_prim");
 	CHECK(std::string(sk::configName(sk::FarmHash::IpPort)) == "ip_port");
+	CHECK(std::string(sk::configName(sk::FarmXdpMode::Generic)) == "generic");
 	CHECK(sk::kScriptNames.size() == 8);
 }
 

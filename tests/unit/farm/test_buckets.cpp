@@ -165,12 +165,20 @@ TEST_CASE("rendezvous cost is -log2 of a uniform draw (mean 1/ln 2)")
 	CHECK(mean < 1.4427 * 1.02);
 }
 
-TEST_CASE("farm packet hash: murmur3 reference vectors and spread")
+TEST_CASE("farm packet hash: reference vectors and spread")
 {
-	/* MurmurHash3_x86_32("test") with seeds 0 and 0x9747b28c. */
-	const uint32_t word = 0x74736574;	/* "test" read little-endian */
-	CHECK(sk_farm_hash(0, &word, 1, 0, 0) == 0xba6bd213u);
-	CHECK(sk_farm_hash(0x9747b28cu, &word, 1, 0, 0) == 0x704b81dcu);
+	/*
+	 * Reference values from an independent implementation (Python, arbitrary
+	 * precision integers masked to 64 bits) of the definition in farm_hash.h:
+	 * fmix64(seed << 32 | len ^ lane products), low 32 bits.
+	 */
+	const uint32_t word = 0x74736574;
+	CHECK(sk_farm_hash(0, &word, 1, 0, 0) == 0x29e49e56u);
+	CHECK(sk_farm_hash(0x9747b28cu, &word, 1, 0, 0) == 0x2fdd2045u);
+	CHECK(sk_farm_hash(1, &word, 1, 1, 80) == 0x7b28ffffu);
+	const uint32_t v6[4] = { 1, 2, 3, 4 };
+	CHECK(sk_farm_hash(0x5eed, v6, 4, 0, 0) == 0x19193077u);
+	CHECK(sk_farm_hash(0x5eed, v6, 4, 1, 0x5000) == 0x0578abb5u);
 	/* The port takes part only when asked. */
 	CHECK(sk_farm_hash(1, &word, 1, 1, 80) != sk_farm_hash(1, &word, 1, 0, 80));
 	CHECK(sk_farm_hash(1, &word, 1, 0, 80) == sk_farm_hash(1, &word, 1, 0, 443));
@@ -185,4 +193,20 @@ TEST_CASE("farm packet hash: murmur3 reference vectors and spread")
 	INFO("bucket hits min ", *lo, " max ", *hi, " expected about 64");
 	CHECK(*lo > 25);
 	CHECK(*hi < 110);
+
+	/* Clients of one IPv6 /64 (consecutive interface ids), and one client's consecutive ports. */
+	std::vector<int> hits6(1024), hitsPort(1024);
+	for (uint32_t i = 0; i < 1024 * 64; i++) {
+		const uint32_t addr6[4] = { __builtin_bswap32(0xfd00005c), 0, __builtin_bswap32(i >> 16),
+					    __builtin_bswap32(i) };
+		hits6[sk_farm_hash(123, addr6, 4, 0, 0) & 1023]++;
+		const uint32_t addr = __builtin_bswap32(0xC6120107u);
+		hitsPort[sk_farm_hash(123, &addr, 1, 1, static_cast<uint16_t>(__builtin_bswap16(i))) & 1023]++;
+	}
+	for (const auto *h : { &hits6, &hitsPort }) {
+		auto [lo6, hi6] = std::minmax_element(h->begin(), h->end());
+		INFO("bucket hits min ", *lo6, " max ", *hi6, " expected about 64");
+		CHECK(*lo6 > 25);
+		CHECK(*hi6 < 110);
+	}
 }

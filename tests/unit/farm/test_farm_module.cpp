@@ -202,7 +202,7 @@ struct Rig {
 	ModuleConfig module;
 	std::vector<std::unique_ptr<Node>> nodes;
 
-	Rig()
+	explicit Rig(FarmXdpMode xdpMode = FarmXdpMode::Auto)
 	{
 		auto l = EventLoop::create();
 		REQUIRE(l.ok());
@@ -219,6 +219,7 @@ struct Rig {
 		module.farm.buckets = kBuckets;
 		module.farm.hash = FarmHash::IpPort;
 		module.farm.ports = { 80 };
+		module.farm.xdpMode = xdpMode;
 		const char *addrs[] = { "127.0.0.1", "127.0.0.2" };
 		for (NodeId id = 1; id <= 2; id++) {
 			auto n = std::make_unique<Node>(id, addrs[id - 1]);
@@ -339,6 +340,7 @@ TEST_CASE("two farm nodes: start, agree, split the buckets; the VIP is on lo and
 		CHECK(n.host.options.hashMode == FarmHashMode::IpPort);
 		CHECK(n.host.options.module == "web");
 		CHECK(n.host.options.replaceStale);
+		CHECK(n.host.options.mode == XdpMode::Auto);
 		REQUIRE(n.host.filter->vips().vips.size() == 1);
 		CHECK(n.host.filter->vips().vips[0].address.str() == "198.18.0.100");
 		CHECK(n.host.filter->vips().globalPorts.size() == 2);	/* tcp and udp 80 */
@@ -485,4 +487,21 @@ TEST_CASE("a slow filter load holds UP and the VIP back; a failed one stops the 
 	CHECK(st["last_error"].get<std::string>().find("cannot load the XDP filter") != std::string::npos);
 	CHECK(r[2].addresses.held.empty());
 	CHECK_FALSE(r[2].host.promisc);
+}
+
+TEST_CASE("farm.xdp_mode reaches the filter options; status shows it")
+{
+	for (auto [mode, want] : { std::pair{ FarmXdpMode::Generic, XdpMode::Generic },
+				   std::pair{ FarmXdpMode::Native, XdpMode::Native } }) {
+		Rig r(mode);
+		CAPTURE(configName(mode));
+		r.command(1, "start");
+		r.command(2, "start");
+		REQUIRE(runUntil(*r.loop, [&] { return allUpAndAgreed(r); }, 5s));
+		for (NodeId id : { 1u, 2u }) {
+			CAPTURE(id);
+			CHECK(r[id].host.options.mode == want);
+			CHECK(r[id].module->status().value("xdp_mode", "") == std::string(configName(mode)));
+		}
+	}
 }
