@@ -549,6 +549,8 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 		else if (d->gate->lastSeq() && d->sender->waitAckedFor(d->gate->lastSeq(), 0ms) != 0)
 			return makeError(-EBUSY, "the source still holds unacknowledged ops of the last session; "
 						 "retry later");
+		/* From here until in sync, durability calls do not wait for this target. */
+		d->gate->setLocalAcks(true);
 		/* Renames sequenced after this point were not seen by the manifest. */
 		base = d->sender->counters().appliedSeq;
 		d->streamAllowed = true;
@@ -608,6 +610,8 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 			return s;
 		base = targetApplied;
 	}
+	/* The final barrier is acked: the target holds everything; wait for it again. */
+	d->gate->setLocalAcks(false);
 	d->inSync = true;
 	std::vector<uint8_t> p;
 	putU64(&p, sentTotal);

@@ -91,6 +91,9 @@ public:
 	virtual uint64_t submit(Op &&op) = 0;
 	virtual uint64_t submitBarrier(bool durable) = 0;
 	virtual int waitAcked(uint64_t seq) = 0;
+	/* True while waitAcked() does not wait for the peer: a durability point must
+	 * then make the local effect durable itself. */
+	virtual bool acksLocal() const { return false; }
 };
 
 } /* namespace sk::repl */

@@ -107,7 +107,18 @@ public:
 
 	uint64_t submit(Op &&op) override;
 	uint64_t submitBarrier(bool durable) override;
-	int waitAcked(uint64_t seq) override { return inner_->waitAcked(seq); }
+	/* See setLocalAcks(). */
+	int waitAcked(uint64_t seq) override { return localAcks_ ? 0 : inner_->waitAcked(seq); }
+
+	/*
+	 * While the target is being resynced it cannot be promoted and holds no complete
+	 * copy, so waiting for its ack protects nothing, yet each durability call would
+	 * queue behind the resync data (minutes for a large resync). With local acks on,
+	 * a durability call returns once the local effect is durable, as when ALONE; the
+	 * dirty log (not rotated before the target is in sync) names those writes.
+	 */
+	void setLocalAcks(bool on) { localAcks_ = on; }
+	bool acksLocal() const override { return localAcks_; }
 
 	/* Resync side: hold the gate across read + submitLocked(). */
 	std::unique_lock<std::mutex> hold() { return std::unique_lock<std::mutex>(gate_); }
@@ -122,6 +133,7 @@ private:
 	std::mutex gate_;
 	std::atomic<uint64_t> lastRenameSeq_{ 0 };
 	std::atomic<uint64_t> lastSeq_{ 0 };
+	std::atomic<bool> localAcks_{ false };
 };
 
 struct ResyncStats {

@@ -106,6 +106,7 @@ struct Inode {
 struct FileHandle {
 	int fd = -1;
 	bool syncWrites = false;	/* O_SYNC / O_DSYNC / O_DIRECT: each direct write is a durability point */
+	bool localSync = false;		/* O_SYNC / O_DSYNC on the backing fd: each write is durable here */
 };
 
 struct DirHandle {
@@ -1109,6 +1110,7 @@ int backingFlags(const Impl *fs, int flags)
 void setupFileInfo(const Impl *fs, fuse_file_info *fi, FileHandle *fh)
 {
 	fh->syncWrites = (fi->flags & (O_SYNC | O_DSYNC | O_DIRECT)) != 0;
+	fh->localSync = (fi->flags & (O_SYNC | O_DSYNC)) != 0;
 	if (fi->flags & O_DIRECT)
 		fi->direct_io = 1;
 	else if (!fs->options_.readOnly)
@@ -1253,7 +1255,10 @@ void opWrite(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_
 	 * app write with the writeback cache reaches us as FUSE_FSYNC instead. */
 	bool syncWrite = fh->syncWrites && !fi->writepage;
 	if (replicated && (fs->options_.perWrite || syncWrite)) {
-		int err = fs->durabilityPoint(syncWrite, nullptr, -1);
+		/* The peer's ack made it durable; without one (resync), our own disk must:
+		 * O_SYNC/O_DSYNC writes are already, the others need a flush here. */
+		bool flush = fs->options_.sink->acksLocal() && !fh->localSync;
+		int err = fs->durabilityPoint(syncWrite, flush ? fdatasync : nullptr, fh->fd);
 		if (err)
 			return (void)fuse_reply_err(req, err);
 	}
