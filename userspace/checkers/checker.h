@@ -38,6 +38,8 @@ constexpr uint32_t kEventFailuresToDeclare = 1;
 struct CheckerEnv {
 	std::string module;		/* for logs and SK_MODULE */
 	std::string scriptDir;		/* custom checkers: <module dir>/scripts */
+	std::string node;		/* custom checkers: SK_NODE */
+	std::string stateDir;		/* custom checkers: SK_STATE_DIR */
 	/* module checkers: the state name ("STOP", "PRIM", ...) of another module on this node. */
 	std::function<std::string(const std::string &module)> moduleState;
 	/* process checkers (by checker name): also count the pid in this file (not in module.json yet). */

@@ -20,7 +20,8 @@ class CustomChecker : public Checker
 {
 public:
 	CustomChecker(EventLoop &loop, const CheckerConfig &config, uint32_t n, const CheckerEnv &env)
-		: Checker(loop, config, n), module_(env.module), killGrace_(env.scriptKillGrace)
+		: Checker(loop, config, n), module_(env.module), node_(env.node), stateDir_(env.stateDir),
+		  killGrace_(env.scriptKillGrace)
 	{
 		/* ScriptRunner runs names inside one directory: split an absolute path. */
 		if (config.script[0] == '/') {
@@ -63,6 +64,8 @@ protected:
 			runner_ = std::move(r.value());
 		}
 		ScriptContext ctx;
+		ctx.node = node_;
+		ctx.stateDir = stateDir_;
 		ctx.extra.emplace_back("SK_CHECKER", config_.name);
 		uint64_t seq = seq_;
 		runner_->run(script_, std::move(ctx), [this, seq](const ScriptResult &r) {
@@ -113,6 +116,8 @@ private:
 	}
 
 	std::string module_;
+	std::string node_;
+	std::string stateDir_;
 	std::chrono::milliseconds killGrace_;
 	std::string dir_;
 	std::string script_;

@@ -45,11 +45,14 @@ Result<std::unique_ptr<ModuleCheckers>> ModuleCheckers::create(EventLoop &loop,
 
 Result<std::unique_ptr<ModuleCheckers>> ModuleCheckers::create(EventLoop &loop, const ModuleConfig &module,
 							       const std::string &moduleDir,
-							       std::function<std::string(const std::string &)> moduleState)
+							       std::function<std::string(const std::string &)> moduleState,
+							       const std::string &node, const std::string &stateDir)
 {
 	ModuleCheckersOptions o;
 	o.env.module = module.name;
 	o.env.scriptDir = moduleDir + "/scripts";
+	o.env.node = node;
+	o.env.stateDir = stateDir;
 	o.env.moduleState = std::move(moduleState);
 	o.policy = PolicyConfig::fromFailover(module.failover);
 	return create(loop, module.checkers, std::move(o));

@@ -46,7 +46,8 @@ public:
 	/* Convenience: checkers, failover settings and module name from the module's config. */
 	static Result<std::unique_ptr<ModuleCheckers>> create(EventLoop &loop, const ModuleConfig &module,
 							      const std::string &moduleDir,
-							      std::function<std::string(const std::string &)> moduleState);
+							      std::function<std::string(const std::string &)> moduleState,
+							      const std::string &node = {}, const std::string &stateDir = {});
 	~ModuleCheckers();
 
 	ModuleCheckers(const ModuleCheckers &) = delete;

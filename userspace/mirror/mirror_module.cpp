@@ -203,7 +203,8 @@ Result<std::unique_ptr<MirrorModule>> MirrorModule::create(const MirrorContext &
 
 	auto checkers = ModuleCheckers::create(*context.loop, config, context.moduleDir,
 					      context.moduleState ? context.moduleState
-								  : [](const std::string &) { return std::string(); });
+								  : [](const std::string &) { return std::string(); },
+					      context.self ? context.self->name : std::string(), context.stateDir);
 	if (!checkers)
 		return makeError(checkers.error().code, "module " + config.name + ": " + checkers.error().message);
 	m->checkers_ = std::move(checkers.value());

@@ -225,13 +225,16 @@ TEST_CASE("custom checker: exit 0 is ok, exit 1 is failed, a missing script is f
 {
 	auto loop = makeLoop();
 	TempDir dir;
-	dir.write("ok.sh", "#!/bin/sh\ntest \"$SK_CHECKER\" = good || exit 3\nexit 0\n");
+	dir.write("ok.sh", "#!/bin/sh\ntest \"$SK_CHECKER\" = good || exit 3\n"
+			   "test \"$SK_NODE $SK_STATE_DIR\" = 'n7 /var/lib/sk/m' || exit 4\nexit 0\n");
 	std::string flag = dir.path + "/fail-now";
 	dir.write("flip.sh", "#!/bin/sh\nif [ -e '" + flag + "' ]; then echo 'service is sick'; exit 1; fi\nexit 0\n");
 
 	CheckerEnv env;
 	env.module = "m";
 	env.scriptDir = dir.path;
+	env.node = "n7";
+	env.stateDir = "/var/lib/sk/m";
 	CheckerConfig good = baseConfig("good", CheckerType::Custom, 100, 2000);
 	good.script = "ok.sh";
 	CheckerConfig flip = baseConfig("flip", CheckerType::Custom, 100, 2000);
