@@ -4,12 +4,18 @@
 # configuration, waits for "skd ready", checks skctl inside the VM (via the sk-selftest hook)
 # and GET /api/v1/status through a forwarded loopback port, powers off. TAP output.
 #
-#   tests/appliance/boot_test.sh [IMAGE]     (root; builds the image when none is given)
+#   tests/appliance/boot_test.sh [IMAGE]     (root; builds the image when none is given;
+#                                            IMAGE may be the .raw or the .qcow2)
 set -u
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 TOP=$(cd "$HERE/../.." && pwd)
 IMG=${1:-${SK_APPLIANCE_IMAGE:-}}
+# The raw image, or the qcow2 copy (build.sh --qcow2): QEMU is told which.
+case "$IMG" in
+*.qcow2) IMG_FORMAT=qcow2 ;;
+*) IMG_FORMAT=raw ;;
+esac
 BUILD=${SK_BIN_DIR:-$TOP/build}
 OUT=${SK_APPLIANCE_OUT:-$BUILD/appliance}
 READY_TIMEOUT=${SK_APPLIANCE_READY_TIMEOUT:-300}
@@ -143,7 +149,7 @@ vm_start() {
 		-accel tcg -machine q35 -m 1024 -smp 1 -no-reboot \
 		-drive if=pflash,format=raw,unit=0,readonly=on,file="$OVMF_CODE" \
 		-drive if=pflash,format=raw,unit=1,file="$TMP/vars.fd" \
-		-drive if=virtio,format=raw,file="$IMG",snapshot=on \
+		-drive if=virtio,format="$IMG_FORMAT",file="$IMG",snapshot=on \
 		-drive if=virtio,format=raw,file="$1" \
 		-netdev "user,id=n0,net=198.18.0.0/24,host=198.18.0.2,dhcpstart=198.18.0.15,restrict=on,hostfwd=tcp:127.0.0.1:$PORT-:7480" \
 		-device virtio-net-pci,netdev=n0 \

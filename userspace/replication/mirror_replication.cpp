@@ -564,14 +564,30 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 	uint64_t sentTotal = 0, readTotal = 0;
 	for (int round = 1;; round++) {
 		d->rounds = static_cast<uint64_t>(round);
+		/*
+		 * Progress counts what the target applied, not what was queued: each report
+		 * first waits for the ops of the previous one (one report interval, 8 MiB,
+		 * stays in flight), then publishes the previous point.
+		 */
+		uint64_t prevSeq = 0, prevDone = 0;
+		auto publish = [d, ch](uint64_t done, uint64_t total) {
+			d->done = done;
+			d->total = total;
+			std::vector<uint8_t> p;
+			putU64(&p, done);
+			putU64(&p, total);
+			(void)ch->send(ControlFrame::Progress, p);
+		};
 		auto stats = repl::runResyncRound(d->rootFd, static_cast<uint16_t>(d->index), so, manifest,
-						  d->gate.get(), [d, ch](uint64_t done, uint64_t total) {
-							  d->done = done;
-							  d->total = total;
-							  std::vector<uint8_t> p;
-							  putU64(&p, done);
-							  putU64(&p, total);
-							  (void)ch->send(ControlFrame::Progress, p);
+						  d->gate.get(), [&, d](uint64_t done, uint64_t total) {
+							  for (int i = 0; prevSeq && i < 150 && !stopping_ &&
+									  !d->sender->alone() &&
+									  d->sender->waitAckedFor(prevSeq, 200ms) == -ETIMEDOUT;
+							       i++)
+								  ;
+							  publish(std::min(prevDone, done), total);
+							  prevSeq = d->gate->lastSeq();
+							  prevDone = done;
 						  },
 						  round == 1 ? std::function<Status()>(atStart) : std::function<Status()>());
 		if (!stats)
@@ -599,6 +615,7 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 			if (poll(&p, 1, 0) > 0)
 				return makeError(-ECONNRESET, "the target closed the resync connection");
 		}
+		publish(prevDone, d->total);
 		if (d->gate->lastRenameSeq() <= base)
 			break;
 		if (round >= kMaxRounds)
