@@ -289,7 +289,7 @@ _ct_answer_is() { [ "$(_ct_answer)" = "$1" ]; }
 
 test_container_moves_with_its_volume() {
 	apps_need /usr/bin/podman podman
-	[ -x /bin/busybox ] || apps_skip "/bin/busybox missing (Debian package busybox-static)"
+	[ -x /bin/busybox ] || rig_skip "/bin/busybox missing (Debian package busybox-static)"
 	rig_setup 2 1
 	rig_write_cluster
 	apps_on_cleanup "podman rm -f --ignore sk-container-n1 sk-container-n2"
@@ -376,4 +376,4 @@ test_shipped_modules_pass_config_check_and_a_broken_one_is_refused() {
 	fi
 }
 
-if [ "${BASH_SOURCE[0]}" = "$0" ]; then apps_main "$@"; fi
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then rig_main "$@"; fi

@@ -2,7 +2,7 @@
 # Application-module helpers for the rig: installs a shipped module (modules/<app>) on
 # every node the way an operator would (copy, then edit the marked settings to the rig's
 # per-node paths), crashes and brings back mirror nodes, runs the zero-loss database
-# client, and a runner like rig_main that also reports skipped tests (TAP "# SKIP").
+# client.
 # Needs rig.sh and mirror.sh sourced first.
 
 # Debian's python: psycopg2 and pymysql come from Debian packages.
@@ -10,15 +10,9 @@ APPS_PY=/usr/bin/python3
 APPS_LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 APPS_VIP=$RIG_VIP
 
-# apps_skip REASON: ends the current test as skipped (only for a missing application).
-apps_skip() {
-	printf '%s' "$1" >"$APPS_SKIP_FILE"
-	exit 77
-}
-
 # apps_need FILE PACKAGE: skips the test when the application binary is missing.
 apps_need() {
-	[ -x "$1" ] || apps_skip "$1 missing (Debian package $2)"
+	[ -x "$1" ] || rig_skip "$1 missing (Debian package $2)"
 }
 
 # Commands run at teardown before rig_teardown (e.g. removing podman containers).
@@ -204,37 +198,6 @@ _apps_dump() {
 	done
 }
 
-# Like rig_main, but a test that calls apps_skip prints "ok N - name # SKIP reason".
-apps_main() {
-	local tests=("$@") t n=0 failed=0 rc
-	if [ ${#tests[@]} -eq 0 ]; then
-		mapfile -t tests < <(declare -F | awk '{print $3}' | grep '^test_')
-	fi
-	[ "$(id -u)" -eq 0 ] || { echo "1..0 # SKIP needs root (network namespaces)"; return 0; }
-	[ -x "$SKD" ] || { echo "Bail out! skd not built at $SKD"; return 1; }
-	echo "1..${#tests[@]}"
-	APPS_SKIP_FILE=$(mktemp /tmp/sk-apps-skip.XXXXXX)
-	trap 'rm -f "$APPS_SKIP_FILE"' EXIT
-	for t in "${tests[@]}"; do
-		n=$((n + 1))
-		: >"$APPS_SKIP_FILE"
-		set +e
-		(
-			set -eu
-			trap 'rc=$?; [ "$rc" -eq 0 ] || [ "$rc" -eq 77 ] || _apps_dump; _apps_cleanup; rig_teardown || rc=1; exit $rc' EXIT
-			"$t"
-		)
-		rc=$?
-		set -e
-		if [ "$rc" -eq 77 ] && [ -s "$APPS_SKIP_FILE" ]; then
-			echo "ok $n - $t # SKIP $(cat "$APPS_SKIP_FILE")"
-		elif [ "$rc" -eq 0 ]; then
-			echo "ok $n - $t"
-		else
-			echo "not ok $n - $t"
-			failed=$((failed + 1))
-		fi
-	done
-	rm -f "$APPS_SKIP_FILE"
-	[ "$failed" -eq 0 ]
-}
+# rig_main runs the tests: diagnostics when one fails, our cleanup before its teardown.
+RIG_ON_FAILURE=_apps_dump
+RIG_BEFORE_TEARDOWN=_apps_cleanup

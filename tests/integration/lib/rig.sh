@@ -198,8 +198,17 @@ rig_check_clean() {
 	fi
 }
 
+# rig_skip REASON: ends the current test as skipped (TAP "# SKIP REASON"), e.g. when
+# the application a test drives is not installed. Never for a failure.
+rig_skip() {
+	printf '%s' "$1" >"$RIG_SKIP_FILE"
+	exit 77
+}
+
 # Runs every test_* function (or those named on the command line) in a
-# subshell with teardown in a trap; prints TAP.
+# subshell with teardown in a trap; prints TAP. A test library may set
+# RIG_ON_FAILURE (run when a test fails, before teardown: diagnostics) and
+# RIG_BEFORE_TEARDOWN (run before every teardown: its own cleanup).
 rig_main() {
 	local tests=("$@") t n=0 failed=0 rc
 	if [ ${#tests[@]} -eq 0 ]; then
@@ -208,23 +217,32 @@ rig_main() {
 	[ "$(id -u)" -eq 0 ] || { echo "1..0 # SKIP needs root (network namespaces)"; return 0; }
 	[ -x "$SKD" ] || { echo "Bail out! skd not built at $SKD"; return 1; }
 	echo "1..${#tests[@]}"
+	RIG_SKIP_FILE=$(mktemp /tmp/sk-rig-skip.XXXXXX)
 	for t in "${tests[@]}"; do
 		n=$((n + 1))
+		: >"$RIG_SKIP_FILE"
 		# Not inside an `if`: bash would disable set -e in the whole subshell.
 		set +e
 		(
 			set -eu
-			trap 'rc=$?; rig_teardown || rc=1; exit $rc' EXIT
+			trap 'rc=$?
+				[ "$rc" -eq 0 ] || [ "$rc" -eq 77 ] || ${RIG_ON_FAILURE:-:}
+				${RIG_BEFORE_TEARDOWN:-:}
+				rig_teardown || rc=1
+				exit $rc' EXIT
 			"$t"
 		)
 		rc=$?
 		set -e
-		if [ "$rc" -eq 0 ]; then
+		if [ "$rc" -eq 77 ] && [ -s "$RIG_SKIP_FILE" ]; then
+			echo "ok $n - $t # SKIP $(cat "$RIG_SKIP_FILE")"
+		elif [ "$rc" -eq 0 ]; then
 			echo "ok $n - $t"
 		else
 			echo "not ok $n - $t"
 			failed=$((failed + 1))
 		fi
 	done
+	rm -f "$RIG_SKIP_FILE"
 	[ "$failed" -eq 0 ]
 }
