@@ -21,6 +21,7 @@
 #include <fmt/format.h>
 
 #include "checkers/probe.h"
+#include "core/le_bytes.h"
 #include "core/log.h"
 #include "core/module_files.h"
 
@@ -48,20 +49,6 @@ int64_t wallMs()
 	return std::chrono::duration_cast<std::chrono::milliseconds>(
 		       std::chrono::system_clock::now().time_since_epoch())
 		.count();
-}
-
-void putU64(std::vector<uint8_t> *out, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		out->push_back(static_cast<uint8_t>(v >> (8 * i)));
-}
-
-uint64_t getU64(std::span<const uint8_t> in, size_t off)
-{
-	uint64_t v = 0;
-	for (int i = 0; i < 8; i++)
-		v |= static_cast<uint64_t>(in[off + i]) << (8 * i);
-	return v;
 }
 
 /* A module without replicated directories: nothing to copy, so nothing to wait for. */
@@ -122,10 +109,10 @@ std::vector<uint8_t> encodePeerInfo(const PeerInfo &info)
 	out.push_back(static_cast<uint8_t>(hist));
 	out.push_back(0);
 	out.push_back(0);
-	putU64(&out, info.servingMs);
-	putU64(&out, info.generation.current);
+	le::append<uint64_t>(&out, info.servingMs);
+	le::append<uint64_t>(&out, info.generation.current);
 	for (size_t i = 0; i < hist; i++)
-		putU64(&out, info.generation.history[i]);
+		le::append<uint64_t>(&out, info.generation.history[i]);
 	return out;
 }
 
@@ -148,10 +135,10 @@ bool decodePeerInfo(std::span<const uint8_t> in, PeerInfo *info)
 	p.swapRequested = in[3] & 4;
 	p.secondOnly = in[3] & 8;
 	p.resyncPercent = in[4];
-	p.servingMs = getU64(in, 8);
-	p.generation.current = getU64(in, 16);
+	p.servingMs = le::get<uint64_t>(in.data() + 8);
+	p.generation.current = le::get<uint64_t>(in.data() + 16);
 	for (size_t i = 0; i < hist; i++)
-		p.generation.history.push_back(getU64(in, 24 + 8 * i));
+		p.generation.history.push_back(le::get<uint64_t>(in.data() + 24 + 8 * i));
 	*info = std::move(p);
 	return true;
 }

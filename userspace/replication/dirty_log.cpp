@@ -22,6 +22,7 @@
 #include <fmt/format.h>
 #include <xxhash.h>
 
+#include "core/le_bytes.h"
 #include "core/log.h"
 
 namespace sk::repl {
@@ -36,31 +37,6 @@ constexpr uint32_t kFlagCovers = 1;
 constexpr uint32_t kFlagResyncing = 2;
 constexpr size_t kHeaderSize = 64;
 constexpr size_t kRecordSize = 24;
-
-void put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = static_cast<uint8_t>(v >> (8 * i));
-}
-void put64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = static_cast<uint8_t>(v >> (8 * i));
-}
-uint32_t get32(const uint8_t *p)
-{
-	uint32_t v = 0;
-	for (int i = 0; i < 4; i++)
-		v |= static_cast<uint32_t>(p[i]) << (8 * i);
-	return v;
-}
-uint64_t get64(const uint8_t *p)
-{
-	uint64_t v = 0;
-	for (int i = 0; i < 8; i++)
-		v |= static_cast<uint64_t>(p[i]) << (8 * i);
-	return v;
-}
 
 int writeAll(int fd, const uint8_t *data, size_t len, uint64_t offset)
 {
@@ -231,10 +207,10 @@ Status DirtyLog::load()
 	std::string problem;
 	uint64_t salt = 0;
 	if (data.size() < kHeaderSize || memcmp(data.data(), kMagic, sizeof(kMagic)) != 0 ||
-	    get32(data.data() + 60) != XXH32(data.data(), 60, 0) || get32(data.data() + 8) != kVersion) {
+	    le::get<uint32_t>(data.data() + 60) != XXH32(data.data(), 60, 0) || le::get<uint32_t>(data.data() + 8) != kVersion) {
 		problem = "damaged dirty log header";
-	} else if (get32(data.data() + 16) != blockSize_ || get32(data.data() + 20) != kExtentBlocks) {
-		problem = fmt::format("dirty log written for block size {}, now {}", get32(data.data() + 16),
+	} else if (le::get<uint32_t>(data.data() + 16) != blockSize_ || le::get<uint32_t>(data.data() + 20) != kExtentBlocks) {
+		problem = fmt::format("dirty log written for block size {}, now {}", le::get<uint32_t>(data.data() + 16),
 				      blockSize_);
 	}
 	if (!problem.empty()) {
@@ -245,18 +221,18 @@ Status DirtyLog::load()
 		logWarn(kLog, "{}: {}; the next resync compares everything", file_, problem);
 		return s;
 	}
-	uint32_t flags = get32(data.data() + 12);
+	uint32_t flags = le::get<uint32_t>(data.data() + 12);
 	covers_ = flags & kFlagCovers;
 	resyncing_ = flags & kFlagResyncing;
-	epoch_ = get64(data.data() + 24);
-	salt = get64(data.data() + 32);
+	epoch_ = le::get<uint64_t>(data.data() + 24);
+	salt = le::get<uint64_t>(data.data() + 32);
 	salt_ = salt;
 	size_t off = kHeaderSize;
 	size_t goodEnd = off;
 	bool damaged = false;
 	for (; off + kRecordSize <= data.size(); off += kRecordSize) {
 		const uint8_t *p = data.data() + off;
-		if (get32(p + 20) != XXH32(p, 20, salt)) {
+		if (le::get<uint32_t>(p + 20) != XXH32(p, 20, salt)) {
 			damaged = true;
 			continue;
 		}
@@ -264,7 +240,7 @@ Status DirtyLog::load()
 			/* A bad record with good ones after it is not a torn append. */
 			problem = "damaged record in the dirty log";
 		}
-		Record r{ get64(p), get32(p + 8), get32(p + 12), get32(p + 16) };
+		Record r{ le::get<uint64_t>(p), le::get<uint32_t>(p + 8), le::get<uint32_t>(p + 12), le::get<uint32_t>(p + 16) };
 		records_.push_back(r);
 		for (uint32_t i = 0; i < r.count; i++)
 			logged_[{ r.ino, r.extent + i }] = 0;
@@ -302,9 +278,9 @@ Status DirtyLog::writeHeader()
 	int rf = pread(fd_, h, kHeaderSize, 0) == static_cast<ssize_t>(kHeaderSize) ? 0 : -EIO;
 	if (rf < 0)
 		return makeError(rf, fmt::format("dirty log {}: cannot read header", file_));
-	put32(h + 12, (covers_ ? kFlagCovers : 0) | (resyncing_ ? kFlagResyncing : 0));
-	put64(h + 24, epoch_);
-	put32(h + 60, XXH32(h, 60, 0));
+	le::put<uint32_t>(h + 12, (covers_ ? kFlagCovers : 0) | (resyncing_ ? kFlagResyncing : 0));
+	le::put<uint64_t>(h + 24, epoch_);
+	le::put<uint32_t>(h + 60, XXH32(h, 60, 0));
 	if (int r = writeAll(fd_, h, kHeaderSize, 0); r < 0)
 		return makeError(r, fmt::format("dirty log {}: {}", file_, strerror(-r)));
 	if (fdatasync(fd_) < 0)
@@ -322,20 +298,20 @@ Status DirtyLog::rewrite(const std::vector<Record> &keep, bool covers, bool resy
 	uint64_t salt = newSalt();
 	std::vector<uint8_t> buf(kHeaderSize + keep.size() * kRecordSize, 0);
 	memcpy(buf.data(), kMagic, sizeof(kMagic));
-	put32(buf.data() + 8, kVersion);
-	put32(buf.data() + 12, (covers ? kFlagCovers : 0) | (resyncing ? kFlagResyncing : 0));
-	put32(buf.data() + 16, blockSize_);
-	put32(buf.data() + 20, kExtentBlocks);
-	put64(buf.data() + 24, epoch);
-	put64(buf.data() + 32, salt);
-	put32(buf.data() + 60, XXH32(buf.data(), 60, 0));
+	le::put<uint32_t>(buf.data() + 8, kVersion);
+	le::put<uint32_t>(buf.data() + 12, (covers ? kFlagCovers : 0) | (resyncing ? kFlagResyncing : 0));
+	le::put<uint32_t>(buf.data() + 16, blockSize_);
+	le::put<uint32_t>(buf.data() + 20, kExtentBlocks);
+	le::put<uint64_t>(buf.data() + 24, epoch);
+	le::put<uint64_t>(buf.data() + 32, salt);
+	le::put<uint32_t>(buf.data() + 60, XXH32(buf.data(), 60, 0));
 	for (size_t i = 0; i < keep.size(); i++) {
 		uint8_t *p = buf.data() + kHeaderSize + i * kRecordSize;
-		put64(p, keep[i].ino);
-		put32(p + 8, keep[i].extent);
-		put32(p + 12, keep[i].count);
-		put32(p + 16, keep[i].epoch);
-		put32(p + 20, XXH32(p, 20, salt));
+		le::put<uint64_t>(p, keep[i].ino);
+		le::put<uint32_t>(p + 8, keep[i].extent);
+		le::put<uint32_t>(p + 12, keep[i].count);
+		le::put<uint32_t>(p + 16, keep[i].epoch);
+		le::put<uint32_t>(p + 20, XXH32(p, 20, salt));
 	}
 	int r = writeAll(fd, buf.data(), buf.size(), 0);
 	if (r == 0 && fsync(fd) < 0)
@@ -419,11 +395,11 @@ void DirtyLog::mark(uint64_t ino, uint64_t offset, uint64_t length, int fd)
 		std::vector<uint8_t> buf(batch.size() * kRecordSize);
 		for (size_t i = 0; i < batch.size(); i++) {
 			uint8_t *p = buf.data() + i * kRecordSize;
-			put64(p, batch[i].ino);
-			put32(p + 8, batch[i].extent);
-			put32(p + 12, batch[i].count);
-			put32(p + 16, batch[i].epoch);
-			put32(p + 20, XXH32(p, 20, salt));
+			le::put<uint64_t>(p, batch[i].ino);
+			le::put<uint32_t>(p + 8, batch[i].extent);
+			le::put<uint32_t>(p + 12, batch[i].count);
+			le::put<uint32_t>(p + 16, batch[i].epoch);
+			le::put<uint32_t>(p + 20, XXH32(p, 20, salt));
 		}
 		int r = writeAll(fd, buf.data(), buf.size(), at);
 		if (r == 0 && fdatasync(fd) < 0)

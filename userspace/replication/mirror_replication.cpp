@@ -24,6 +24,7 @@
 #include <fmt/format.h>
 
 #include "cluster/key.h"
+#include "core/le_bytes.h"
 #include "core/log.h"
 #include "replication/apply.h"
 #include "replication/dirty_log.h"
@@ -64,20 +65,6 @@ Result<int> openRealDir(const std::string &path)
 	if (fd < 0)
 		return makeError(-errno, fmt::format("cannot open replicated dir {}: {}", path, strerror(errno)));
 	return fd;
-}
-
-void putU64(std::vector<uint8_t> *out, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		out->push_back(static_cast<uint8_t>(v >> (8 * i)));
-}
-
-uint64_t getU64(const std::vector<uint8_t> &in, size_t off)
-{
-	uint64_t v = 0;
-	for (size_t i = 0; i < 8 && off + i < in.size(); i++)
-		v |= static_cast<uint64_t>(in[off + i]) << (8 * i);
-	return v;
 }
 
 /* Copies the tree under srcFd to dst (created). Regular files, dirs and symlinks. */
@@ -574,8 +561,8 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 			d->done = done;
 			d->total = total;
 			std::vector<uint8_t> p;
-			putU64(&p, done);
-			putU64(&p, total);
+			le::append<uint64_t>(&p, done);
+			le::append<uint64_t>(&p, total);
 			(void)ch->send(ControlFrame::Progress, p);
 		};
 		auto stats = repl::runResyncRound(d->rootFd, static_cast<uint16_t>(d->index), so, manifest,
@@ -631,7 +618,7 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 	d->gate->setLocalAcks(false);
 	d->inSync = true;
 	std::vector<uint8_t> p;
-	putU64(&p, sentTotal);
+	le::append<uint64_t>(&p, sentTotal);
 	if (auto s = ch->send(ControlFrame::Done, p); !s) {
 		d->inSync = false;
 		return s;
@@ -941,8 +928,12 @@ Status SyncReplication::targetSession(TargetDir *d, ResyncMode mode, bool quaran
 				break;
 			}
 			if (type == ControlFrame::Progress) {
-				d->bytesDone = getU64(payload, 0);
-				d->bytesTotal = getU64(payload, 8);
+				if (payload.size() != 16) {
+					result = makeError(-EPROTO, "malformed progress frame");
+					break;
+				}
+				d->bytesDone = le::get<uint64_t>(payload.data());
+				d->bytesTotal = le::get<uint64_t>(payload.data() + 8);
 				reportTargetProgress();
 			} else if (type == ControlFrame::Rescan) {
 				uint64_t applied = d->receiver->lastApplied();

@@ -21,6 +21,7 @@
 #include <openssl/rand.h>
 #include <xxhash.h>
 
+#include "core/le_bytes.h"
 #include "core/log.h"
 #include "replication/fuse/capture_fs.h"
 
@@ -48,22 +49,6 @@ EntryType typeOf(mode_t mode)
 	if (S_ISLNK(mode))
 		return EntryType::Symlink;
 	return EntryType::Other;
-}
-
-void putU16(std::vector<uint8_t> *out, uint16_t v)
-{
-	out->push_back(static_cast<uint8_t>(v));
-	out->push_back(static_cast<uint8_t>(v >> 8));
-}
-void putU32(std::vector<uint8_t> *out, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		out->push_back(static_cast<uint8_t>(v >> (8 * i)));
-}
-void putU64(std::vector<uint8_t> *out, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		out->push_back(static_cast<uint8_t>(v >> (8 * i)));
 }
 
 class Reader
@@ -310,23 +295,23 @@ void encodeManifestEntry(const ManifestEntry &e, std::vector<uint8_t> *out)
 			flags |= kEntryUnhashed;
 		out->push_back(flags);
 		out->push_back(static_cast<uint8_t>(e.type));
-		putU16(out, static_cast<uint16_t>(e.path.size()));
+		le::append<uint16_t>(out, static_cast<uint16_t>(e.path.size()));
 		out->insert(out->end(), e.path.begin(), e.path.end());
-		putU32(out, e.mode);
-		putU32(out, e.uid);
-		putU32(out, e.gid);
-		putU64(out, e.size);
-		putU64(out, static_cast<uint64_t>(e.mtime.sec));
-		putU32(out, e.mtime.nsec);
-		putU64(out, e.rdev);
-		putU16(out, static_cast<uint16_t>(e.target.size()));
+		le::append<uint32_t>(out, e.mode);
+		le::append<uint32_t>(out, e.uid);
+		le::append<uint32_t>(out, e.gid);
+		le::append<uint64_t>(out, e.size);
+		le::append<uint64_t>(out, static_cast<uint64_t>(e.mtime.sec));
+		le::append<uint32_t>(out, e.mtime.nsec);
+		le::append<uint64_t>(out, e.rdev);
+		le::append<uint16_t>(out, static_cast<uint16_t>(e.target.size()));
 		out->insert(out->end(), e.target.begin(), e.target.end());
-		putU32(out, static_cast<uint32_t>(n));
+		le::append<uint32_t>(out, static_cast<uint32_t>(n));
 		for (size_t i = first; i < first + n; i++) {
 			if (e.coverage == Coverage::Some)
-				putU64(out, e.blockIndex[i]);
-			putU64(out, e.blocks[i].lo);
-			putU64(out, e.blocks[i].hi);
+				le::append<uint64_t>(out, e.blockIndex[i]);
+			le::append<uint64_t>(out, e.blocks[i].lo);
+			le::append<uint64_t>(out, e.blocks[i].hi);
 		}
 		first += n;
 	} while (first < e.blocks.size());
@@ -389,12 +374,12 @@ bool decodeManifestEntries(std::span<const uint8_t> in, std::vector<ManifestEntr
 
 void encodePathSelection(const std::string &path, const BlockRanges &ranges, std::vector<uint8_t> *out)
 {
-	putU16(out, static_cast<uint16_t>(path.size()));
+	le::append<uint16_t>(out, static_cast<uint16_t>(path.size()));
 	out->insert(out->end(), path.begin(), path.end());
-	putU32(out, static_cast<uint32_t>(ranges.ranges.size()));
+	le::append<uint32_t>(out, static_cast<uint32_t>(ranges.ranges.size()));
 	for (const auto &r : ranges.ranges) {
-		putU64(out, r.first);
-		putU64(out, r.second);
+		le::append<uint64_t>(out, r.first);
+		le::append<uint64_t>(out, r.second);
 	}
 }
 
@@ -1113,7 +1098,7 @@ Status ControlChannel::sendManifest(const std::vector<ManifestEntry> &entries, u
 		if (auto s = send(ControlFrame::Manifest, frame); !s)
 			return s;
 	std::vector<uint8_t> end;
-	putU64(&end, lastApplied);
+	le::append<uint64_t>(&end, lastApplied);
 	return send(ControlFrame::ManifestEnd, end);
 }
 

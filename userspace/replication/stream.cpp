@@ -22,6 +22,7 @@
 #include <fmt/format.h>
 #include <openssl/rand.h>
 
+#include "core/le_bytes.h"
 #include "core/log.h"
 #include "replication/op_codec.h"
 
@@ -38,20 +39,6 @@ constexpr size_t kMaxErrorMessage = 512;
 /* One frame holds a batch, or at least one maximal op. */
 constexpr size_t kMaxFramePayload = kMaxStreamPayload;
 static_assert(kMaxEncodedOp < kMaxFramePayload);
-
-void putLe(std::vector<uint8_t> *out, uint64_t v, int n)
-{
-	for (int i = 0; i < n; i++)
-		out->push_back(static_cast<uint8_t>(v >> (8 * i)));
-}
-
-uint64_t getLe(std::span<const uint8_t> in, size_t at, int n)
-{
-	uint64_t v = 0;
-	for (int i = n - 1; i >= 0; i--)
-		v = v << 8 | in[at + i];
-	return v;
-}
 
 uint64_t randomU64()
 {
@@ -225,12 +212,12 @@ struct Hello {
 std::vector<uint8_t> encodeHello(const Hello &h)
 {
 	std::vector<uint8_t> out;
-	putLe(&out, kStreamVersion, 2);
-	putLe(&out, h.role, 1);
-	putLe(&out, 0, 1);
-	putLe(&out, h.nonce, 8);
-	putLe(&out, h.epoch, 8);
-	putLe(&out, h.seq, 8);
+	le::append<uint16_t>(&out, kStreamVersion);
+	le::append<uint8_t>(&out, h.role);
+	le::append<uint8_t>(&out, 0);
+	le::append<uint64_t>(&out, h.nonce);
+	le::append<uint64_t>(&out, h.epoch);
+	le::append<uint64_t>(&out, h.seq);
 	return out;
 }
 
@@ -240,15 +227,15 @@ bool decodeHello(std::span<const uint8_t> in, uint8_t wantRole, uint64_t nonce, 
 		*reason = "malformed hello";
 		return false;
 	}
-	uint64_t version = getLe(in, 0, 2);
+	uint64_t version = le::get<uint16_t>(in.data());
 	if (version != kStreamVersion) {
 		*reason = fmt::format("stream version {} not supported (we speak {})", version, kStreamVersion);
 		return false;
 	}
 	h->role = in[2];
-	h->nonce = getLe(in, 4, 8);
-	h->epoch = getLe(in, 12, 8);
-	h->seq = getLe(in, 20, 8);
+	h->nonce = le::get<uint64_t>(in.data() + 4);
+	h->epoch = le::get<uint64_t>(in.data() + 12);
+	h->seq = le::get<uint64_t>(in.data() + 20);
 	if (h->role != wantRole || in[3] != 0 || h->nonce != nonce) {
 		*reason = "malformed hello (role, reserved byte or nonce)";
 		return false;
@@ -645,8 +632,8 @@ void ReplicationSender::writerMain(Conn *conn)
 		epoch = epoch_;
 	}
 	std::vector<uint8_t> start;
-	putLe(&start, epoch, 8);
-	putLe(&start, startSeq, 8);
+	le::append<uint64_t>(&start, epoch);
+	le::append<uint64_t>(&start, startSeq);
 	ret = io.send(StreamFrame::Start, start);
 	if (ret < 0) {
 		connDead(conn, fmt::format("sending start: {}", strerror(-ret)));
@@ -771,7 +758,7 @@ void ReplicationSender::readerMain(Conn *conn)
 		}
 		std::span<const uint8_t> p = io.payload();
 		if (type == StreamFrame::Ack && p.size() == 16) {
-			uint64_t applied = getLe(p, 0, 8), durable = getLe(p, 8, 8);
+			uint64_t applied = le::get<uint64_t>(p.data()), durable = le::get<uint64_t>(p.data() + 8);
 			bool bad;
 			{
 				std::lock_guard<std::mutex> lock(mutex_);
@@ -783,9 +770,10 @@ void ReplicationSender::readerMain(Conn *conn)
 			}
 			onAck(applied, durable);
 			cv_.notify_all();
-		} else if (type == StreamFrame::Error && p.size() >= 14 && p.size() == 14 + getLe(p, 12, 2)) {
-			uint64_t seq = getLe(p, 0, 8);
-			int err = static_cast<int>(static_cast<int32_t>(getLe(p, 8, 4)));
+		} else if (type == StreamFrame::Error && p.size() >= 14 &&
+			   p.size() == 14 + size_t(le::get<uint16_t>(p.data() + 12))) {
+			uint64_t seq = le::get<uint64_t>(p.data());
+			int err = static_cast<int>(static_cast<int32_t>(le::get<uint32_t>(p.data() + 8)));
 			std::string msg(reinterpret_cast<const char *>(p.data() + 14), p.size() - 14);
 			std::function<void(uint64_t, int, const std::string &)> hook;
 			{
@@ -957,8 +945,8 @@ std::string ReplicationReceiver::serveConn(int fd)
 		return reason.rfind("peer closed", 0) == 0 ? reason : reject(reason);
 	if (type != StreamFrame::Start || io.payload().size() != 16)
 		return reject("expected a start frame");
-	uint64_t epoch = getLe(io.payload(), 0, 8);
-	uint64_t startSeq = getLe(io.payload(), 8, 8);
+	uint64_t epoch = le::get<uint64_t>(io.payload().data());
+	uint64_t startSeq = le::get<uint64_t>(io.payload().data() + 8);
 	if (epoch == 0 || startSeq == 0 || epoch != peer.epoch)
 		return reject("malformed start frame");
 	/* Authenticated: an idle stream is normal from here on (keepalive finds dead peers). */
@@ -1007,9 +995,9 @@ std::string ReplicationReceiver::serveConn(int fd)
 			if (!s) {
 				std::string msg = s.error().message.substr(0, kMaxErrorMessage);
 				std::vector<uint8_t> p;
-				putLe(&p, op.seq, 8);
-				putLe(&p, static_cast<uint32_t>(static_cast<int32_t>(s.code())), 4);
-				putLe(&p, msg.size(), 2);
+				le::append<uint64_t>(&p, op.seq);
+				le::append<uint32_t>(&p, static_cast<uint32_t>(static_cast<int32_t>(s.code())));
+				le::append<uint16_t>(&p, msg.size());
 				p.insert(p.end(), msg.begin(), msg.end());
 				{
 					std::lock_guard<std::mutex> lock(mutex_);
@@ -1019,8 +1007,8 @@ std::string ReplicationReceiver::serveConn(int fd)
 				logError(kLog, "module {}: {}", options_.stream.module, msg);
 				/* Ack what was applied before the failing op, then report it. */
 				std::vector<uint8_t> ack;
-				putLe(&ack, last, 8);
-				putLe(&ack, durable, 8);
+				le::append<uint64_t>(&ack, last);
+				le::append<uint64_t>(&ack, durable);
 				if (io.send(StreamFrame::Ack, ack) == 0)
 					(void)io.send(StreamFrame::Error, p);
 				return "apply failed: " + msg;
@@ -1039,8 +1027,8 @@ std::string ReplicationReceiver::serveConn(int fd)
 			durable_ = durable;
 		}
 		std::vector<uint8_t> ack;
-		putLe(&ack, last, 8);
-		putLe(&ack, durable, 8);
+		le::append<uint64_t>(&ack, last);
+		le::append<uint64_t>(&ack, durable);
 		ret = io.send(StreamFrame::Ack, ack);
 		if (ret < 0)
 			return fmt::format("sending ack: {}", strerror(-ret));
