@@ -258,6 +258,17 @@ private:
 	Status resyncSession(SourceDir *d, ControlChannel *ch);
 	void rotateMain(SourceDir *d);
 	std::unique_ptr<repl::DirtyLog> openLog(size_t index);
+	/* Block size, include/exclude of dir index; cancelled by stop(). */
+	repl::ScanOptions scanOptions(size_t index) const
+	{
+		const auto &rc = ctx_.module->replication;
+		repl::ScanOptions so;
+		so.blockSize = rc.blockSize;
+		so.include = rc.dirs[index].include;
+		so.exclude = rc.dirs[index].exclude;
+		so.stop = &stopping_;
+		return so;
+	}
 	void onSourceDisconnected(SourceDir *d, const std::string &reason);
 	void targetMain(TargetDir *d, ResyncMode mode, bool quarantine, std::string quarantineDir);
 	Status targetSession(TargetDir *d, ResyncMode mode, bool quarantine, const std::string &quarantineDir);
@@ -463,7 +474,6 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 {
 	if (auto s = ch->handshakeSource(10000ms); !s)
 		return s;
-	const auto &rc = ctx_.module->replication;
 	/*
 	 * Want: the blocks this node's dirty log names, by path (a walk maps its inodes).
 	 * With no usable log the target hashes everything (full compare).
@@ -479,11 +489,7 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 		fullWhy = "this node's copy was left half-way through a resync";
 	} else {
 		repl::BlockSelection mine = d->log->selection();
-		repl::ScanOptions lo;
-		lo.blockSize = rc.blockSize;
-		lo.include = rc.dirs[d->index].include;
-		lo.exclude = rc.dirs[d->index].exclude;
-		lo.stop = &stopping_;
+		repl::ScanOptions lo = scanOptions(d->index);
 		lo.hashes = false;
 		lo.onFile = [&](const std::string &path, uint64_t ino) {
 			auto it = mine.byIno.find(ino);
@@ -543,11 +549,7 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 		d->streamAllowed = true;
 		return {};
 	};
-	repl::ScanOptions so;
-	so.blockSize = rc.blockSize;
-	so.include = rc.dirs[d->index].include;
-	so.exclude = rc.dirs[d->index].exclude;
-	so.stop = &stopping_;
+	repl::ScanOptions so = scanOptions(d->index);
 	uint64_t sentTotal = 0, readTotal = 0;
 	for (int round = 1;; round++) {
 		d->rounds = static_cast<uint64_t>(round);
@@ -565,17 +567,21 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 			le::append<uint64_t>(&p, total);
 			(void)ch->send(ControlFrame::Progress, p);
 		};
+		/* Bounded (30 s), and given up at once when stopping or the stream is lost. */
+		auto waitApplied = [this, d](uint64_t seq) {
+			for (int i = 0; i < 150 && !stopping_ && !d->sender->alone(); i++)
+				if (d->sender->waitAckedFor(seq, 200ms) != -ETIMEDOUT)
+					return;
+		};
+		auto progress = [&](uint64_t done, uint64_t total) {
+			if (prevSeq)
+				waitApplied(prevSeq);
+			publish(std::min(prevDone, done), total);
+			prevSeq = d->gate->lastSeq();
+			prevDone = done;
+		};
 		auto stats = repl::runResyncRound(d->rootFd, static_cast<uint16_t>(d->index), so, manifest,
-						  d->gate.get(), [&, d](uint64_t done, uint64_t total) {
-							  for (int i = 0; prevSeq && i < 150 && !stopping_ &&
-									  !d->sender->alone() &&
-									  d->sender->waitAckedFor(prevSeq, 200ms) == -ETIMEDOUT;
-							       i++)
-								  ;
-							  publish(std::min(prevDone, done), total);
-							  prevSeq = d->gate->lastSeq();
-							  prevDone = done;
-						  },
+						  d->gate.get(), progress,
 						  round == 1 ? std::function<Status()>(atStart) : std::function<Status()>());
 		if (!stats)
 			return stats.error();
@@ -780,7 +786,6 @@ void SyncReplication::maybeReportDone()
 Status SyncReplication::targetSession(TargetDir *d, ResyncMode mode, bool quarantine,
 				      const std::string &quarantineDir)
 {
-	const auto &rc = ctx_.module->replication;
 	std::string peer = peerAddress();
 	auto dial = [&]() -> Result<int> {
 		Error last{ -ECONNREFUSED, "no attempt" };
@@ -848,11 +853,7 @@ Status SyncReplication::targetSession(TargetDir *d, ResyncMode mode, bool quaran
 			return makeError(r, fmt::format("quarantine copy to {} failed: {}", quarantineDir, strerror(-r)));
 	}
 
-	repl::ScanOptions so;
-	so.blockSize = rc.blockSize;
-	so.include = rc.dirs[d->index].include;
-	so.exclude = rc.dirs[d->index].exclude;
-	so.stop = &stopping_;
+	repl::ScanOptions so = scanOptions(d->index);
 	so.select = fullWhy.empty() ? &select : nullptr;
 	auto manifest = repl::scanTree(d->rootFd, so);
 	if (!manifest)
