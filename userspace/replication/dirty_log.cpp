@@ -432,7 +432,6 @@ DirtyLogState DirtyLog::state() const
 	s.resyncing = resyncing_;
 	s.epoch = epoch_;
 	s.records = records_.size();
-	s.extents = logged_.size();
 	s.problem = problem_;
 	return s;
 }

@@ -32,7 +32,6 @@
 
 #include <condition_variable>
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -66,7 +65,6 @@ struct DirtyLogState {
 	bool resyncing = false;
 	uint64_t epoch = 0;
 	uint64_t records = 0;
-	uint64_t extents = 0;		/* distinct (inode, extent) pairs recorded */
 	std::string problem;		/* why covers is false, for logs and status */
 };
 
@@ -160,7 +158,14 @@ private:
 	uint64_t durableTicket_ = 0;
 	std::vector<Record> pending_;
 	std::vector<Record> records_;	/* everything in the file, in order */
-	std::map<std::pair<uint64_t, uint32_t>, uint64_t> logged_;	/* this epoch: extent -> ticket */
+	struct ExtentHash {
+		size_t operator()(const std::pair<uint64_t, uint32_t> &k) const
+		{
+			return std::hash<uint64_t>()(k.first * 0x9e3779b97f4a7c15ull ^ k.second);
+		}
+	};
+	/* This epoch: (inode, extent) -> ticket. Looked up on every write: hashed. */
+	std::unordered_map<std::pair<uint64_t, uint32_t>, uint64_t, ExtentHash> logged_;
 	uint64_t fileSize_ = 0;
 	bool covers_ = false;
 	bool resyncing_ = false;
