@@ -115,11 +115,6 @@ std::string closest(std::string_view word, const std::vector<std::string> &candi
 	return best;
 }
 
-std::string didYouMean(std::string_view word, const std::vector<std::string> &candidates)
-{
-	std::string c = closest(word, candidates);
-	return c.empty() ? std::string() : fmt::format(" (did you mean \"{}\"?)", c);
-}
 
 std::string joinQuoted(const std::vector<std::string> &v, const char *sep = ", ")
 {
@@ -1282,6 +1277,12 @@ bool looksLikeModule(const json &doc)
 }
 
 } /* namespace */
+
+std::string didYouMean(std::string_view word, const std::vector<std::string> &candidates)
+{
+	std::string c = closest(word, candidates);
+	return c.empty() ? std::string() : fmt::format(" (did you mean \"{}\"?)", c);
+}
 
 const std::vector<std::string> kScriptNames = { "prestart",	"start_prim", "stop_prim", "start_second",
 						"stop_second", "start_both", "stop_both", "poststop" };

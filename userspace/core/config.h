@@ -261,4 +261,7 @@ Result<NodeConfiguration> loadNodeConfiguration(const std::string &clusterFile,
  */
 Status checkConfigFiles(const std::vector<std::string> &files, std::vector<ConfigError> *errors);
 
+/* " (did you mean "x"?)" when word is plausibly a typo of one of candidates, else "". */
+std::string didYouMean(std::string_view word, const std::vector<std::string> &candidates);
+
 } /* namespace sk */

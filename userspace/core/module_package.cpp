@@ -611,36 +611,6 @@ std::string randomSuffix()
 	return fmt::format("{:02x}{:02x}{:02x}{:02x}", r[0], r[1], r[2], r[3]);
 }
 
-size_t editDistance(std::string_view a, std::string_view b)
-{
-	std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
-	for (size_t j = 0; j <= b.size(); j++)
-		prev[j] = j;
-	for (size_t i = 1; i <= a.size(); i++) {
-		cur[0] = i;
-		for (size_t j = 1; j <= b.size(); j++)
-			cur[j] = std::min({ prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1) });
-		std::swap(prev, cur);
-	}
-	return prev[b.size()];
-}
-
-std::string didYouMean(const std::string &word, const std::vector<std::string> &candidates)
-{
-	std::string best;
-	size_t bestDist = SIZE_MAX;
-	for (const auto &c : candidates) {
-		size_t d = editDistance(word, c);
-		if (d < bestDist) {
-			bestDist = d;
-			best = c;
-		}
-	}
-	if (best.empty() || bestDist > std::max<size_t>(2, word.size() / 3) || bestDist >= word.size())
-		return {};
-	return fmt::format(" (did you mean \"{}\"?)", best);
-}
-
 std::string stringField(const nlohmann::json &o, const char *key)
 {
 	auto it = o.find(key);
