@@ -270,6 +270,11 @@ public:
 	void submit(Op &&op);
 	void emitTree(int dirFd, const std::string &name, const std::string &peerPath, int depth);
 	void emitRemoveTree(int dirFd, const std::string &name, const std::string &peerPath, int depth);
+	/*
+	 * Barrier + wait for the peer, overlapped with local(fd). While the sink acks
+	 * locally (resync) the local flush is the only durability there is: with no
+	 * local function, fd (if any) is then fdatasync'ed.
+	 */
 	int durabilityPoint(bool durable, int (*local)(int), int fd);
 	void fillEntryTimeouts(fuse_entry_param *e) const
 	{
@@ -609,6 +614,8 @@ void CaptureFs::Impl::emitRemoveTree(int dirFd, const std::string &name, const s
 
 int CaptureFs::Impl::durabilityPoint(bool durable, int (*local)(int), int fd)
 {
+	if (!local && fd >= 0 && options_.sink->acksLocal())
+		local = fdatasync;
 	uint64_t seq = options_.sink->submitBarrier(durable);
 	barriers_++;
 	int err = 0;
@@ -1255,10 +1262,8 @@ void opWrite(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_
 	 * app write with the writeback cache reaches us as FUSE_FSYNC instead. */
 	bool syncWrite = fh->syncWrites && !fi->writepage;
 	if (replicated && (fs->options_.perWrite || syncWrite)) {
-		/* The peer's ack made it durable; without one (resync), our own disk must:
-		 * O_SYNC/O_DSYNC writes are already, the others need a flush here. */
-		bool flush = fs->options_.sink->acksLocal() && !fh->localSync;
-		int err = fs->durabilityPoint(syncWrite, flush ? fdatasync : nullptr, fh->fd);
+		/* O_SYNC/O_DSYNC writes are durable here already: no fd to flush. */
+		int err = fs->durabilityPoint(syncWrite, nullptr, fh->localSync ? -1 : fh->fd);
 		if (err)
 			return (void)fuse_reply_err(req, err);
 	}
