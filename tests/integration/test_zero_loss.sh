@@ -497,4 +497,21 @@ test_crash_primary_while_peer_resyncs() {
 	_zl_stop_writers
 }
 
+# On failure: each node's skd log tail (resync rounds, errors) goes to stderr,
+# and the whole logs are kept in ZL_KEEP_LOGS (a directory) when it is set.
+_zl_dump() {
+	local n
+	for n in n1 n2; do
+		[ -f "$RIG_DIR/$n/skd.log" ] || continue
+		echo "# --- $n skd.log (last 40 lines)" >&2
+		tail -40 "$RIG_DIR/$n/skd.log" | sed 's/^/# /' >&2
+		if [ -n "${ZL_KEEP_LOGS:-}" ]; then
+			mkdir -p "$ZL_KEEP_LOGS"
+			cp "$RIG_DIR/$n/skd.log" "$ZL_KEEP_LOGS/$n-skd.log"
+		fi
+	done
+	[ -z "${ZL_KEEP_LOGS:-}" ] || cp "$RIG_DIR/writers.log" "$ZL_KEEP_LOGS/" 2>/dev/null || true
+}
+RIG_ON_FAILURE=_zl_dump
+
 rig_main "$@"
