@@ -101,6 +101,14 @@ bool BlockRanges::contains(uint64_t block) const
 	return block < it->first + it->second;
 }
 
+uint64_t BlockRanges::nextFrom(uint64_t block) const
+{
+	if (contains(block))
+		return block;
+	auto it = std::upper_bound(ranges.begin(), ranges.end(), std::make_pair(block, UINT64_MAX));
+	return it == ranges.end() ? UINT64_MAX : it->first;
+}
+
 uint64_t BlockRanges::blocks() const
 {
 	uint64_t n = 0;

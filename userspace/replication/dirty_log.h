@@ -49,6 +49,8 @@ struct BlockRanges {
 
 	void add(uint64_t first, uint64_t count);
 	bool contains(uint64_t block) const;
+	/* The first block >= block in a range, or UINT64_MAX. */
+	uint64_t nextFrom(uint64_t block) const;
 	bool empty() const { return ranges.empty(); }
 	uint64_t blocks() const;
 };

@@ -529,6 +529,7 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 	if (stopping_)
 		return makeError(-ECANCELED, "stopping");
 	uint64_t base = 0;
+	repl::BlockSelection late;
 	/*
 	 * Runs under the gate before the namespace pass, and the accept thread attaches
 	 * the target's stream only after it: no live op reaches this target before the
@@ -536,7 +537,7 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 	 * already be acked - ops of a previous session would be replayed onto this
 	 * target's unrelated tree - else the machine has to decide first (ALONE drops them).
 	 */
-	auto atStart = [d, &base]() -> Status {
+	auto atStart = [d, &base, &late]() -> Status {
 		if (d->sender->alone())
 			d->sender->endAlone();
 		else if (d->gate->lastSeq() && d->sender->waitAckedFor(d->gate->lastSeq(), 0ms) != 0)
@@ -544,10 +545,49 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 						 "retry later");
 		/* From here until in sync, durability calls do not wait for this target. */
 		d->gate->setLocalAcks(true);
+		/*
+		 * Writes between the selection sent as Want and here reached neither the
+		 * target's hashes nor the stream (ALONE dropped their ops), but every one of
+		 * them is in the log by now: the round sends those blocks without a compare.
+		 * Every later write submits its op after this (the gate) and streams.
+		 */
+		if (d->log)
+			late = d->log->selection();
 		/* Renames sequenced after this point were not seen by the manifest. */
 		base = d->sender->counters().appliedSeq;
+		d->gate->trackRenames(true);
 		d->streamAllowed = true;
 		return {};
+	};
+	/* Lowered on every way out; stops the tracking too. */
+	struct Fence {
+		repl::GatedSink *gate;
+		bool raised = false;
+		~Fence()
+		{
+			if (raised)
+				gate->lowerRenameFence();
+			auto g = gate->hold();
+			gate->trackRenames(false);
+		}
+	} fence{ d->gate.get() };
+	/* A durable barrier after everything submitted so far, acked by the target. */
+	auto barrier = [this, d, ch]() -> Status {
+		uint64_t seq = d->gate->submitBarrier(true);
+		for (;;) {
+			if (stopping_)
+				return makeError(-ECANCELED, "stopping");
+			int r = d->sender->waitAckedFor(seq, 200ms);
+			if (d->sender->alone())
+				return makeError(-ECONNRESET, "the stream to the target was lost");
+			if (r == 0)
+				return {};
+			if (r != -ETIMEDOUT)
+				return makeError(r, "waiting for the resync barrier failed");
+			pollfd p{ ch->fd(), POLLIN | POLLRDHUP, 0 };
+			if (poll(&p, 1, 0) > 0)
+				return makeError(-ECONNRESET, "the target closed the resync connection");
+		}
 	};
 	repl::ScanOptions so = scanOptions(d->index);
 	uint64_t sentTotal = 0, readTotal = 0;
@@ -582,7 +622,8 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 		};
 		auto stats = repl::runResyncRound(d->rootFd, static_cast<uint16_t>(d->index), so, manifest,
 						  d->gate.get(), progress,
-						  round == 1 ? std::function<Status()>(atStart) : std::function<Status()>());
+						  round == 1 ? std::function<Status()>(atStart) : std::function<Status()>(),
+						  round == 1 ? &late : nullptr);
 		if (!stats)
 			return stats.error();
 		sentTotal += stats->bytesSent;
@@ -593,28 +634,46 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 		logInfo(kLog, "module {}: resync round {} of {}: {} files, {} bytes read, {} blocks sent ({} bytes), "
 			"{} skipped, {} removed", ctx_.module->name, round, d->path, stats->files, stats->bytesRead,
 			stats->blocksSent, stats->bytesSent, stats->blocksSkipped, stats->removed);
-		uint64_t seq = d->gate->submitBarrier(true);
-		for (;;) {
-			if (stopping_)
-				return makeError(-ECANCELED, "stopping");
-			int r = d->sender->waitAckedFor(seq, 200ms);
-			if (d->sender->alone())
-				return makeError(-ECONNRESET, "the stream to the target was lost");
-			if (r == 0)
-				break;
-			if (r != -ETIMEDOUT)
-				return makeError(r, "waiting for the resync barrier failed");
-			pollfd p{ ch->fd(), POLLIN | POLLRDHUP, 0 };
-			if (poll(&p, 1, 0) > 0)
-				return makeError(-ECONNRESET, "the target closed the resync connection");
-		}
+		if (auto s = barrier(); !s)
+			return s;
 		publish(prevDone, d->total);
 		if (d->gate->lastRenameSeq() <= base)
 			break;
 		if (round >= kMaxRounds)
 			return makeError(-EAGAIN, "renames kept racing the resync; will retry");
-		/* A rename moved target files the manifest saw: compare again from a fresh one. */
+		/*
+		 * A rename moved target files the manifest saw, so blocks skipped by its
+		 * hashes may differ. Hold new renames back (they would race the next round
+		 * too, for ever under a steady rename load), let those under way reach the
+		 * target, then compare the renamed paths again from a fresh manifest. A
+		 * renamed directory moved a whole subtree: then compare everything.
+		 */
+		if (!fence.raised) {
+			if (!d->gate->raiseRenameFence(30000ms))
+				return makeError(-EAGAIN, "a rename did not finish within 30 s; will retry");
+			fence.raised = true;
+		}
+		if (auto s = barrier(); !s)
+			return s;
+		repl::GatedSink::Renamed renamed;
+		{
+			auto g = d->gate->hold();
+			renamed = d->gate->takeRenamed();
+		}
+		repl::BlockSelection again;
+		bool all = renamed.overflow;
+		for (const auto &path : renamed.paths) {
+			struct stat st;
+			if (fstatat(d->rootFd, path.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode))
+				all = true;
+			again.byPath[path];
+		}
+		logInfo(kLog, "module {}: resync round {} of {} raced renames: renames held back, comparing {} again",
+			ctx_.module->name, round, d->path,
+			all ? std::string("everything") : fmt::format("{} renamed path(s)", again.byPath.size()));
 		if (auto s = ch->send(ControlFrame::Rescan, {}); !s)
+			return s;
+		if (auto s = ch->sendSelection(ControlFrame::Want, ControlFrame::WantEnd, again, all); !s)
 			return s;
 		if (auto s = ch->recvManifest(&manifest, &targetApplied, 0ms); !s)
 			return s;
@@ -882,7 +941,6 @@ Status SyncReplication::targetSession(TargetDir *d, ResyncMode mode, bool quaran
 		if (auto s = ch->sendManifest(hashed, 0); !s)
 			return s;
 	}
-	so.select = nullptr;	/* a Rescan (renames raced the round) compares everything */
 
 	auto sfd = dial();
 	if (!sfd)
@@ -937,8 +995,19 @@ Status SyncReplication::targetSession(TargetDir *d, ResyncMode mode, bool quaran
 				d->bytesTotal = le::get<uint64_t>(payload.data() + 8);
 				reportTargetProgress();
 			} else if (type == ControlFrame::Rescan) {
+				/* The paths renames raced (or everything): hash those again. */
+				repl::BlockSelection again;
+				bool all = true;
+				if (auto s2 = ch->recvSelection(ControlFrame::Want, ControlFrame::WantEnd, &again,
+								&all, 60000ms);
+				    !s2) {
+					result = s2;
+					break;
+				}
+				so.select = all ? nullptr : &again;
 				uint64_t applied = d->receiver->lastApplied();
 				auto m = repl::scanTree(d->rootFd, so);
+				so.select = nullptr;
 				if (!m) {
 					result = m.error();
 					break;

@@ -94,6 +94,10 @@ public:
 	/* True while waitAcked() does not wait for the peer: a durability point must
 	 * then make the local effect durable itself. */
 	virtual bool acksLocal() const { return false; }
+	/* Around each rename: called before its local effect and after its submit. A
+	 * sink may hold renames back in beginRename() (the resync's rename fence). */
+	virtual void beginRename() {}
+	virtual void endRename() {}
 };
 
 } /* namespace sk::repl */

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <unordered_map>
+#include <utility>
 
 #include <openssl/rand.h>
 #include <xxhash.h>
@@ -456,12 +457,59 @@ uint64_t GatedSink::submitBarrier(bool durable)
 uint64_t GatedSink::submitLocked(Op &&op)
 {
 	bool rename = op.type == OpType::Rename;
+	if (rename && tracking_ && !renamed_.overflow) {
+		renamed_.paths.insert(op.path);
+		renamed_.paths.insert(op.path2);
+		if (renamed_.paths.size() > kMaxTrackedRenames) {
+			renamed_.paths.clear();
+			renamed_.overflow = true;
+		}
+	}
 	uint64_t seq = inner_->submit(std::move(op));
 	if (rename && seq)
 		lastRenameSeq_.store(seq);
 	if (seq)
 		lastSeq_.store(seq);
 	return seq;
+}
+
+void GatedSink::trackRenames(bool on)
+{
+	tracking_ = on;
+	renamed_ = {};
+}
+
+GatedSink::Renamed GatedSink::takeRenamed()
+{
+	return std::exchange(renamed_, {});
+}
+
+void GatedSink::beginRename()
+{
+	std::unique_lock<std::mutex> l(fenceMutex_);
+	fenceCv_.wait(l, [this] { return !fenced_; });
+	renaming_++;
+}
+
+void GatedSink::endRename()
+{
+	std::lock_guard<std::mutex> l(fenceMutex_);
+	if (--renaming_ == 0)
+		fenceCv_.notify_all();
+}
+
+bool GatedSink::raiseRenameFence(std::chrono::milliseconds timeout)
+{
+	std::unique_lock<std::mutex> l(fenceMutex_);
+	fenced_ = true;
+	return fenceCv_.wait_for(l, timeout, [this] { return renaming_ == 0; });
+}
+
+void GatedSink::lowerRenameFence()
+{
+	std::lock_guard<std::mutex> l(fenceMutex_);
+	fenced_ = false;
+	fenceCv_.notify_all();
 }
 
 /* ---- the source side of a round ---- */
@@ -490,8 +538,10 @@ class RoundRunner
 {
 public:
 	RoundRunner(int rootFd, uint16_t dirIndex, const ScanOptions &options,
-		    const std::vector<ManifestEntry> &target, GatedSink *sink, const ResyncProgressFn &progress)
-		: rootFd_(rootFd), dir_(dirIndex), options_(options), sink_(sink), progress_(progress)
+		    const std::vector<ManifestEntry> &target, GatedSink *sink, const ResyncProgressFn &progress,
+		    const BlockSelection *sendUnhashed)
+		: rootFd_(rootFd), dir_(dirIndex), options_(options), sink_(sink), progress_(progress),
+		  sendUnhashed_(sendUnhashed)
 	{
 		for (const auto &e : target)
 			index_[e.path] = &e;
@@ -643,6 +693,7 @@ private:
 	const ScanOptions &options_;
 	GatedSink *sink_;
 	const ResyncProgressFn &progress_;
+	const BlockSelection *sendUnhashed_;	/* by inode; read after atStart */
 	std::unordered_map<std::string, const ManifestEntry *> index_;
 	std::vector<ManifestEntry> targetSorted_;
 	std::set<std::string> removed_;
@@ -832,6 +883,13 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 	 * block is equal by the logs and is neither read nor sent.
 	 */
 	const bool partial = !full && t->coverage != Coverage::All;
+	/* Blocks the source's log named only after the target hashed: sent as they are. */
+	const BlockRanges *unhashed = nullptr;
+	if (partial && sendUnhashed_) {
+		auto it = sendUnhashed_->byIno.find(opened.st_ino);
+		if (it != sendUnhashed_->byIno.end())
+			unhashed = &it->second;
+	}
 	const uint64_t tailFrom = full || size == t->size ? UINT64_MAX : std::min(size, t->size) / bs;
 	auto targetHash = [&](uint64_t i) -> const Hash128 * {
 		if (full)
@@ -847,12 +905,16 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 		if (stopped())
 			return -ECANCELED;
 		const Hash128 *th = targetHash(i);
-		if (partial && !th && i < tailFrom) {
-			if (t->coverage == Coverage::None)
-				break;	/* nothing named and no tail before the end */
-			/* Skip to the next hashed block or the tail. */
-			auto it = std::upper_bound(t->blockIndex.begin(), t->blockIndex.end(), i);
-			uint64_t next = std::min(tailFrom, it == t->blockIndex.end() ? UINT64_MAX : *it);
+		if (partial && !th && i < tailFrom && !(unhashed && unhashed->contains(i))) {
+			/* Skip to the next hashed or unhashed-named block, or the tail. */
+			uint64_t next = tailFrom;
+			if (t->coverage == Coverage::Some) {
+				auto it = std::upper_bound(t->blockIndex.begin(), t->blockIndex.end(), i);
+				if (it != t->blockIndex.end())
+					next = std::min(next, *it);
+			}
+			if (unhashed)
+				next = std::min(next, unhashed->nextFrom(i + 1));
 			if (next == UINT64_MAX || next * bs >= size)
 				break;
 			off = next * bs - bs;
@@ -916,11 +978,12 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 
 Result<ResyncStats> runResyncRound(int rootFd, uint16_t dirIndex, const ScanOptions &options,
 				   const std::vector<ManifestEntry> &target, GatedSink *sink,
-				   const ResyncProgressFn &progress, const std::function<Status()> &atStart)
+				   const ResyncProgressFn &progress, const std::function<Status()> &atStart,
+				   const BlockSelection *sendUnhashed)
 {
 	if (options.blockSize == 0)
 		return makeError(-EINVAL, "block size must not be 0");
-	RoundRunner runner(rootFd, dirIndex, options, target, sink, progress);
+	RoundRunner runner(rootFd, dirIndex, options, target, sink, progress, sendUnhashed);
 	return runner.run(atStart);
 }
 

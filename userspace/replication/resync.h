@@ -8,10 +8,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -98,7 +100,9 @@ bool decodeManifestEntries(std::span<const uint8_t> in, std::vector<ManifestEntr
  * submits and resync steps are serialised by one gate: a resync step (read the
  * source + submit what it read) holds the gate, so a live op whose local effect
  * happened after the read is sequenced after the step's ops. It also remembers the
- * seq of the last Rename, the one live op a per-path resync cannot absorb.
+ * seq of the last Rename, the one live op a per-path resync cannot absorb, and
+ * (while tracking) the paths renames touched, so that a round raced by renames
+ * compares only those again; the rename fence holds new renames back meanwhile.
  */
 class GatedSink : public OpSink
 {
@@ -128,9 +132,36 @@ public:
 	uint64_t lastSeq() const { return lastSeq_.load(); }
 	OpSink *inner() const { return inner_; }
 
+	/* Paths (both names) of the renames submitted since trackRenames(true); past
+	 * kMaxTrackedRenames paths only `overflow` is kept. Call with the gate held. */
+	struct Renamed {
+		std::set<std::string> paths;
+		bool overflow = false;
+	};
+	static constexpr size_t kMaxTrackedRenames = 65536;
+	void trackRenames(bool on);
+	Renamed takeRenamed();
+
+	/*
+	 * Rename fence: beginRename() blocks while it is up. raiseRenameFence() raises
+	 * it and waits (up to timeout) until no rename is between beginRename() and
+	 * endRename(): after it returns true every rename's op is submitted and no new
+	 * one starts until lowerRenameFence().
+	 */
+	void beginRename() override;
+	void endRename() override;
+	bool raiseRenameFence(std::chrono::milliseconds timeout);
+	void lowerRenameFence();
+
 private:
 	OpSink *inner_;
 	std::mutex gate_;
+	bool tracking_ = false;		/* gate_ */
+	Renamed renamed_;		/* gate_ */
+	std::mutex fenceMutex_;
+	std::condition_variable fenceCv_;
+	bool fenced_ = false;		/* fenceMutex_ */
+	unsigned renaming_ = 0;		/* fenceMutex_ */
 	std::atomic<uint64_t> lastRenameSeq_{ 0 };
 	std::atomic<uint64_t> lastSeq_{ 0 };
 	std::atomic<bool> localAcks_{ false };
@@ -162,10 +193,14 @@ using ResyncProgressFn = std::function<void(uint64_t bytesDone, uint64_t bytesTo
  * barrier; the target equals the source once it is acked, provided no Rename was
  * submitted after the target's manifest was taken (GatedSink::lastRenameSeq():
  * otherwise run another round with a fresh manifest).
+ * sendUnhashed (by source inode, may be filled by atStart): blocks sent without a
+ * compare where the target hashed none - what the source changed after its dirty
+ * log selection went to the target and before live ops reach it.
  */
 Result<ResyncStats> runResyncRound(int rootFd, uint16_t dirIndex, const ScanOptions &options,
 				   const std::vector<ManifestEntry> &target, GatedSink *sink,
-				   const ResyncProgressFn &progress, const std::function<Status()> &atStart = nullptr);
+				   const ResyncProgressFn &progress, const std::function<Status()> &atStart = nullptr,
+				   const BlockSelection *sendUnhashed = nullptr);
 
 /*
  * Resync control connection (authenticated wire frames, replication type range),
@@ -178,8 +213,10 @@ Result<ResyncStats> runResyncRound(int rootFd, uint16_t dirIndex, const ScanOpti
  *                     the wanted blocks plus those the target's own dirty log names)
  *   source -> target  HashRequest paths (any number), HashRequestEnd
  *   target -> source  Manifest  whole-file hashes of those paths, ManifestEnd
- *   source -> target  Progress  u64 done, u64 total;  Rescan (send a new manifest);
- *                     Done      u64 bytesSent
+ *   source -> target  Progress  u64 done, u64 total;  Done  u64 bytesSent
+ *   source -> target  Rescan, then Want*, WantEnd u8 full: renames raced the round;
+ *                     the paths to hash again (or all)
+ *   target -> source  Manifest  a fresh one (whole namespace), ManifestEnd
  *   either            Fail      message
  * After the hellos each frame carries the receiving side's nonce as incarnation and a
  * per-direction sequence 1, 2, ...: a frame recorded from another connection is refused.

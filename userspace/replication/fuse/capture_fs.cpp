@@ -1027,6 +1027,20 @@ void opRename(fuse_req_t req, fuse_ino_t parentIno, const char *name, fuse_ino_t
 		return (void)fuse_reply_err(req, EINVAL);
 	Inode *parent = fs->inodeOf(parentIno);
 	Inode *newParent = fs->inodeOf(newParentIno);
+	/* Before any lock: the sink may hold renames back (a resync's rename fence). */
+	struct RenameScope {
+		OpSink *sink;
+		explicit RenameScope(OpSink *s) : sink(s)
+		{
+			if (sink)
+				sink->beginRename();
+		}
+		~RenameScope()
+		{
+			if (sink)
+				sink->endRename();
+		}
+	} scope(fs->options_.sink);
 	std::unique_lock order(fs->orderMutex_);
 	struct stat srcSt, dstSt;
 	bool srcExisted = fstatat(parent->fd, name, &srcSt, AT_SYMLINK_NOFOLLOW) == 0;
