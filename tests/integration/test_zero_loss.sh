@@ -227,8 +227,15 @@ def cmd_verify(root, ack):
                 if got is None or got < want or got[1] % SLOTS != slot:
                     lost.append(want)
         missing += len(lost)
-        for r in lost[:5]:
-            details.append("%s: run %d record %d (last acked: run %d record %d)" % ((kind,) + r + max(acked)))
+        # Contiguous stretches: "run R records a-b" (the first 5 stretches).
+        spans = []
+        for run, n in sorted(lost):
+            if spans and spans[-1][0] == run and spans[-1][2] == n - 1:
+                spans[-1][2] = n
+            else:
+                spans.append([run, n, n])
+        for run, a, b in spans[:5]:
+            details.append("%s: run %d records %d-%d (last acked: run %d record %d)" % ((kind, run, a, b) + max(acked)))
     print("acked %d missing %d" % (total, missing))
     for d in details:
         print("lost " + d)
@@ -510,7 +517,20 @@ _zl_dump() {
 			cp "$RIG_DIR/$n/skd.log" "$ZL_KEEP_LOGS/$n-skd.log"
 		fi
 	done
-	[ -z "${ZL_KEEP_LOGS:-}" ] || cp "$RIG_DIR/writers.log" "$ZL_KEEP_LOGS/" 2>/dev/null || true
+	# The writers' files as each node's disk holds them (size, first difference).
+	for f in "$RIG_DIR"/n1/data/*.dat; do
+		[ -f "$f" ] || continue
+		f=${f##*/}
+		echo "# $f: n1 $(stat -c %s "$RIG_DIR/n1/data/$f" 2>/dev/null) bytes, n2 $(stat -c %s "$RIG_DIR/n2/data/$f" 2>/dev/null) bytes; $(cmp "$RIG_DIR/n1/data/$f" "$RIG_DIR/n2/data/$f" 2>&1 | head -1)" >&2
+	done
+	if [ -n "${ZL_KEEP_LOGS:-}" ]; then
+		cp "$RIG_DIR/writers.log" "$ZL_KEEP_LOGS/" 2>/dev/null || true
+		cp -r "$RIG_DIR/acked" "$ZL_KEEP_LOGS/" 2>/dev/null || true
+		for n in n1 n2; do
+			mkdir -p "$ZL_KEEP_LOGS/$n-data"
+			cp "$RIG_DIR"/$n/data/*.dat "$ZL_KEEP_LOGS/$n-data/" 2>/dev/null || true
+		done
+	fi
 }
 RIG_ON_FAILURE=_zl_dump
 

@@ -679,8 +679,14 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 			return s;
 		base = targetApplied;
 	}
-	/* The final barrier is acked: the target holds everything; wait for it again. */
+	/*
+	 * Durability calls wait for the target again. One more barrier: a call that
+	 * returned on the local flush saw local acks before the switch, so its ops were
+	 * submitted before this barrier, and once it is acked the target holds them.
+	 */
 	d->gate->setLocalAcks(false);
+	if (auto s = barrier(); !s)
+		return s;
 	d->inSync = true;
 	std::vector<uint8_t> p;
 	le::append<uint64_t>(&p, sentTotal);
