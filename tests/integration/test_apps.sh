@@ -27,7 +27,8 @@ _pg_up() {
 	for node in n1 n2; do
 		install -d -o postgres -g postgres -m 700 "$RIG_DIR/$node/pgdata"
 		install -d -o postgres -g postgres -m 755 "$RIG_DIR/$node/pgsock"
-		apps_install postgresql "$node" "m['replication']['dirs'] = [{'path': rig + '/' + node + '/pgdata'}]"
+		apps_install postgresql "$node" "m['replication']['dirs'] = [{'path': rig + '/' + node + '/pgdata'}]
+$APPS_SLOW_CHECKERS"
 		apps_set_env "$RIG_DIR/$node/modules/postgresql/app.env" PGDATA "$RIG_DIR/$node/pgdata"
 		apps_set_env "$RIG_DIR/$node/modules/postgresql/app.env" PG_SOCKET_DIR "$RIG_DIR/$node/pgsock"
 	done
@@ -85,7 +86,8 @@ _maria_up() {
 		install -d -o mysql -g mysql -m 755 "$RIG_DIR/$node/mysock"
 		apps_install mariadb "$node" "
 m['vips'] = [{'address': '$APPS_VIP/24', 'interface': 'eth0'}]
-m['replication']['dirs'] = [{'path': rig + '/' + node + '/mydata'}]"
+m['replication']['dirs'] = [{'path': rig + '/' + node + '/mydata'}]
+$APPS_SLOW_CHECKERS"
 		apps_set_env "$RIG_DIR/$node/modules/mariadb/app.env" DATADIR "$RIG_DIR/$node/mydata"
 		apps_set_env "$RIG_DIR/$node/modules/mariadb/app.env" SOCKET "$RIG_DIR/$node/mysock/mysqld.sock"
 	done

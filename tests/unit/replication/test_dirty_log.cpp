@@ -68,6 +68,10 @@ TEST_CASE("a new log does not cover earlier writes; records survive a reopen")
 	CHECK(r.contains(3 * DirtyLog::kExtentBlocks));
 	CHECK(r.contains(6 * DirtyLog::kExtentBlocks - 1));
 	CHECK_FALSE(r.contains(6 * DirtyLog::kExtentBlocks));
+	/* nextFrom: the block itself inside a range, else the next range's first block. */
+	CHECK(r.nextFrom(5) == 5);
+	CHECK(r.nextFrom(DirtyLog::kExtentBlocks) == 3 * DirtyLog::kExtentBlocks);
+	CHECK(r.nextFrom(6 * DirtyLog::kExtentBlocks) == UINT64_MAX);
 	CHECK(sel.byIno.at(7).contains(0));
 	CHECK(sel.byIno.count(8) == 0);
 }
