@@ -339,7 +339,7 @@ fi
 vm_poweroff "bare image powered off on the ACPI power button"
 cp "$LOG" "$OUT/last-boot-bare-serial.log"
 
-diag "image raw size: $(mib "$raw_bytes") ($(mib "$alloc_bytes") allocated), zstd -10: $(mib "$zst_bytes")"
+diag "image $IMG_FORMAT size: $(mib "$raw_bytes") ($(mib "$alloc_bytes") allocated), zstd -10: $(mib "$zst_bytes")"
 [ -z "$build_s" ] || diag "image build time: ${build_s} s"
 diag "boot to 'skd ready' (QEMU start, TCG): ${ready_s} s"
 [ "$n" -eq "$PLAN" ] || { echo "# plan was $PLAN, ran $n"; failed=$((failed + 1)); }

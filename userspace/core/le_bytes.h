@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -36,5 +38,38 @@ void append(std::vector<uint8_t> *out, T v)
 	out->resize(at + sizeof(T));
 	put<T>(out->data() + at, v);
 }
+
+/* Bounded sequential reads: each call fails (false, nothing consumed) past the end. */
+class Reader
+{
+public:
+	explicit Reader(std::span<const uint8_t> in) : in_(in) {}
+	template<typename T>
+	bool read(T *v)
+	{
+		if (in_.size() - pos_ < sizeof(T))
+			return false;
+		*v = get<T>(in_.data() + pos_);
+		pos_ += sizeof(T);
+		return true;
+	}
+	bool u8(uint8_t *v) { return read(v); }
+	bool u16(uint16_t *v) { return read(v); }
+	bool u32(uint32_t *v) { return read(v); }
+	bool u64(uint64_t *v) { return read(v); }
+	bool bytes(std::string *s, size_t n)
+	{
+		if (in_.size() - pos_ < n)
+			return false;
+		s->assign(reinterpret_cast<const char *>(in_.data() + pos_), n);
+		pos_ += n;
+		return true;
+	}
+	bool done() const { return pos_ == in_.size(); }
+
+private:
+	std::span<const uint8_t> in_;
+	size_t pos_ = 0;
+};
 
 } /* namespace sk::le */

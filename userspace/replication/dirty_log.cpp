@@ -74,49 +74,6 @@ uint64_t newSalt()
 
 } /* namespace */
 
-void BlockRanges::add(uint64_t first, uint64_t count)
-{
-	if (!count)
-		return;
-	ranges.emplace_back(first, count);
-	std::sort(ranges.begin(), ranges.end());
-	std::vector<std::pair<uint64_t, uint64_t>> merged;
-	for (const auto &r : ranges) {
-		if (!merged.empty() && r.first <= merged.back().first + merged.back().second) {
-			uint64_t end = std::max(merged.back().first + merged.back().second, r.first + r.second);
-			merged.back().second = end - merged.back().first;
-		} else {
-			merged.push_back(r);
-		}
-	}
-	ranges = std::move(merged);
-}
-
-bool BlockRanges::contains(uint64_t block) const
-{
-	auto it = std::upper_bound(ranges.begin(), ranges.end(), std::make_pair(block, UINT64_MAX));
-	if (it == ranges.begin())
-		return false;
-	--it;
-	return block < it->first + it->second;
-}
-
-uint64_t BlockRanges::nextFrom(uint64_t block) const
-{
-	if (contains(block))
-		return block;
-	auto it = std::upper_bound(ranges.begin(), ranges.end(), std::make_pair(block, UINT64_MAX));
-	return it == ranges.end() ? UINT64_MAX : it->first;
-}
-
-uint64_t BlockRanges::blocks() const
-{
-	uint64_t n = 0;
-	for (const auto &r : ranges)
-		n += r.second;
-	return n;
-}
-
 DirtyLog::Guard::Guard(DirtyLog *log) : log_(log)
 {
 	std::unique_lock<std::mutex> l(log_->writersMutex_);

@@ -501,7 +501,11 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 			return l.error();
 		local = std::move(*l);
 	}
+	if (fullWhy.empty() && want.byPath.size() > repl::kMaxSelectionPaths)
+		fullWhy = fmt::format("the dirty log names more than {} files", repl::kMaxSelectionPaths);
 	const bool full = !fullWhy.empty();
+	if (full)
+		want.byPath.clear();
 	if (auto s = ch->sendSelection(ControlFrame::Want, ControlFrame::WantEnd, want, full); !s)
 		return s;
 	std::vector<repl::ManifestEntry> manifest;
@@ -513,7 +517,11 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 	if (!full)
 		for (const auto &path : repl::unexplainedFiles(local, manifest))
 			ask.byPath[path];
-	if (auto s = ch->sendSelection(ControlFrame::HashRequest, ControlFrame::HashRequestEnd, ask, false); !s)
+	/* Too many to name: the target hashes every file instead. */
+	const bool askAll = ask.byPath.size() > repl::kMaxSelectionPaths;
+	if (askAll)
+		ask.byPath.clear();
+	if (auto s = ch->sendSelection(ControlFrame::HashRequest, ControlFrame::HashRequestEnd, ask, askAll); !s)
 		return s;
 	std::vector<repl::ManifestEntry> hashed;
 	uint64_t ignored = 0;
@@ -928,13 +936,20 @@ Status SyncReplication::targetSession(TargetDir *d, ResyncMode mode, bool quaran
 	/* The source may ask for whole-file hashes of files changed outside the logs. */
 	{
 		repl::BlockSelection ask;
-		bool ignored = false;
+		bool askAll = false;
 		if (auto s = ch->recvSelection(ControlFrame::HashRequest, ControlFrame::HashRequestEnd, &ask,
-					       &ignored, 0ms);
+					       &askAll, 0ms);
 		    !s)
 			return s;
 		std::vector<repl::ManifestEntry> hashed;
-		if (!ask.empty()) {
+		if (askAll) {
+			repl::ScanOptions ho = so;
+			ho.select = nullptr;
+			auto all = repl::scanTree(d->rootFd, ho);
+			if (!all)
+				return all.error();
+			hashed = std::move(*all);
+		} else if (!ask.empty()) {
 			repl::ScanOptions ho = so;
 			ho.select = &ask;
 			auto all = repl::scanTree(d->rootFd, ho);

@@ -34,11 +34,6 @@ const LogCategory kLog("resync");
 
 /* Bound on one Manifest frame; an entry with more blocks continues in the next entry. */
 constexpr size_t kManifestFrameBytes = 1u << 20;
-constexpr size_t kMaxBlocksPerEntry = 32768;
-constexpr uint8_t kEntryContinues = 1;
-constexpr uint8_t kEntrySparse = 2;	/* Coverage::Some: u64 block index before each hash */
-constexpr uint8_t kEntryUnhashed = 4;	/* Coverage::None */
-constexpr uint32_t kMaxRangesPerPath = 1u << 16;
 constexpr int kMaxFileAttempts = 50;
 
 EntryType typeOf(mode_t mode)
@@ -52,61 +47,9 @@ EntryType typeOf(mode_t mode)
 	return EntryType::Other;
 }
 
-class Reader
-{
-public:
-	explicit Reader(std::span<const uint8_t> in) : in_(in) {}
-	bool u8(uint8_t *v) { return get(v, 1); }
-	bool u16(uint16_t *v) { return get(v, 2); }
-	bool u32(uint32_t *v) { return get(v, 4); }
-	bool u64(uint64_t *v) { return get(v, 8); }
-	bool bytes(std::string *s, size_t n)
-	{
-		if (in_.size() - pos_ < n)
-			return false;
-		s->assign(reinterpret_cast<const char *>(in_.data() + pos_), n);
-		pos_ += n;
-		return true;
-	}
-	bool done() const { return pos_ == in_.size(); }
-
-private:
-	template<typename T>
-	bool get(T *v, size_t n)
-	{
-		if (in_.size() - pos_ < n)
-			return false;
-		uint64_t x = 0;
-		for (size_t i = 0; i < n; i++)
-			x |= static_cast<uint64_t>(in_[pos_ + i]) << (8 * i);
-		*v = static_cast<T>(x);
-		pos_ += n;
-		return true;
-	}
-	std::span<const uint8_t> in_;
-	size_t pos_ = 0;
-};
-
 std::string joinPath(const std::string &dir, const char *name)
 {
 	return dir.empty() ? std::string(name) : dir + "/" + name;
-}
-
-bool validRelPath(const std::string &p)
-{
-	if (p.empty() || p.size() > 4096 || p[0] == '/' || p.find('\0') != std::string::npos)
-		return false;
-	size_t start = 0;
-	while (start <= p.size()) {
-		size_t end = p.find('/', start);
-		if (end == std::string::npos)
-			end = p.size();
-		std::string_view c(p.data() + start, end - start);
-		if (c.empty() || c == "." || c == "..")
-			return false;
-		start = end + 1;
-	}
-	return true;
 }
 
 struct ScanState {
@@ -281,132 +224,6 @@ Result<std::vector<ManifestEntry>> scanTree(int rootFd, const ScanOptions &optio
 	if (r < 0)
 		return makeError(r, std::string("scanning the tree failed: ") + strerror(-r));
 	return out;
-}
-
-void encodeManifestEntry(const ManifestEntry &e, std::vector<uint8_t> *out)
-{
-	size_t first = 0;
-	do {
-		size_t n = std::min(kMaxBlocksPerEntry, e.blocks.size() - first);
-		bool more = first + n < e.blocks.size();
-		uint8_t flags = more ? kEntryContinues : 0;
-		if (e.coverage == Coverage::Some)
-			flags |= kEntrySparse;
-		else if (e.coverage == Coverage::None)
-			flags |= kEntryUnhashed;
-		out->push_back(flags);
-		out->push_back(static_cast<uint8_t>(e.type));
-		le::append<uint16_t>(out, static_cast<uint16_t>(e.path.size()));
-		out->insert(out->end(), e.path.begin(), e.path.end());
-		le::append<uint32_t>(out, e.mode);
-		le::append<uint32_t>(out, e.uid);
-		le::append<uint32_t>(out, e.gid);
-		le::append<uint64_t>(out, e.size);
-		le::append<uint64_t>(out, static_cast<uint64_t>(e.mtime.sec));
-		le::append<uint32_t>(out, e.mtime.nsec);
-		le::append<uint64_t>(out, e.rdev);
-		le::append<uint16_t>(out, static_cast<uint16_t>(e.target.size()));
-		out->insert(out->end(), e.target.begin(), e.target.end());
-		le::append<uint32_t>(out, static_cast<uint32_t>(n));
-		for (size_t i = first; i < first + n; i++) {
-			if (e.coverage == Coverage::Some)
-				le::append<uint64_t>(out, e.blockIndex[i]);
-			le::append<uint64_t>(out, e.blocks[i].lo);
-			le::append<uint64_t>(out, e.blocks[i].hi);
-		}
-		first += n;
-	} while (first < e.blocks.size());
-}
-
-bool decodeManifestEntries(std::span<const uint8_t> in, std::vector<ManifestEntry> *out)
-{
-	Reader r(in);
-	bool continuing = false;
-	while (!r.done()) {
-		uint8_t flags = 0, type = 0;
-		uint16_t plen = 0, tlen = 0;
-		uint32_t nblocks = 0;
-		uint64_t sec = 0;
-		ManifestEntry e;
-		if (!r.u8(&flags) || (flags & ~(kEntryContinues | kEntrySparse | kEntryUnhashed)) ||
-		    (flags & kEntrySparse && flags & kEntryUnhashed) || !r.u8(&type) || type < 1 || type > 4 ||
-		    !r.u16(&plen) || !r.bytes(&e.path, plen) || !validRelPath(e.path) || !r.u32(&e.mode) ||
-		    !r.u32(&e.uid) || !r.u32(&e.gid) || !r.u64(&e.size) || !r.u64(&sec) ||
-		    !r.u32(&e.mtime.nsec) || !r.u64(&e.rdev) || !r.u16(&tlen) || !r.bytes(&e.target, tlen) ||
-		    !r.u32(&nblocks) || nblocks > kMaxBlocksPerEntry)
-			return false;
-		e.type = static_cast<EntryType>(type);
-		e.mtime.sec = static_cast<int64_t>(sec);
-		e.coverage = (flags & kEntrySparse) ? Coverage::Some
-			     : (flags & kEntryUnhashed) ? Coverage::None
-							 : Coverage::All;
-		if (e.coverage == Coverage::None && nblocks)
-			return false;
-		e.blocks.resize(nblocks);
-		for (auto &b : e.blocks) {
-			if (e.coverage == Coverage::Some) {
-				uint64_t idx = 0;
-				if (!r.u64(&idx) || (!e.blockIndex.empty() && idx <= e.blockIndex.back()))
-					return false;
-				e.blockIndex.push_back(idx);
-			}
-			if (!r.u64(&b.lo) || !r.u64(&b.hi))
-				return false;
-		}
-		if (continuing) {
-			if (out->empty())
-				return false;
-			auto &prev = out->back();
-			if (prev.path != e.path || prev.coverage != e.coverage ||
-			    (!e.blockIndex.empty() && !prev.blockIndex.empty() &&
-			     e.blockIndex.front() <= prev.blockIndex.back()))
-				return false;
-			prev.blocks.insert(prev.blocks.end(), e.blocks.begin(), e.blocks.end());
-			prev.blockIndex.insert(prev.blockIndex.end(), e.blockIndex.begin(), e.blockIndex.end());
-		} else {
-			out->push_back(std::move(e));
-		}
-		continuing = flags & kEntryContinues;
-	}
-	return !continuing;
-}
-
-/* ---- GatedSink ---- */
-
-void encodePathSelection(const std::string &path, const BlockRanges &ranges, std::vector<uint8_t> *out)
-{
-	le::append<uint16_t>(out, static_cast<uint16_t>(path.size()));
-	out->insert(out->end(), path.begin(), path.end());
-	le::append<uint32_t>(out, static_cast<uint32_t>(ranges.ranges.size()));
-	for (const auto &r : ranges.ranges) {
-		le::append<uint64_t>(out, r.first);
-		le::append<uint64_t>(out, r.second);
-	}
-}
-
-bool decodePathSelection(std::span<const uint8_t> in, BlockSelection *out)
-{
-	Reader r(in);
-	while (!r.done()) {
-		uint16_t plen = 0;
-		uint32_t n = 0;
-		std::string path;
-		if (!r.u16(&plen) || !r.bytes(&path, plen) || !validRelPath(path) || !r.u32(&n) ||
-		    n > kMaxRangesPerPath)
-			return false;
-		BlockRanges &ranges = out->byPath[path];
-		uint64_t end = 0;
-		for (uint32_t i = 0; i < n; i++) {
-			uint64_t first = 0, count = 0;
-			/* Sorted, disjoint, non-empty, no overflow: what encode produces. */
-			if (!r.u64(&first) || !r.u64(&count) || count == 0 || first < end ||
-			    count > UINT64_MAX / 2 - first)
-				return false;
-			ranges.ranges.emplace_back(first, count);
-			end = first + count;
-		}
-	}
-	return true;
 }
 
 std::vector<std::string> unexplainedFiles(const std::vector<ManifestEntry> &source,
@@ -1202,6 +1019,8 @@ Status ControlChannel::recvSelection(ControlFrame frame, ControlFrame end, Block
 			return makeError(-EPROTO, "control: expected a selection");
 		if (!decodePathSelection(payload, selection))
 			return makeError(-EPROTO, "malformed selection");
+		if (selection->byPath.size() > kMaxSelectionPaths)
+			return makeError(-EPROTO, "selection names too many paths");
 	}
 }
 
@@ -1215,7 +1034,7 @@ Status ControlChannel::recvManifest(std::vector<ManifestEntry> *entries, uint64_
 		if (auto s = recv(&type, &payload, timeout); !s)
 			return s;
 		if (type == ControlFrame::ManifestEnd) {
-			Reader r(payload);
+			le::Reader r(payload);
 			if (!r.u64(lastApplied) || !r.done())
 				return makeError(-EPROTO, "malformed manifest end");
 			return {};

@@ -79,7 +79,9 @@ struct ScanOptions {
  * live below an excluded one). */
 Result<std::vector<ManifestEntry>> scanTree(int rootFd, const ScanOptions &options);
 
-/* A selection by path (Want / HashRequest frames): path, ranges; no ranges = whole file. */
+/* A selection by path (Want / HashRequest frames): path, ranges; no ranges = whole file.
+ * A receiver refuses more than kMaxSelectionPaths paths (a sender compares all instead). */
+constexpr size_t kMaxSelectionPaths = size_t(1) << 22;
 void encodePathSelection(const std::string &path, const BlockRanges &ranges, std::vector<uint8_t> *out);
 bool decodePathSelection(std::span<const uint8_t> in, BlockSelection *out);
 
@@ -211,7 +213,7 @@ Result<ResyncStats> runResyncRound(int rootFd, uint16_t dirIndex, const ScanOpti
  *   target -> source  Manifest  entries (any number of frames), ManifestEnd u64 lastApplied
  *                     (hashes: everything if full or the target's log is unusable, else
  *                     the wanted blocks plus those the target's own dirty log names)
- *   source -> target  HashRequest paths (any number), HashRequestEnd
+ *   source -> target  HashRequest paths (any number), HashRequestEnd u8 all (1: every file)
  *   target -> source  Manifest  whole-file hashes of those paths, ManifestEnd
  *   source -> target  Progress  u64 done, u64 total;  Done  u64 bytesSent
  *   source -> target  Rescan, then Want*, WantEnd u8 full: renames raced the round;

@@ -1,0 +1,216 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Manifest entries and path selections on the resync control connection: the
+ * encoders and the bounded decoders of what the peer sends (fuzzed on their own in
+ * tests/fuzz/fuzz_manifest_decode.cpp), and the block range sets they carry.
+ */
+
+#include "replication/resync.h"
+
+#include <algorithm>
+#include <string_view>
+
+#include "core/le_bytes.h"
+
+namespace sk::repl {
+
+namespace {
+
+constexpr size_t kMaxBlocksPerEntry = 32768;
+constexpr uint8_t kEntryContinues = 1;
+constexpr uint8_t kEntrySparse = 2;	/* Coverage::Some: u64 block index before each hash */
+constexpr uint8_t kEntryUnhashed = 4;	/* Coverage::None */
+constexpr uint32_t kMaxRangesPerPath = 1u << 16;
+
+/* Relative, no empty, "." or ".." component, no NUL, at most PATH_MAX. */
+bool validRelPath(const std::string &p)
+{
+	if (p.empty() || p.size() > 4096 || p[0] == '/' || p.find('\0') != std::string::npos)
+		return false;
+	size_t start = 0;
+	while (start <= p.size()) {
+		size_t end = p.find('/', start);
+		if (end == std::string::npos)
+			end = p.size();
+		std::string_view c(p.data() + start, end - start);
+		if (c.empty() || c == "." || c == "..")
+			return false;
+		start = end + 1;
+	}
+	return true;
+}
+
+} /* namespace */
+
+void BlockRanges::add(uint64_t first, uint64_t count)
+{
+	if (!count)
+		return;
+	ranges.emplace_back(first, count);
+	std::sort(ranges.begin(), ranges.end());
+	std::vector<std::pair<uint64_t, uint64_t>> merged;
+	for (const auto &r : ranges) {
+		if (!merged.empty() && r.first <= merged.back().first + merged.back().second) {
+			uint64_t end = std::max(merged.back().first + merged.back().second, r.first + r.second);
+			merged.back().second = end - merged.back().first;
+		} else {
+			merged.push_back(r);
+		}
+	}
+	ranges = std::move(merged);
+}
+
+bool BlockRanges::contains(uint64_t block) const
+{
+	auto it = std::upper_bound(ranges.begin(), ranges.end(), std::make_pair(block, UINT64_MAX));
+	if (it == ranges.begin())
+		return false;
+	--it;
+	return block < it->first + it->second;
+}
+
+uint64_t BlockRanges::nextFrom(uint64_t block) const
+{
+	if (contains(block))
+		return block;
+	auto it = std::upper_bound(ranges.begin(), ranges.end(), std::make_pair(block, UINT64_MAX));
+	return it == ranges.end() ? UINT64_MAX : it->first;
+}
+
+uint64_t BlockRanges::blocks() const
+{
+	uint64_t n = 0;
+	for (const auto &r : ranges)
+		n += r.second;
+	return n;
+}
+
+void encodeManifestEntry(const ManifestEntry &e, std::vector<uint8_t> *out)
+{
+	size_t first = 0;
+	do {
+		size_t n = std::min(kMaxBlocksPerEntry, e.blocks.size() - first);
+		bool more = first + n < e.blocks.size();
+		uint8_t flags = more ? kEntryContinues : 0;
+		if (e.coverage == Coverage::Some)
+			flags |= kEntrySparse;
+		else if (e.coverage == Coverage::None)
+			flags |= kEntryUnhashed;
+		out->push_back(flags);
+		out->push_back(static_cast<uint8_t>(e.type));
+		le::append<uint16_t>(out, static_cast<uint16_t>(e.path.size()));
+		out->insert(out->end(), e.path.begin(), e.path.end());
+		le::append<uint32_t>(out, e.mode);
+		le::append<uint32_t>(out, e.uid);
+		le::append<uint32_t>(out, e.gid);
+		le::append<uint64_t>(out, e.size);
+		le::append<uint64_t>(out, static_cast<uint64_t>(e.mtime.sec));
+		le::append<uint32_t>(out, e.mtime.nsec);
+		le::append<uint64_t>(out, e.rdev);
+		le::append<uint16_t>(out, static_cast<uint16_t>(e.target.size()));
+		out->insert(out->end(), e.target.begin(), e.target.end());
+		le::append<uint32_t>(out, static_cast<uint32_t>(n));
+		for (size_t i = first; i < first + n; i++) {
+			if (e.coverage == Coverage::Some)
+				le::append<uint64_t>(out, e.blockIndex[i]);
+			le::append<uint64_t>(out, e.blocks[i].lo);
+			le::append<uint64_t>(out, e.blocks[i].hi);
+		}
+		first += n;
+	} while (first < e.blocks.size());
+}
+
+bool decodeManifestEntries(std::span<const uint8_t> in, std::vector<ManifestEntry> *out)
+{
+	le::Reader r(in);
+	bool continuing = false;
+	while (!r.done()) {
+		uint8_t flags = 0, type = 0;
+		uint16_t plen = 0, tlen = 0;
+		uint32_t nblocks = 0;
+		uint64_t sec = 0;
+		ManifestEntry e;
+		if (!r.u8(&flags) || (flags & ~(kEntryContinues | kEntrySparse | kEntryUnhashed)) ||
+		    (flags & kEntrySparse && flags & kEntryUnhashed) || !r.u8(&type) || type < 1 || type > 4 ||
+		    !r.u16(&plen) || !r.bytes(&e.path, plen) || !validRelPath(e.path) || !r.u32(&e.mode) ||
+		    !r.u32(&e.uid) || !r.u32(&e.gid) || !r.u64(&e.size) || !r.u64(&sec) ||
+		    !r.u32(&e.mtime.nsec) || !r.u64(&e.rdev) || !r.u16(&tlen) || !r.bytes(&e.target, tlen) ||
+		    !r.u32(&nblocks) || nblocks > kMaxBlocksPerEntry)
+			return false;
+		e.type = static_cast<EntryType>(type);
+		e.mtime.sec = static_cast<int64_t>(sec);
+		e.coverage = (flags & kEntrySparse) ? Coverage::Some
+			     : (flags & kEntryUnhashed) ? Coverage::None
+							 : Coverage::All;
+		if (e.coverage == Coverage::None && nblocks)
+			return false;
+		e.blocks.resize(nblocks);
+		for (auto &b : e.blocks) {
+			if (e.coverage == Coverage::Some) {
+				uint64_t idx = 0;
+				if (!r.u64(&idx) || (!e.blockIndex.empty() && idx <= e.blockIndex.back()))
+					return false;
+				e.blockIndex.push_back(idx);
+			}
+			if (!r.u64(&b.lo) || !r.u64(&b.hi))
+				return false;
+		}
+		if (continuing) {
+			if (out->empty())
+				return false;
+			auto &prev = out->back();
+			if (prev.path != e.path || prev.coverage != e.coverage ||
+			    (!e.blockIndex.empty() && !prev.blockIndex.empty() &&
+			     e.blockIndex.front() <= prev.blockIndex.back()))
+				return false;
+			prev.blocks.insert(prev.blocks.end(), e.blocks.begin(), e.blocks.end());
+			prev.blockIndex.insert(prev.blockIndex.end(), e.blockIndex.begin(), e.blockIndex.end());
+		} else {
+			out->push_back(std::move(e));
+		}
+		continuing = flags & kEntryContinues;
+	}
+	return !continuing;
+}
+
+void encodePathSelection(const std::string &path, const BlockRanges &ranges, std::vector<uint8_t> *out)
+{
+	le::append<uint16_t>(out, static_cast<uint16_t>(path.size()));
+	out->insert(out->end(), path.begin(), path.end());
+	le::append<uint32_t>(out, static_cast<uint32_t>(ranges.ranges.size()));
+	for (const auto &r : ranges.ranges) {
+		le::append<uint64_t>(out, r.first);
+		le::append<uint64_t>(out, r.second);
+	}
+}
+
+bool decodePathSelection(std::span<const uint8_t> in, BlockSelection *out)
+{
+	le::Reader r(in);
+	while (!r.done()) {
+		uint16_t plen = 0;
+		uint32_t n = 0;
+		std::string path;
+		if (!r.u16(&plen) || !r.bytes(&path, plen) || !validRelPath(path) || !r.u32(&n) ||
+		    n > kMaxRangesPerPath)
+			return false;
+		/* A path once per selection (a map on the sending side). */
+		auto [at, fresh] = out->byPath.try_emplace(path);
+		if (!fresh)
+			return false;
+		BlockRanges &ranges = at->second;
+		uint64_t end = 0;
+		for (uint32_t i = 0; i < n; i++) {
+			uint64_t first = 0, count = 0;
+			/* Sorted, disjoint, non-empty, no overflow: what encode produces. */
+			if (!r.u64(&first) || !r.u64(&count) || count == 0 || first < end ||
+			    count > UINT64_MAX / 2 - first)
+				return false;
+			ranges.ranges.emplace_back(first, count);
+			end = first + count;
+		}
+	}
+	return true;
+}
+
+} /* namespace sk::repl */
