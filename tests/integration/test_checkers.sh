@@ -1,25 +1,31 @@
 #!/usr/bin/env bash
 # Checkers in a real two-node mirror cluster: a tcp checker on the app's port
 # restarts the app locally, escalates to failover once maxloop restarts are used,
-# and with action none only reports. Needs the lead's wiring of ModuleCheckers
-# into the mirror driver (status: .modules[].checkers) before it can pass.
+# and with action none only reports; a ping checker with action wait holds the
+# node while its router is unreachable.
 . "$(dirname "$0")/lib/rig.sh"
 . "$(dirname "$0")/lib/mirror.sh"
 
-# _checker_pair ACTION MAXLOOP: n1 PRIM, n2 SECOND, tcp checker "app" on the VIP service.
-_checker_pair() {
-	local action=$1 maxloop=$2
+# _checker_cluster MODULE_JSON: n1 PRIM, n2 SECOND in sync, module web with these
+# extra keys (its checkers).
+_checker_cluster() {
 	rig_setup 2 1
 	rig_write_cluster
-	rig_write_mirror_module web "\"checkers\": [ { \"name\": \"app\", \"type\": \"tcp\", \"address\": \"$RIG_VIP\",
-      \"port\": $RIG_VIP_PORT, \"interval_ms\": 200, \"timeout_ms\": 200, \"when\": \"prim\", \"action\": \"$action\" } ],
-  \"failover\": { \"maxloop\": $maxloop, \"loop_interval_s\": 3600 }"
+	rig_write_mirror_module web "$1"
 	rig_start_skd n1
 	rig_start_skd n2
 	rig_skctl n2 start -m web >/dev/null
 	rig_skctl n1 prim -m web >/dev/null
 	rig_wait_label n1 web 'PRIM/running'
 	rig_wait_label n2 web 'SECOND/in-sync'
+}
+
+# _checker_pair ACTION MAXLOOP: n1 PRIM, n2 SECOND, tcp checker "app" on the VIP service.
+_checker_pair() {
+	local action=$1 maxloop=$2
+	_checker_cluster "\"checkers\": [ { \"name\": \"app\", \"type\": \"tcp\", \"address\": \"$RIG_VIP\",
+      \"port\": $RIG_VIP_PORT, \"interval_ms\": 200, \"timeout_ms\": 200, \"when\": \"prim\", \"action\": \"$action\" } ],
+  \"failover\": { \"maxloop\": $maxloop, \"loop_interval_s\": 3600 }"
 	[ "$(rig_vip_answer)" = n1 ] || rig_fail "client got '$(rig_vip_answer)' from the VIP, expected n1"
 	_wait_checker n1 app ok
 }
@@ -90,6 +96,32 @@ test_checker_action_none_only_reports() {
 	[ "$(_runs n2 start_prim)" = 0 ] || rig_fail "action none failed over"
 	_checker_json n1 app | jq -e '.last_failure.detail | test("tcp")' >/dev/null ||
 		rig_fail "last failure not shown: $(_checker_json n1 app)"
+}
+
+# A ping checker on a router (the client's address) with action wait: cut the route
+# from n1 only. n1 stops its app and holds (WAIT/checker-hold), the in-sync n2 takes
+# over, n1 rejoins it as SECOND (the held checker keeps running there); with the
+# route back the checker clears and nothing holds n1 any more.
+test_checker_wait_holds_while_the_router_is_unreachable() {
+	local router; router=$(rig_client_ip 1)
+	_checker_cluster "\"checkers\": [ { \"name\": \"router\", \"type\": \"ping\", \"address\": \"$router\",
+      \"interval_ms\": 200, \"timeout_ms\": 300, \"when\": \"prim\", \"action\": \"wait\" } ]"
+	_wait_checker n1 router ok
+	rig_exec n1 ip route add blackhole "$router/32"
+	rig_wait_label n2 web '(ALONE|PRIM)/running' 100
+	grep -q 'WAIT/checker-hold' "$RIG_DIR/n1/skd.log" || rig_fail "n1 did not hold in WAIT/checker-hold"
+	rig_wait_for 50 rig_vip_answer_is n2 || rig_fail "client does not reach n2 after n1 held"
+	[ "$(rig_vip_holders)" = n2 ] || rig_fail "VIP holders while n1 holds: '$(rig_vip_holders)'"
+	rig_wait_label n1 web 'SECOND/in-sync' 100
+	_checker_json n1 router | jq -e '.state == "failed"' >/dev/null ||
+		rig_fail "n1's router checker should still fail: $(_checker_json n1 router)"
+	rig_exec n1 ip route del blackhole "$router/32"
+	# Cleared: it stops holding (and, when prim, stops running on a SECOND).
+	rig_wait_for 100 grep -q 'resume: checker router is ok again' "$RIG_DIR/n1/skd.log" ||
+		rig_fail "n1 logged no resume once the router answered"
+	rig_skctl n1 status --json | jq -e '.modules[] | select(.name == "web") | (.checkers.waiting_on // []) | length == 0' >/dev/null ||
+		rig_fail "n1 still waits on a checker: $(rig_skctl n1 status --json | jq -c '.modules[0].checkers')"
+	rig_wait_label n1 web 'SECOND/in-sync' 10
 }
 
 rig_main "$@"

@@ -124,7 +124,7 @@ bool decodePeerInfo(std::span<const uint8_t> in, PeerInfo *info)
 	if (hist > Generation::kHistorySize || in.size() != 24 + 8 * hist)
 		return false;
 	if (in[1] > static_cast<uint8_t>(MirrorState::Second) ||
-	    in[2] > static_cast<uint8_t>(MirrorPhase::Handover) || (in[3] & ~0x0f) || in[4] > 100 ||
+	    in[2] > static_cast<uint8_t>(MirrorPhase::Held) || (in[3] & ~0x0f) || in[4] > 100 ||
 	    in[6] || in[7])
 		return false;
 	PeerInfo p;
@@ -330,10 +330,15 @@ void MirrorModule::onCheckerDecision(const PolicyDecision &d)
 {
 	moduleLog("checker " + d.checker + ": " + d.cause);
 	auto action = d.action();
-	if (!action)
-		return;	/* report only, or a cleared wait (the machine has no resume event yet) */
-	MirrorEvent e = MirrorEvent::simple(MirrorEventKind::CheckerFailed, nowMs(), d.checker);
-	e.checker = *action;
+	MirrorEvent e;
+	if (d.kind == PolicyDecisionKind::Resume) {
+		e = MirrorEvent::simple(MirrorEventKind::CheckerCleared, nowMs(), d.checker);
+	} else if (action) {
+		e = MirrorEvent::simple(MirrorEventKind::CheckerFailed, nowMs(), d.checker);
+		e.checker = *action;
+	} else {
+		return;	/* report only */
+	}
 	/* Posted: decisions may arrive from inside setRole(), i.e. while feeding. */
 	auto alive = alive_;
 	ctx_.loop->post([this, alive, e] {

@@ -45,6 +45,7 @@ const char *phaseName(MirrorPhase phase)
 	case MirrorPhase::Isolated: return "isolated";
 	case MirrorPhase::SplitBrain: return "split-brain";
 	case MirrorPhase::Failed: return "failed";
+	case MirrorPhase::Held: return "checker-hold";
 	case MirrorPhase::Starting: return "starting";
 	case MirrorPhase::Running: return "running";
 	case MirrorPhase::Stopping: return "stopping";
@@ -77,6 +78,7 @@ bool phaseBelongsTo(MirrorPhase phase, MirrorState state)
 	case MirrorPhase::Isolated:
 	case MirrorPhase::SplitBrain:
 	case MirrorPhase::Failed:
+	case MirrorPhase::Held:
 		return state == MirrorState::Wait;
 	case MirrorPhase::Starting:
 	case MirrorPhase::Running:
@@ -110,6 +112,7 @@ const char *eventName(MirrorEventKind kind)
 	case MirrorEventKind::ReplicationLost: return "replication-lost";
 	case MirrorEventKind::WitnessResult: return "witness-result";
 	case MirrorEventKind::CheckerFailed: return "checker-failed";
+	case MirrorEventKind::CheckerCleared: return "checker-cleared";
 	case MirrorEventKind::Tick: return "tick";
 	}
 	return "?";
@@ -287,6 +290,9 @@ Result<MirrorStep> MirrorStateMachine::handle(const MirrorEvent &event)
 		break;
 	case MirrorEventKind::CheckerFailed:
 		onChecker(event.checker, event.reason);
+		break;
+	case MirrorEventKind::CheckerCleared:
+		onCheckerCleared(event.reason);
 		break;
 	case MirrorEventKind::Tick:
 		onTick();
@@ -487,6 +493,16 @@ void MirrorStateMachine::finishStop(bool scriptOk)
 			fmt::format("; in-sync peer {} may take over", config_.peer) :
 			std::string("; no in-sync peer: the module is down until an admin acts")), true);
 		break;
+	case StopIntent::Hold:
+		if (peerInSync) {
+			gen_.wasPrimary = false;
+			persist();
+		}
+		become(MirrorState::Wait, MirrorPhase::Held, fmt::format(
+			"app stopped{}; waiting until the checker is ok again{}", note, peerInSync ?
+			fmt::format(" (in-sync peer {} may take over meanwhile)", config_.peer) :
+			std::string(", then this node serves again")), true);
+		break;
 	case StopIntent::Isolated:
 		become(MirrorState::Wait, MirrorPhase::Isolated, fmt::format(
 			"stopped serving{}: peer {} lost and witness unreachable", note, config_.peer), true);
@@ -549,8 +565,8 @@ bool MirrorStateMachine::preferredOver(const PeerInfo &peer) const
 			/* smaller name wins the last tie */ name < (name == config_.node ? config_.peer : config_.node));
 	};
 	bool peerCanServe = (peer.state == MirrorState::Wait || peer.state == MirrorState::Second) &&
-		peer.phase != MirrorPhase::Failed && !peer.secondOnly;
-	bool meCanServe = phase_ != MirrorPhase::Failed && !noAutoPrim_;
+		peer.phase != MirrorPhase::Failed && peer.phase != MirrorPhase::Held && !peer.secondOnly;
+	bool meCanServe = phase_ != MirrorPhase::Failed && phase_ != MirrorPhase::Held && !noAutoPrim_;
 	return rank(meCanServe, gen_, config_.node) > rank(peerCanServe, peer.generation, config_.peer);
 }
 
@@ -890,7 +906,8 @@ void MirrorStateMachine::reconcileWaiting(const PeerInfo &peer, GenerationRelati
 		onDivergence(peer);
 		return;
 	}
-	if (phase_ == MirrorPhase::Failed || phase_ == MirrorPhase::SplitBrain || noAutoPrim_)
+	if (phase_ == MirrorPhase::Failed || phase_ == MirrorPhase::Held || phase_ == MirrorPhase::SplitBrain ||
+	    noAutoPrim_)
 		return;
 	if (peer.state == MirrorState::Second && peer.phase == MirrorPhase::Handover)
 		return;		/* it will take the app back when it sees we do not */
@@ -1246,11 +1263,25 @@ void MirrorStateMachine::onChecker(CheckerAction action, const std::string &name
 			"up the primary role", name, checkerRestarts_), true);
 		return;
 	case CheckerAction::StopStart:
-	case CheckerAction::Wait:
 		beginStop(StopIntent::GiveUp, fmt::format("checker {} failed: giving up the primary role",
 			name), true);
 		return;
+	case CheckerAction::Wait:
+		beginStop(StopIntent::Hold, fmt::format("checker {} failed (action wait): stopping the app "
+			"until it is ok again", name), true);
+		return;
 	}
+}
+
+/* Every wait checker is ok again: a held node decides afresh, as after a start. */
+void MirrorStateMachine::onCheckerCleared(const std::string &name)
+{
+	if (state_ != MirrorState::Wait || phase_ != MirrorPhase::Held)
+		return;
+	become(MirrorState::Wait, MirrorPhase::WaitPeer, fmt::format("checker {} is ok again: deciding "
+		"afresh (waiting up to {} ms for peer {})", name, config_.startupWaitMs, config_.peer));
+	if (peer_)
+		reconcile(*peer_);
 }
 
 void MirrorStateMachine::onTick()

@@ -40,6 +40,8 @@ enum class MirrorPhase : uint8_t {
 	InSync,		/* SECOND: has every write the primary acknowledged */
 	Disconnected,	/* SECOND: stream dropped while in sync; still current until the peer moves on */
 	Handover,	/* SECOND: swap in progress, app stopped here, waiting for the peer to start it */
+	Held,		/* WAIT: a checker with action wait failed; resumes when it clears (last: the
+			 * values travel in heartbeats) */
 };
 
 const char *stateName(MirrorState state);	/* "STOP", "WAIT", ... */
@@ -93,6 +95,7 @@ enum class MirrorEventKind : uint8_t {
 	ReplicationLost,	/* reason */
 	WitnessResult,		/* ok = reachable */
 	CheckerFailed,		/* checker, reason = checker name */
+	CheckerCleared,		/* reason = checker name: every wait checker is ok again */
 	Tick,
 };
 
@@ -237,7 +240,7 @@ public:
 	const std::optional<PeerInfo> &peer() const { return peer_; }
 
 private:
-	enum class StopIntent : uint8_t { None, Stop, Swap, GiveUp, SplitBrainLoser, Isolated, Restart };
+	enum class StopIntent : uint8_t { None, Stop, Swap, GiveUp, Hold, SplitBrainLoser, Isolated, Restart };
 	enum class ProbeIntent : uint8_t { None, TakeOver, KeepServing, Startup };
 
 	Result<MirrorStep> handleAdmin(const MirrorEvent &event);
@@ -256,6 +259,7 @@ private:
 	void onResyncFailed(const std::string &reason);
 	void onReplicationLost(const std::string &reason);
 	void onChecker(CheckerAction action, const std::string &name);
+	void onCheckerCleared(const std::string &name);
 	void onTick();
 
 	void reconcile(const PeerInfo &peer);

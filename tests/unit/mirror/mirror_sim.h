@@ -296,7 +296,9 @@ private:
 				w[2] == "stopstart" ? CheckerAction::StopStart :
 				w[2] == "wait" ? CheckerAction::Wait : CheckerAction::None;
 			deliver(i, e, "");
-		} else if (c == "tick")
+		} else if (c == "checker-clear")
+			deliver(i, MirrorEvent::simple(MirrorEventKind::CheckerCleared, now_, "app"), "");
+		else if (c == "tick")
 			deliver(i, MirrorEvent::simple(MirrorEventKind::Tick, now_), "");
 		else
 			out_.push_back("?? unknown node command: " + c);

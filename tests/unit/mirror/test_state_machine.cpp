@@ -212,6 +212,8 @@ TEST_CASE("names tables cover every value")
 {
 	CHECK(std::string(sk::stateName(MirrorState::Second)) == "SECOND");
 	CHECK(std::string(sk::phaseName(MirrorPhase::Handover)) == "handover");
+	CHECK(std::string(sk::phaseName(MirrorPhase::Held)) == "checker-hold");
+	CHECK(std::string(sk::eventName(sk::MirrorEventKind::CheckerCleared)) == "checker-cleared");
 	CHECK(sk::stateLabel(MirrorState::Prim, MirrorPhase::Running) == "PRIM/running");
 	CHECK(std::string(sk::actionName(sk::MirrorActionKind::ProbeWitness)) == "probe-witness");
 	CHECK(std::string(sk::eventName(sk::MirrorEventKind::PeerLost)) == "peer-lost");
