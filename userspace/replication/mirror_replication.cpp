@@ -1134,6 +1134,9 @@ void SyncReplication::stopLocked()
 		}
 		if (d->sender)
 			d->sender->goneAlone();
+		/* A rename held back by a resync must not keep the unmount below waiting. */
+		if (d->gate)
+			d->gate->lowerRenameFence();
 	}
 	for (auto &d : targets_) {
 		std::lock_guard<std::mutex> g(d->chMutex);
