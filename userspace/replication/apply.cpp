@@ -605,6 +605,12 @@ Status Applier::apply(const Op &op)
 		ret = -EINVAL;
 		break;
 	}
+	if (ret == -ENOENT && resyncing_ &&
+	    (op.type == OpType::Write || op.type == OpType::Setattr || op.type == OpType::Fallocate ||
+	     op.type == OpType::Setxattr || op.type == OpType::Removexattr)) {
+		counters_.missingSkipped++;
+		ret = 0;
+	}
 	if (ret < 0) {
 		std::string msg = fmt::format("apply {} #{} {}{}{}: {}", opTypeName(op.type), op.seq, op.path,
 					      op.path2.empty() ? "" : " -> ", op.path2, strerror(-ret));

@@ -6,6 +6,7 @@
  */
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <list>
 #include <memory>
@@ -76,6 +77,7 @@ public:
 		uint64_t fsyncs = 0;
 		uint64_t fdCacheHits = 0;
 		uint64_t fdCacheMisses = 0;
+		uint64_t missingSkipped = 0;	/* see setResyncing() */
 	};
 
 	/* Takes its own duplicate of rootFd (which must be a directory). */
@@ -97,7 +99,16 @@ public:
 
 	const Counters &counters() const { return counters_; }
 
+	/*
+	 * While a resync runs, a Write, Setattr, Fallocate or xattr op whose file is
+	 * missing here is skipped: the source read the file after a local re-creation
+	 * (e.g. unlink + create) whose op is sequenced after the step's ops, and that op
+	 * and the live writes after it rebuild the file. In sync it is an error again.
+	 */
+	void setResyncing(bool on) { resyncing_ = on; }
+
 private:
+	std::atomic<bool> resyncing_{ false };
 	Applier(int rootFd, const Options &options);
 
 	/* Opens the parent directory of path (O_PATH) and returns the last component. */

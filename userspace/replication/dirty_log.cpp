@@ -382,10 +382,17 @@ void DirtyLog::mark(uint64_t ino, uint64_t offset, uint64_t length, int fd)
 BlockSelection DirtyLog::selection() const
 {
 	std::lock_guard<std::mutex> l(mutex_);
-	BlockSelection sel;
+	/* Records come in time order: sort each inode's extents once, then merge. */
+	std::unordered_map<uint64_t, std::vector<std::pair<uint32_t, uint32_t>>> byIno;
 	for (const auto &r : records_)
-		sel.byIno[r.ino].add(static_cast<uint64_t>(r.extent) * kExtentBlocks,
-				     static_cast<uint64_t>(r.count) * kExtentBlocks);
+		byIno[r.ino].emplace_back(r.extent, r.count);
+	BlockSelection sel;
+	for (auto &[ino, extents] : byIno) {
+		std::sort(extents.begin(), extents.end());
+		BlockRanges &ranges = sel.byIno[ino];
+		for (const auto &[extent, count] : extents)
+			ranges.add(static_cast<uint64_t>(extent) * kExtentBlocks, static_cast<uint64_t>(count) * kExtentBlocks);
+	}
 	return sel;
 }
 

@@ -46,6 +46,16 @@ void BlockRanges::add(uint64_t first, uint64_t count)
 {
 	if (!count)
 		return;
+	/* In order (the usual case): append, or extend the last range; no re-sort. */
+	if (ranges.empty() || first > ranges.back().first + ranges.back().second) {
+		ranges.emplace_back(first, count);
+		return;
+	}
+	if (first >= ranges.back().first) {
+		auto &last = ranges.back();
+		last.second = std::max(last.first + last.second, first + count) - last.first;
+		return;
+	}
 	ranges.emplace_back(first, count);
 	std::sort(ranges.begin(), ranges.end());
 	std::vector<std::pair<uint64_t, uint64_t>> merged;

@@ -970,6 +970,7 @@ Status SyncReplication::targetSession(TargetDir *d, ResyncMode mode, bool quaran
 		std::lock_guard<std::mutex> g(d->chMutex);
 		d->streamFd = *sfd;
 	}
+	d->receiver->setResyncing(true);
 	std::atomic<bool> streamEnded{ false };
 	std::thread serve([d, fd = *sfd, &streamEnded] {
 		d->receiver->serve(fd);
@@ -1039,6 +1040,8 @@ Status SyncReplication::targetSession(TargetDir *d, ResyncMode mode, bool quaran
 				}
 			} else if (type == ControlFrame::Done) {
 				d->done = true;
+				/* Everything before the final barrier is applied: strict again. */
+				d->receiver->setResyncing(false);
 				/* Equal to the source now: our own records are moot. */
 				if (d->log)
 					if (auto s2 = d->log->resetAfterResync(); !s2)

@@ -1037,6 +1037,11 @@ std::string ReplicationReceiver::serveConn(int fd)
 	}
 }
 
+void ReplicationReceiver::setResyncing(bool on)
+{
+	applier_->setResyncing(on);
+}
+
 uint64_t ReplicationReceiver::lastApplied() const
 {
 	std::lock_guard<std::mutex> lock(mutex_);

@@ -236,6 +236,8 @@ public:
 
 	uint64_t lastApplied() const;
 	uint64_t epoch() const;
+	/* Applier::setResyncing() (safe from any thread). */
+	void setResyncing(bool on);
 	/* Why the last connection was closed ("" while none was). */
 	std::string lastCloseReason() const;
 	Counters counters() const;

@@ -145,6 +145,23 @@ TEST_CASE("create, write, mkdir, setattr and truncate")
 	}
 }
 
+TEST_CASE("during a resync, data and attribute ops on a missing file are skipped; in sync they fail")
+{
+	Target t;
+	Op sa = mk(OpType::Setattr, "gone");
+	sa.valid = kSetSize;
+	sa.size = 3;
+	CHECK(t.apply(writeOp("gone", 0, "x")) == -ENOENT);
+	t.applier->setResyncing(true);
+	CHECK(t.apply(writeOp("gone", 0, "x")) == 0);
+	CHECK(t.apply(sa) == 0);
+	CHECK(t.applier->counters().missingSkipped == 2);
+	/* Namespace ops are never skipped. */
+	CHECK(t.apply(renameOp("gone", "other")) == -ENOENT);
+	t.applier->setResyncing(false);
+	CHECK(t.apply(sa) == -ENOENT);
+}
+
 TEST_CASE("symlink, link, mknod, unlink, rmdir")
 {
 	Target t;

@@ -116,6 +116,7 @@ struct Pair {
 		auto r = ReplicationReceiver::create(testKey(), ro, std::move(*applier));
 		REQUIRE(r.ok());
 		rx = std::move(*r);
+		rx->setResyncing(true);	/* as SyncReplication's target until Done */
 		REQUIRE(rx->start(listenFd) == 0);
 		ReplicationSender::Options so;
 		so.stream = streamConfig(1, 2);
@@ -344,6 +345,15 @@ TEST_CASE("sparse and unhashed manifest entries round-trip; bad index order is r
 	r.add(10, 5);
 	r.add(0, 2);
 	r.add(12, 10);	/* merges with 10..14 */
+	CHECK(r.ranges == std::vector<std::pair<uint64_t, uint64_t>>{ { 0, 2 }, { 10, 12 } });
+	r.add(22, 3);	/* adjacent to the end: extends the last */
+	r.add(30, 1);	/* past the end: appended */
+	r.add(1, 9);	/* out of order: merged with 0..1, reaching 10: all one range */
+	CHECK(r.ranges == std::vector<std::pair<uint64_t, uint64_t>>{ { 0, 25 }, { 30, 1 } });
+	r = BlockRanges{};
+	r.add(10, 5);
+	r.add(0, 2);
+	r.add(12, 10);
 	std::vector<uint8_t> sel;
 	encodePathSelection("a/b", r, &sel);
 	encodePathSelection("whole", BlockRanges{}, &sel);
