@@ -5,6 +5,9 @@
  */
 #include <csignal>
 #include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
 
@@ -39,6 +42,36 @@ std::unique_ptr<sk::HttpServer> startHttp(sk::Daemon &d, const std::string &cons
 	sk::logInfo(kLog, "HTTP API on {}:{}{}", c.http.listen, server.value()->port(),
 		    server.value()->tls() ? " (TLS)" : "");
 	return std::move(server.value());
+}
+
+/*
+ * Each file the kernel keeps cached under a replicated dir holds an O_PATH fd in the
+ * capture (as in libfuse's passthrough_hp), so the usual soft limit of 1024 open
+ * files is far too low: raise it to fs.nr_open where allowed (root), else to the
+ * hard limit.
+ */
+void raiseFileLimit()
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	rlim_t nrOpen = 0;
+	std::ifstream("/proc/sys/fs/nr_open") >> nrOpen;
+	struct rlimit want = rl;
+	if (nrOpen > rl.rlim_max) {
+		want.rlim_cur = want.rlim_max = nrOpen;
+		if (setrlimit(RLIMIT_NOFILE, &want) == 0) {
+			sk::logInfo(kLog, "open file limit {} (was {})", nrOpen, rl.rlim_cur);
+			return;
+		}
+	}
+	if (rl.rlim_cur >= rl.rlim_max)
+		return;
+	want.rlim_cur = want.rlim_max = rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &want) == 0)
+		sk::logInfo(kLog, "open file limit {} (was {})", rl.rlim_max, rl.rlim_cur);
+	else
+		sk::logWarn(kLog, "cannot raise the open file limit from {}: {}", rl.rlim_cur, strerror(errno));
 }
 
 } /* namespace */
@@ -80,6 +113,7 @@ int main(int argc, char **argv)
 	}
 	sk::setLogLevel(l);
 	sk::setLogTimestamps(timestamps);
+	raiseFileLimit();
 
 	/*
 	 * Block the signals the loop handles before any thread exists (HTTP workers,

@@ -389,6 +389,19 @@ _zl_checkpoint() {
 		rig_fail "checkpoint: $p and $s trees differ after resync"
 	fi
 	rig_log "checkpoint: $p and $s identical ($(du -sk "$RIG_DIR/$p/data" | cut -f1) KiB, $(find "$RIG_DIR/$p/data" | wc -l) entries)"
+	# The small files of earlier runs are verified on both sides now: remove them
+	# (through the primary's mount) and forget their records, so the tree stays
+	# bounded (each file the kernel caches holds an fd in the capture).
+	local d run
+	for d in "$RIG_DIR/$p/data/sf"/r*; do
+		[ -d "$d" ] || continue
+		run=$((10#${d##*/r}))
+		[ "$run" -lt "$ZL_RUN" ] && rig_in_skd "$p" rm -rf "$d"
+	done
+	if [ -f "$RIG_DIR/acked/smallfile.log" ]; then
+		awk -v keep="$ZL_RUN" '$1 >= keep' "$RIG_DIR/acked/smallfile.log" >"$RIG_DIR/acked/smallfile.keep"
+		mv "$RIG_DIR/acked/smallfile.keep" "$RIG_DIR/acked/smallfile.log"
+	fi
 }
 
 # _zl_wait_serving NODE TRIES: polls NODE's label every 50 ms until it serves.
