@@ -66,6 +66,7 @@ public:
 		return true;
 	}
 	bool done() const { return pos_ == in_.size(); }
+	size_t pos() const { return pos_; }
 
 private:
 	std::span<const uint8_t> in_;

@@ -484,24 +484,22 @@ void MirrorStateMachine::finishStop(bool scriptOk)
 			"swap: app stopped{} and VIP removed here; waiting for {} to start it", note, config_.peer));
 		break;
 	case StopIntent::GiveUp:
-		if (peerInSync) {
-			gen_.wasPrimary = false;
-			persist();
-		}
-		become(MirrorState::Wait, MirrorPhase::Failed, fmt::format(
-			"gave up the primary role{}{}", note, peerInSync ?
-			fmt::format("; in-sync peer {} may take over", config_.peer) :
-			std::string("; no in-sync peer: the module is down until an admin acts")), true);
-		break;
 	case StopIntent::Hold:
+		/* The in-sync peer may take over: this node must not claim to be current. */
 		if (peerInSync) {
 			gen_.wasPrimary = false;
 			persist();
 		}
-		become(MirrorState::Wait, MirrorPhase::Held, fmt::format(
-			"app stopped{}; waiting until the checker is ok again{}", note, peerInSync ?
-			fmt::format(" (in-sync peer {} may take over meanwhile)", config_.peer) :
-			std::string(", then this node serves again")), true);
+		if (intent == StopIntent::GiveUp)
+			become(MirrorState::Wait, MirrorPhase::Failed, fmt::format(
+				"gave up the primary role{}{}", note, peerInSync ?
+				fmt::format("; in-sync peer {} may take over", config_.peer) :
+				std::string("; no in-sync peer: the module is down until an admin acts")), true);
+		else
+			become(MirrorState::Wait, MirrorPhase::Held, fmt::format(
+				"app stopped{}; waiting until the checker is ok again{}", note, peerInSync ?
+				fmt::format(" (in-sync peer {} may take over meanwhile)", config_.peer) :
+				std::string(", then this node serves again")), true);
 		break;
 	case StopIntent::Isolated:
 		become(MirrorState::Wait, MirrorPhase::Isolated, fmt::format(

@@ -8,9 +8,9 @@
 #include "replication/resync.h"
 
 #include <algorithm>
-#include <string_view>
 
 #include "core/le_bytes.h"
+#include "replication/op_codec.h"
 
 namespace sk::repl {
 
@@ -21,24 +21,6 @@ constexpr uint8_t kEntryContinues = 1;
 constexpr uint8_t kEntrySparse = 2;	/* Coverage::Some: u64 block index before each hash */
 constexpr uint8_t kEntryUnhashed = 4;	/* Coverage::None */
 constexpr uint32_t kMaxRangesPerPath = 1u << 16;
-
-/* Relative, no empty, "." or ".." component, no NUL, at most PATH_MAX. */
-bool validRelPath(const std::string &p)
-{
-	if (p.empty() || p.size() > 4096 || p[0] == '/' || p.find('\0') != std::string::npos)
-		return false;
-	size_t start = 0;
-	while (start <= p.size()) {
-		size_t end = p.find('/', start);
-		if (end == std::string::npos)
-			end = p.size();
-		std::string_view c(p.data() + start, end - start);
-		if (c.empty() || c == "." || c == "..")
-			return false;
-		start = end + 1;
-	}
-	return true;
-}
 
 } /* namespace */
 
@@ -142,7 +124,7 @@ bool decodeManifestEntries(std::span<const uint8_t> in, std::vector<ManifestEntr
 		ManifestEntry e;
 		if (!r.u8(&flags) || (flags & ~(kEntryContinues | kEntrySparse | kEntryUnhashed)) ||
 		    (flags & kEntrySparse && flags & kEntryUnhashed) || !r.u8(&type) || type < 1 || type > 4 ||
-		    !r.u16(&plen) || !r.bytes(&e.path, plen) || !validRelPath(e.path) || !r.u32(&e.mode) ||
+		    !r.u16(&plen) || !r.bytes(&e.path, plen) || !isValidOpPath(e.path, false) || !r.u32(&e.mode) ||
 		    !r.u32(&e.uid) || !r.u32(&e.gid) || !r.u64(&e.size) || !r.u64(&sec) ||
 		    !r.u32(&e.mtime.nsec) || !r.u64(&e.rdev) || !r.u16(&tlen) || !r.bytes(&e.target, tlen) ||
 		    !r.u32(&nblocks) || nblocks > kMaxBlocksPerEntry)
@@ -201,7 +183,7 @@ bool decodePathSelection(std::span<const uint8_t> in, BlockSelection *out)
 		uint16_t plen = 0;
 		uint32_t n = 0;
 		std::string path;
-		if (!r.u16(&plen) || !r.bytes(&path, plen) || !validRelPath(path) || !r.u32(&n) ||
+		if (!r.u16(&plen) || !r.bytes(&path, plen) || !isValidOpPath(path, false) || !r.u32(&n) ||
 		    n > kMaxRangesPerPath)
 			return false;
 		/* A path once per selection (a map on the sending side). */

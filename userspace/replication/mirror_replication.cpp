@@ -942,21 +942,14 @@ Status SyncReplication::targetSession(TargetDir *d, ResyncMode mode, bool quaran
 		    !s)
 			return s;
 		std::vector<repl::ManifestEntry> hashed;
-		if (askAll) {
+		if (askAll || !ask.empty()) {
 			repl::ScanOptions ho = so;
-			ho.select = nullptr;
-			auto all = repl::scanTree(d->rootFd, ho);
-			if (!all)
-				return all.error();
-			hashed = std::move(*all);
-		} else if (!ask.empty()) {
-			repl::ScanOptions ho = so;
-			ho.select = &ask;
+			ho.select = askAll ? nullptr : &ask;
 			auto all = repl::scanTree(d->rootFd, ho);
 			if (!all)
 				return all.error();
 			for (auto &e : *all)
-				if (ask.byPath.count(e.path))
+				if (askAll || ask.byPath.count(e.path))
 					hashed.push_back(std::move(e));
 		}
 		if (auto s = ch->sendManifest(hashed, 0); !s)

@@ -15,6 +15,8 @@
 #include <limits>
 #include <string_view>
 
+#include "core/le_bytes.h"
+
 namespace sk::repl {
 
 const char *opTypeName(OpType type)
@@ -84,42 +86,6 @@ private:
 	}
 
 	std::vector<uint8_t> *out_;
-};
-
-class Reader
-{
-public:
-	explicit Reader(std::span<const uint8_t> in) : in_(in) {}
-
-	bool u8(uint8_t *v) { uint64_t x; if (!le(&x, 1)) return false; *v = static_cast<uint8_t>(x); return true; }
-	bool u16(uint16_t *v) { uint64_t x; if (!le(&x, 2)) return false; *v = static_cast<uint16_t>(x); return true; }
-	bool u32(uint32_t *v) { uint64_t x; if (!le(&x, 4)) return false; *v = static_cast<uint32_t>(x); return true; }
-	bool u64(uint64_t *v) { return le(v, 8); }
-	bool bytes(size_t n, std::string *s)
-	{
-		if (in_.size() - pos_ < n)
-			return false;
-		s->assign(reinterpret_cast<const char *>(in_.data() + pos_), n);
-		pos_ += n;
-		return true;
-	}
-	size_t pos() const { return pos_; }
-
-private:
-	bool le(uint64_t *v, int n)
-	{
-		if (in_.size() - pos_ < static_cast<size_t>(n))
-			return false;
-		uint64_t x = 0;
-		for (int i = n - 1; i >= 0; i--)
-			x = x << 8 | in_[pos_ + i];
-		pos_ += n;
-		*v = x;
-		return true;
-	}
-
-	std::span<const uint8_t> in_;
-	size_t pos_ = 0;
 };
 
 bool hasNul(std::string_view s)
@@ -321,7 +287,7 @@ int encodeOp(const Op &op, std::vector<uint8_t> *out)
 
 OpDecodeError decodeOp(std::span<const uint8_t> in, Op *op, size_t *consumed)
 {
-	Reader r(in);
+	le::Reader r(in);
 	*op = Op{};
 
 	uint8_t type = 0, opflags = 0;
@@ -344,11 +310,11 @@ OpDecodeError decodeOp(std::span<const uint8_t> in, Op *op, size_t *consumed)
 			overLimit = true;
 			return false;
 		}
-		return r.bytes(n, s);
+		return r.bytes(s, n);
 	};
 	auto str8 = [&](std::string *s) {
 		uint8_t n;
-		return r.u8(&n) && r.bytes(n, s);
+		return r.u8(&n) && r.bytes(s, n);
 	};
 	auto str32 = [&](std::string *s, size_t limit) {
 		uint32_t n;
@@ -358,7 +324,7 @@ OpDecodeError decodeOp(std::span<const uint8_t> in, Op *op, size_t *consumed)
 			overLimit = true;
 			return false;
 		}
-		return r.bytes(n, s);
+		return r.bytes(s, n);
 	};
 	auto time = [&](Timespec *t) {
 		uint64_t sec;
