@@ -46,9 +46,9 @@ std::unique_ptr<sk::HttpServer> startHttp(sk::Daemon &d, const std::string &cons
 
 /*
  * Each file the kernel keeps cached under a replicated dir holds an O_PATH fd in the
- * capture (as in libfuse's passthrough_hp), so the usual soft limit of 1024 open
- * files is far too low: raise it to fs.nr_open where allowed (root), else to the
- * hard limit.
+ * capture (as in libfuse's passthrough_hp) up to half the soft limit (then it prunes
+ * and falls back to file handles, slower), so the usual 1024 is far too low: raise
+ * it to fs.nr_open where allowed (root), else to the hard limit.
  */
 void raiseFileLimit()
 {

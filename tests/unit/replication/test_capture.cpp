@@ -11,6 +11,7 @@
 #include <sys/file.h>
 #include <sys/fsuid.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/statvfs.h>
 #include <sys/wait.h>
 
@@ -792,4 +793,81 @@ TEST_CASE("capture: O_APPEND writes land at the end, with the real offsets in th
 		CHECK(readAll(m.back("log")) == "one\ntwo\nthree\n");
 		CHECK(writtenContent(m.sink, "log") == "one\ntwo\nthree\n");
 	}
+}
+
+namespace {
+
+size_t openFdCount()
+{
+	size_t n = 0;
+	if (DIR *d = opendir("/proc/self/fd")) {
+		while (struct dirent *e = readdir(d))
+			n += e->d_name[0] != '.';
+		closedir(d);
+	}
+	return n;
+}
+
+/* Lowers the soft open file limit for one scope. */
+struct SoftFdLimit {
+	struct rlimit saved {};
+	explicit SoftFdLimit(rlim_t soft)
+	{
+		REQUIRE(getrlimit(RLIMIT_NOFILE, &saved) == 0);
+		struct rlimit rl = saved;
+		rl.rlim_cur = soft;
+		REQUIRE(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+	}
+	~SoftFdLimit() { setrlimit(RLIMIT_NOFILE, &saved); }
+};
+
+} /* namespace */
+
+TEST_CASE("capture: more cached files than the open file limit allows: the kernel is asked to drop the oldest")
+{
+	SKIP_UNLESS_ROOT();
+	constexpr rlim_t kLimit = 1024;
+	constexpr int kFiles = 8000;
+	SoftFdLimit limit(kLimit);
+	Mounted m;
+	REQUIRE(mkdir(m.mnt("d").c_str(), 0755) == 0);
+	/* Every file created stays in the kernel's dentry cache (60 s timeouts): one
+	 * inode each on our side, ten times the fds this process may open. */
+	for (int i = 0; i < kFiles; i++) {
+		std::string name = "d/f" + std::to_string(i);
+		int fd = open(m.mnt(name).c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
+		REQUIRE_MESSAGE(fd >= 0, name << ": " << strerror(errno));
+		std::string body = std::to_string(i);
+		REQUIRE(write(fd, body.data(), body.size()) == static_cast<ssize_t>(body.size()));
+		close(fd);
+	}
+	CHECK(openFdCount() < kLimit);
+	/* readdirplus and lookups of every name again, then the contents. */
+	std::vector<std::string> names;
+	DIR *d = opendir(m.mnt("d").c_str());
+	REQUIRE(d != nullptr);
+	while (struct dirent *e = readdir(d)) {
+		struct stat st;
+		int err = 0;
+		if (e->d_name[0] != '.' && fstatat(dirfd(d), e->d_name, &st, 0) < 0)
+			err = errno;
+		CHECK_MESSAGE(err == 0, e->d_name << ": " << strerror(err));
+		names.push_back(e->d_name);
+	}
+	closedir(d);
+	CHECK(names.size() == kFiles + 2);
+	int bad = 0;
+	std::string firstBad;
+	for (int i = 0; i < kFiles; i++) {
+		std::string got = readAll(m.mnt("d/f" + std::to_string(i)));
+		if (got != std::to_string(i) && !bad++)
+			firstBad = "f" + std::to_string(i) + ": " + got;
+	}
+	CHECK_MESSAGE(bad == 0, firstBad);
+	CHECK(openFdCount() < kLimit);
+	auto c = m.fs->counters();
+	CHECK(c.prunedEntries > 0);
+	CHECK(c.cachedInodes <= kLimit);
+	CHECK(opsOfType(m.sink, OpType::Create).size() == kFiles);
+	CHECK(writtenContent(m.sink, "d/f7999") == "7999");
 }

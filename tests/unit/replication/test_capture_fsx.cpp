@@ -197,12 +197,13 @@ struct Fsx {
 	}
 };
 
-void runFsx(bool writeback, int batches, int perBatch)
+void runFsx(bool writeback, int batches, int perBatch, uint64_t inodeFdBudget = 0)
 {
 	TempDir ref("fsx-ref");
 	TempDir replay("fsx-replay");
 	CaptureOptions o;
 	o.writebackCache = writeback;
+	o.inodeFdBudget = inodeFdBudget;
 	Mounted m(o);
 	int replayFd = open(replay.path().c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
 	REQUIRE(replayFd >= 0);
@@ -250,6 +251,10 @@ void runFsx(bool writeback, int batches, int perBatch)
 	CHECK(c.opsByType[static_cast<size_t>(OpType::Write)] > 0);
 	CHECK(c.opsByType[static_cast<size_t>(OpType::Rename)] > 0);
 	CHECK(c.opsByType[static_cast<size_t>(OpType::Fallocate)] > 0);
+	if (inodeFdBudget) {
+		CHECK(c.handleOnlyInodes > 0);
+		CHECK(c.prunedEntries > 0);
+	}
 }
 
 } /* namespace */
@@ -270,6 +275,17 @@ TEST_CASE("capture fsx: random operations, no writeback cache")
 		return;
 	}
 	runFsx(false, 20, 100);
+}
+
+/* A budget of 4 fds: nearly every Inode is handle-only and the pruner drops
+ * entries all the time, under the same operations and checks. */
+TEST_CASE("capture fsx: random operations with almost no fd budget (handle-only inodes, pruning)")
+{
+	if (!canMount()) {
+		MESSAGE("skipped: needs root and /dev/fuse");
+		return;
+	}
+	runFsx(true, 20, 100, 4);
 }
 
 TEST_CASE("capture fsx: concurrent random operations on shared names replay exactly")

@@ -9,6 +9,18 @@
  * parent Inode + name), from which the op path is rebuilt. An Inode stays in the
  * table while the kernel references it OR another Inode names it as a parent.
  *
+ * Open file limit: every Inode costs an fd and the kernel decides how long it
+ * keeps inodes referenced (its dentry cache can hold millions). Past half the
+ * soft RLIMIT_NOFILE (counted over all mounts of the process) a pruner thread
+ * asks the kernel to drop the least recently looked-up entries
+ * (fuse_lowlevel_notify_inval_entry, what memory pressure would do); the
+ * kernel's FORGETs then close their fds. Files first, directories only when
+ * files are not enough. readdirplus stops returning attributes (which make
+ * inodes) while over the limit. Open files and cwds keep their inodes. A lookup
+ * past three quarters of the limit (faster than the pruner) or finding no fd
+ * free makes a handle-only Inode: a file handle, opened per request
+ * (open_by_handle_at).
+ *
  * Lock order: orderMutex_ -> Inode::writeMutex -> tableMutex_.
  *  - orderMutex_ (shared_mutex) makes "apply locally + submit" atomic: namespace
  *    ops, setattr, xattrs and truncating opens hold it exclusively; write and
@@ -37,6 +49,7 @@
 #include "core/log.h"
 #include "replication/dirty_log.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -53,6 +66,7 @@
 #include <sys/file.h>
 #include <sys/fsuid.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
@@ -87,21 +101,97 @@ struct Alias {
 	std::string name;
 };
 
-struct Inode {
-	int fd = -1;		/* O_PATH, owned */
-	dev_t dev = 0;
-	ino_t ino = 0;
-	uint64_t nlookup = 0;	/* kernel references */
-	uint32_t children = 0;	/* aliases in other inodes naming this as parent */
-	std::vector<Alias> aliases;
-	std::mutex writeMutex;
+/* O_PATH fds held by the Inodes of every CaptureFs in this process. */
+std::atomic<uint64_t> gInodeFds{ 0 };
 
+struct Inode {
+	explicit Inode(int pathFd) : fd(pathFd) { gInodeFds++; }
+	explicit Inode(std::vector<unsigned char> &&fileHandle) : fd(-1), handle(std::move(fileHandle)) {}
 	~Inode()
 	{
-		if (fd >= 0)
+		if (fd >= 0) {
 			close(fd);
+			gInodeFds--;
+		}
 	}
+	Inode(const Inode &) = delete;
+	Inode &operator=(const Inode &) = delete;
+
+	/* O_PATH, owned; -1 for an Inode made while the process had no fd to spare,
+	 * which keeps a file handle instead (struct file_handle bytes, see PathFd). */
+	const int fd;
+	const std::vector<unsigned char> handle;
+	dev_t dev = 0;
+	ino_t ino = 0;
+	bool dir = false;
+	uint64_t nlookup = 0;	/* kernel references */
+	uint32_t children = 0;	/* aliases in other inodes naming this as parent */
+	std::atomic<uint64_t> lastLookup{ 0 };	/* Impl::lookupClock_ at the last lookup */
+	std::vector<Alias> aliases;
+	std::mutex writeMutex;
 };
+
+/* An Inode's O_PATH fd for the length of one request: its own, or one opened
+ * from its file handle (closed at scope exit). */
+class PathFd
+{
+public:
+	PathFd(int fd, bool owned) : fd_(fd), owned_(owned) {}
+	~PathFd()
+	{
+		if (owned_ && fd_ >= 0)
+			close(fd_);
+	}
+	PathFd(const PathFd &) = delete;
+	PathFd &operator=(const PathFd &) = delete;
+
+	int get() const { return fd_; }
+	explicit operator bool() const { return fd_ >= 0; }
+
+private:
+	int fd_;
+	bool owned_;
+};
+
+/*
+ * The lookup of parent/name when no fd is left: its file handle (of the same
+ * object as the attributes: the handle is taken again after the stat and must
+ * not have changed) and attributes. 0 or an errno.
+ */
+int lookupHandle(int dirFd, const char *name, std::vector<unsigned char> &handle, struct stat *st)
+{
+	struct Buf {
+		file_handle fh;
+		unsigned char bytes[MAX_HANDLE_SZ];
+	} first, again;
+	for (int attempt = 0; attempt < 3; attempt++) {
+		int mountId;
+		first.fh.handle_bytes = MAX_HANDLE_SZ;
+		again.fh.handle_bytes = MAX_HANDLE_SZ;
+		if (name_to_handle_at(dirFd, name, &first.fh, &mountId, 0) < 0 ||
+		    fstatat(dirFd, name, st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    name_to_handle_at(dirFd, name, &again.fh, &mountId, 0) < 0)
+			return errno;
+		size_t len = sizeof(file_handle) + first.fh.handle_bytes;
+		if (first.fh.handle_bytes == again.fh.handle_bytes && first.fh.handle_type == again.fh.handle_type &&
+		    std::memcmp(&first, &again, len) == 0) {
+			const auto *p = reinterpret_cast<const unsigned char *>(&first);
+			handle.assign(p, p + len);
+			return 0;
+		}
+	}
+	return EAGAIN;
+}
+
+/* The fd budget of all Inodes: half the soft open file limit, so the app's own
+ * file handles (one backing fd each) and skd keep the rest. */
+uint64_t inodeFdBudget()
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+		return 1u << 20;
+	return std::max<uint64_t>(rl.rlim_cur / 2, 16);
+}
 
 struct FileHandle {
 	int fd = -1;
@@ -214,6 +304,35 @@ public:
 	std::atomic<uint64_t> barrierWaitNs_{ 0 };
 	std::atomic<uint64_t> barrierFailures_{ 0 };
 	std::atomic<uint64_t> skipped_{ 0 };
+
+	/* --- fd pruning (see the top of this file) --- */
+	std::atomic<uint64_t> lookupClock_{ 0 };
+	std::atomic<uint64_t> pruned_{ 0 };
+	uint64_t fdBudget_ = 0;		/* prune above this */
+	uint64_t fdCap_ = 0;		/* handle-only Inodes above this */
+	int mountFd_ = -1;		/* the backing fs, for open_by_handle_at (which refuses O_PATH) */
+	std::thread pruner_;
+	std::mutex prunerMutex_;
+	std::condition_variable prunerCv_;
+	bool prunerStop_ = false;
+	bool overBudget() const { return gInodeFds.load(std::memory_order_relaxed) > fdBudget_; }
+	std::atomic<uint64_t> handleOnly_{ 0 };
+	PathFd pathFd(Inode *inode)
+	{
+		if (inode->fd >= 0)
+			return PathFd(inode->fd, false);
+		/* Needs CAP_DAC_READ_SEARCH, which skd has as root. */
+		auto *fh = reinterpret_cast<file_handle *>(const_cast<unsigned char *>(inode->handle.data()));
+		return PathFd(open_by_handle_at(mountFd_, fh, O_PATH | O_CLOEXEC), true);
+	}
+	PathFd pathFd(fuse_ino_t ino) { return pathFd(inodeOf(ino)); }
+	void wakePruner()
+	{
+		std::lock_guard lock(prunerMutex_);
+		prunerCv_.notify_one();
+	}
+	void prunerLoop();
+	size_t pruneOnce();
 
 	/* --- inode table --- */
 	Inode *inodeOf(fuse_ino_t ino)
@@ -338,31 +457,140 @@ int CaptureFs::Impl::doLookup(Inode *parent, const char *name, fuse_entry_param 
 {
 	memset(e, 0, sizeof(*e));
 	fillEntryTimeouts(e);
-	int fd = openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
+	PathFd parentFd = pathFd(parent);
+	if (!parentFd)
 		return errno;
-	if (fstatat(fd, "", &e->attr, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
+	std::vector<unsigned char> handle;
+	/* Past the cap (lookups faster than the pruner) an Inode costs no fd: the
+	 * rest of the limit stays for the files the app opens. */
+	bool capped = gInodeFds.load(std::memory_order_relaxed) >= fdCap_;
+	int fd = capped ? -1 : openat(parentFd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 && !capped && errno != EMFILE && errno != ENFILE)
+		return errno;
+	if (fd < 0) {
+		/* A handle-only Inode, on the root's fs; where the fs has no handles,
+		 * an fd after all. */
+		wakePruner();
+		int err = lookupHandle(parentFd.get(), name, handle, &e->attr);
+		if (!err && e->attr.st_dev != root_->dev)
+			err = EXDEV;
+		if (err && err != EOPNOTSUPP && err != EXDEV && err != EAGAIN && err != EOVERFLOW)
+			return err;
+		if (err) {
+			handle.clear();
+			fd = openat(parentFd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+			if (fd < 0)
+				return errno;
+		}
+	}
+	if (fd >= 0 && fstatat(fd, "", &e->attr, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
 		int err = errno;
 		close(fd);
 		return err;
 	}
-	std::lock_guard lock(tableMutex_);
-	Inode *inode = findLocked(e->attr.st_dev, e->attr.st_ino);
-	if (inode) {
-		close(fd);
-	} else {
-		auto owned = std::make_unique<Inode>();
-		owned->fd = fd;
-		owned->dev = e->attr.st_dev;
-		owned->ino = e->attr.st_ino;
-		inode = owned.get();
-		inodes_[{ inode->dev, inode->ino }] = std::move(owned);
+	bool added = false;
+	{
+		std::lock_guard lock(tableMutex_);
+		Inode *inode = findLocked(e->attr.st_dev, e->attr.st_ino);
+		if (inode) {
+			if (fd >= 0)
+				close(fd);
+		} else {
+			auto owned = fd >= 0 ? std::make_unique<Inode>(fd) : std::make_unique<Inode>(std::move(handle));
+			handleOnly_ += fd < 0;
+			owned->dev = e->attr.st_dev;
+			owned->ino = e->attr.st_ino;
+			owned->dir = S_ISDIR(e->attr.st_mode);
+			inode = owned.get();
+			inodes_[{ inode->dev, inode->ino }] = std::move(owned);
+			added = true;
+		}
+		inode->nlookup++;
+		inode->lastLookup.store(++lookupClock_, std::memory_order_relaxed);
+		if (std::strcmp(name, ".") != 0 && std::strcmp(name, "..") != 0)
+			addAliasLocked(inode, parent, name);
+		e->ino = idOf(inode);
 	}
-	inode->nlookup++;
-	if (std::strcmp(name, ".") != 0 && std::strcmp(name, "..") != 0)
-		addAliasLocked(inode, parent, name);
-	e->ino = idOf(inode);
+	if (added && overBudget())
+		wakePruner();
 	return 0;
+}
+
+/*
+ * Picks this mount's share of the excess (least recently looked up first, files
+ * before directories; only entries nothing else in the table names) and asks the
+ * kernel to drop their dentries. Never from a request thread: the kernel takes
+ * the parent directory's lock, which a request under way may hold.
+ */
+size_t CaptureFs::Impl::pruneOnce()
+{
+	uint64_t total = gInodeFds.load();
+	uint64_t low = fdBudget_ - fdBudget_ / 4;
+	if (total <= fdBudget_)
+		return 0;
+	struct Candidate {
+		uint64_t lastLookup;
+		bool dir;
+		fuse_ino_t parent;
+		std::string name;
+	};
+	std::vector<Candidate> picked;
+	{
+		std::lock_guard lock(tableMutex_);
+		uint64_t mine = inodes_.size();
+		/* This mount's share of the excess, rounded up. */
+		uint64_t want = (mine * (total - low) + total - 1) / total;
+		std::vector<Candidate> all;
+		all.reserve(mine);
+		for (auto &[key, inode] : inodes_) {
+			if (inode.get() == root_ || inode->fd < 0 || inode->nlookup == 0 || inode->children > 0)
+				continue;
+			for (const Alias &a : inode->aliases)
+				all.push_back({ inode->lastLookup.load(std::memory_order_relaxed), inode->dir,
+						idOf(a.parent), a.name });
+		}
+		want = std::min<uint64_t>(want, all.size());
+		auto older = [](const Candidate &a, const Candidate &b) {
+			return a.dir != b.dir ? !a.dir : a.lastLookup < b.lastLookup;
+		};
+		std::nth_element(all.begin(), all.begin() + want, all.end(), older);
+		all.resize(want);
+		picked = std::move(all);
+	}
+	size_t sent = 0;
+	for (const Candidate &c : picked) {
+		int r = fuse_lowlevel_notify_inval_entry(se_, c.parent, c.name.c_str(), c.name.size());
+		if (r == 0)
+			sent++;
+		else if (r != -ENOENT)
+			logDebug(kLog, "{}: invalidate entry {}: {}", options_.mountpoint, c.name, strerror(-r));
+	}
+	pruned_ += sent;
+	return sent;
+}
+
+void CaptureFs::Impl::prunerLoop()
+{
+	bool warned = false;
+	std::unique_lock lock(prunerMutex_);
+	while (!prunerStop_) {
+		prunerCv_.wait_for(lock, std::chrono::seconds(1), [this] { return prunerStop_ || overBudget(); });
+		if (prunerStop_)
+			break;
+		if (!overBudget())
+			continue;
+		lock.unlock();
+		uint64_t cached = gInodeFds.load();
+		size_t sent = pruneOnce();
+		if (!warned && sent) {
+			logInfo(kLog, "{}: {} cached files over the fd budget of {}: asking the kernel to drop "
+				"the least recently used", options_.mountpoint, cached, fdBudget_);
+			warned = true;
+		}
+		/* Let the kernel's FORGETs arrive before counting again. */
+		std::this_thread::sleep_for(std::chrono::milliseconds(sent ? 2 : 100));
+		lock.lock();
+	}
 }
 
 std::optional<std::string> CaptureFs::Impl::pathLocked(Inode *inode)
@@ -393,7 +621,8 @@ std::optional<std::string> CaptureFs::Impl::pathLocked(Inode *inode)
 void CaptureFs::Impl::recoverAlias(Inode *inode)
 {
 	struct stat st;
-	if (fstatat(inode->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0 || st.st_nlink == 0 ||
+	PathFd inodeFd = pathFd(inode);
+	if (!inodeFd || fstatat(inodeFd.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0 || st.st_nlink == 0 ||
 	    S_ISDIR(st.st_mode))
 		return;
 	{
@@ -411,7 +640,8 @@ void CaptureFs::Impl::recoverAlias(Inode *inode)
 	std::lock_guard lock(tableMutex_);
 	Inode *cur = root_;
 	for (size_t i = 0; i + 1 < path.size(); i++) {
-		int fd = openat(cur->fd, path[i].c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		PathFd curFd = pathFd(cur);
+		int fd = curFd ? openat(curFd.get(), path[i].c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC) : -1;
 		struct stat dst;
 		if (fd < 0 || fstat(fd, &dst) < 0) {
 			if (fd >= 0)
@@ -423,10 +653,10 @@ void CaptureFs::Impl::recoverAlias(Inode *inode)
 			close(fd);
 		} else {
 			/* nlookup 0: kept alive only by the child alias below. */
-			auto owned = std::make_unique<Inode>();
-			owned->fd = fd;
+			auto owned = std::make_unique<Inode>(fd);
 			owned->dev = dst.st_dev;
 			owned->ino = dst.st_ino;
+			owned->dir = S_ISDIR(dst.st_mode);
 			dir = owned.get();
 			inodes_[{ dir->dev, dir->ino }] = std::move(owned);
 		}
@@ -719,7 +949,10 @@ void opGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info *)
 {
 	Impl *fs = self(req);
 	struct stat st;
-	if (fstatat(fs->inodeOf(ino)->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+	PathFd inodeFd = fs->pathFd(ino);
+	if (!inodeFd)
+		return (void)fuse_reply_err(req, errno);
+	if (fstatat(inodeFd.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
 		return (void)fuse_reply_err(req, errno);
 	fuse_reply_attr(req, &st, fs->attrTimeout());
 }
@@ -730,15 +963,18 @@ void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, fus
 	if (fs->options_.readOnly)
 		return (void)fuse_reply_err(req, EROFS);
 	Inode *inode = fs->inodeOf(ino);
+	PathFd inodeFd = fs->pathFd(inode);
+	if (!inodeFd)
+		return (void)fuse_reply_err(req, errno);
 	int fd = fi ? fhOf(fi)->fd : -1;
-	std::string proc = procPath(inode->fd);
+	std::string proc = procPath(inodeFd.get());
 	DirtyLog::Guard logged;
 	if (valid & FUSE_SET_ATTR_SIZE) {
 		/* Extending exposes zeros between the sizes; shrinking cuts the block at
 		 * the new size: both ranges may differ from the peer afterwards. */
 		struct stat before;
 		uint64_t size = static_cast<uint64_t>(attr->st_size), from = size, to = size + 1;
-		if (fstatat(inode->fd, "", &before, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0) {
+		if (fstatat(inodeFd.get(), "", &before, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0) {
 			uint64_t old = static_cast<uint64_t>(before.st_size);
 			from = std::min(size, old);
 			to = std::max(size + 1, old);
@@ -761,7 +997,7 @@ void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, fus
 	if (!err && (valid & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))) {
 		uid_t uid = (valid & FUSE_SET_ATTR_UID) ? attr->st_uid : static_cast<uid_t>(-1);
 		gid_t gid = (valid & FUSE_SET_ATTR_GID) ? attr->st_gid : static_cast<gid_t>(-1);
-		if (fchownat(inode->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+		if (fchownat(inodeFd.get(), "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
 			err = errno;
 		else {
 			if (valid & FUSE_SET_ATTR_UID) {
@@ -802,7 +1038,7 @@ void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, fus
 			/* UTIME_NOW is resolved here and sent as the time we set, so both
 			 * sides end with identical timestamps. */
 			struct stat now;
-			if (fstatat(inode->fd, "", &now, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0) {
+			if (fstatat(inodeFd.get(), "", &now, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0) {
 				if (valid & FUSE_SET_ATTR_ATIME) {
 					op.valid |= kSetAtime;
 					op.atime = { now.st_atim.tv_sec, static_cast<uint32_t>(now.st_atim.tv_nsec) };
@@ -826,7 +1062,7 @@ void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, fus
 	if (err)
 		return (void)fuse_reply_err(req, err);
 	struct stat st;
-	if (fstatat(inode->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+	if (fstatat(inodeFd.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
 		return (void)fuse_reply_err(req, errno);
 	fuse_reply_attr(req, &st, fs->attrTimeout());
 }
@@ -834,7 +1070,10 @@ void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, fus
 void opReadlink(fuse_req_t req, fuse_ino_t ino)
 {
 	char buf[PATH_MAX + 1];
-	ssize_t n = readlinkat(self(req)->inodeOf(ino)->fd, "", buf, sizeof(buf));
+	PathFd inodeFd = self(req)->pathFd(ino);
+	if (!inodeFd)
+		return (void)fuse_reply_err(req, errno);
+	ssize_t n = readlinkat(inodeFd.get(), "", buf, sizeof(buf));
 	if (n < 0)
 		return (void)fuse_reply_err(req, errno);
 	if (n == sizeof(buf))
@@ -875,11 +1114,14 @@ void opMknod(fuse_req_t req, fuse_ino_t parentIno, const char *name, mode_t mode
 		return (void)fuse_reply_err(req, EROFS);
 	ensureThreadUmask();
 	Inode *parent = fs->inodeOf(parentIno);
+	PathFd parentFd = fs->pathFd(parent);
+	if (!parentFd)
+		return (void)fuse_reply_err(req, errno);
 	std::unique_lock order(fs->orderMutex_);
 	int r;
 	{
 		FsIdGuard ids(req);
-		r = mknodat(parent->fd, name, mode, rdev);
+		r = mknodat(parentFd.get(), name, mode, rdev);
 	}
 	if (r < 0)
 		return (void)fuse_reply_err(req, errno);
@@ -897,11 +1139,14 @@ void opMkdir(fuse_req_t req, fuse_ino_t parentIno, const char *name, mode_t mode
 		return (void)fuse_reply_err(req, EROFS);
 	ensureThreadUmask();
 	Inode *parent = fs->inodeOf(parentIno);
+	PathFd parentFd = fs->pathFd(parent);
+	if (!parentFd)
+		return (void)fuse_reply_err(req, errno);
 	std::unique_lock order(fs->orderMutex_);
 	int r;
 	{
 		FsIdGuard ids(req);
-		r = mkdirat(parent->fd, name, mode);
+		r = mkdirat(parentFd.get(), name, mode);
 	}
 	if (r < 0)
 		return (void)fuse_reply_err(req, errno);
@@ -917,11 +1162,14 @@ void opSymlink(fuse_req_t req, const char *link, fuse_ino_t parentIno, const cha
 	if (fs->options_.readOnly)
 		return (void)fuse_reply_err(req, EROFS);
 	Inode *parent = fs->inodeOf(parentIno);
+	PathFd parentFd = fs->pathFd(parent);
+	if (!parentFd)
+		return (void)fuse_reply_err(req, errno);
 	std::unique_lock order(fs->orderMutex_);
 	int r;
 	{
 		FsIdGuard ids(req);
-		r = symlinkat(link, parent->fd, name);
+		r = symlinkat(link, parentFd.get(), name);
 	}
 	if (r < 0)
 		return (void)fuse_reply_err(req, errno);
@@ -937,14 +1185,20 @@ void opLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newParentIno, const char 
 	if (fs->options_.readOnly)
 		return (void)fuse_reply_err(req, EROFS);
 	Inode *inode = fs->inodeOf(ino);
+	PathFd inodeFd = fs->pathFd(inode);
+	if (!inodeFd)
+		return (void)fuse_reply_err(req, errno);
 	Inode *newParent = fs->inodeOf(newParentIno);
+	PathFd newParentFd = fs->pathFd(newParent);
+	if (!newParentFd)
+		return (void)fuse_reply_err(req, errno);
 	std::unique_lock order(fs->orderMutex_);
-	if (linkat(inode->fd, "", newParent->fd, newName, AT_EMPTY_PATH) < 0) {
+	if (linkat(inodeFd.get(), "", newParentFd.get(), newName, AT_EMPTY_PATH) < 0) {
 		int err = errno;
 		/* AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc link works without. */
 		if (err != ENOENT && err != EPERM)
 			return (void)fuse_reply_err(req, err);
-		if (linkat(AT_FDCWD, procPath(inode->fd).c_str(), newParent->fd, newName, AT_SYMLINK_FOLLOW) < 0)
+		if (linkat(AT_FDCWD, procPath(inodeFd.get()).c_str(), newParentFd.get(), newName, AT_SYMLINK_FOLLOW) < 0)
 			return (void)fuse_reply_err(req, errno);
 	}
 	std::optional<std::string> src = fs->pathOf(inode);
@@ -961,7 +1215,7 @@ void opLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newParentIno, const char 
 				fs->submit(std::move(op));
 			} else {
 				/* The peer has no copy of the source: send the file itself. */
-				fs->emitTree(newParent->fd, newName, *dst, 0);
+				fs->emitTree(newParentFd.get(), newName, *dst, 0);
 			}
 		} else {
 			fs->skipped_++;
@@ -979,11 +1233,14 @@ void removeEntry(fuse_req_t req, fuse_ino_t parentIno, const char *name, bool di
 	if (fs->options_.readOnly)
 		return (void)fuse_reply_err(req, EROFS);
 	Inode *parent = fs->inodeOf(parentIno);
+	PathFd parentFd = fs->pathFd(parent);
+	if (!parentFd)
+		return (void)fuse_reply_err(req, errno);
 	std::unique_lock order(fs->orderMutex_);
 	struct stat st;
-	bool existed = fstatat(parent->fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
+	bool existed = fstatat(parentFd.get(), name, &st, AT_SYMLINK_NOFOLLOW) == 0;
 	std::optional<std::string> path = fs->childPath(parent, name);
-	if (unlinkat(parent->fd, name, dir ? AT_REMOVEDIR : 0) < 0)
+	if (unlinkat(parentFd.get(), name, dir ? AT_REMOVEDIR : 0) < 0)
 		return (void)fuse_reply_err(req, errno);
 	Inode *victim = nullptr;
 	if (existed) {
@@ -1027,6 +1284,10 @@ void opRename(fuse_req_t req, fuse_ino_t parentIno, const char *name, fuse_ino_t
 		return (void)fuse_reply_err(req, EINVAL);
 	Inode *parent = fs->inodeOf(parentIno);
 	Inode *newParent = fs->inodeOf(newParentIno);
+	PathFd parentFd = fs->pathFd(parent);
+	PathFd newParentFd = fs->pathFd(newParent);
+	if (!parentFd || !newParentFd)
+		return (void)fuse_reply_err(req, errno);
 	/* Before any lock: the sink may hold renames back (a resync's rename fence). */
 	struct RenameScope {
 		OpSink *sink;
@@ -1043,11 +1304,11 @@ void opRename(fuse_req_t req, fuse_ino_t parentIno, const char *name, fuse_ino_t
 	} scope(fs->options_.sink);
 	std::unique_lock order(fs->orderMutex_);
 	struct stat srcSt, dstSt;
-	bool srcExisted = fstatat(parent->fd, name, &srcSt, AT_SYMLINK_NOFOLLOW) == 0;
-	bool dstExisted = fstatat(newParent->fd, newName, &dstSt, AT_SYMLINK_NOFOLLOW) == 0;
+	bool srcExisted = fstatat(parentFd.get(), name, &srcSt, AT_SYMLINK_NOFOLLOW) == 0;
+	bool dstExisted = fstatat(newParentFd.get(), newName, &dstSt, AT_SYMLINK_NOFOLLOW) == 0;
 	std::optional<std::string> srcPath = fs->childPath(parent, name);
 	std::optional<std::string> dstPath = fs->childPath(newParent, newName);
-	if (renameat2(parent->fd, name, newParent->fd, newName, flags) < 0)
+	if (renameat2(parentFd.get(), name, newParentFd.get(), newName, flags) < 0)
 		return (void)fuse_reply_err(req, errno);
 	Inode *replaced = nullptr;	/* overwritten, but other names of it remain */
 	{
@@ -1093,14 +1354,14 @@ void opRename(fuse_req_t req, fuse_ino_t parentIno, const char *name, fuse_ino_t
 		} else if (flags & RENAME_EXCHANGE) {
 			/* The replicated side's old content now lives at the excluded side. */
 			if (!srcEx) {
-				fs->emitRemoveTree(newParent->fd, newName, *srcPath, 0);
-				fs->emitTree(parent->fd, name, *srcPath, 0);
+				fs->emitRemoveTree(newParentFd.get(), newName, *srcPath, 0);
+				fs->emitTree(parentFd.get(), name, *srcPath, 0);
 			} else {
-				fs->emitRemoveTree(parent->fd, name, *dstPath, 0);
-				fs->emitTree(newParent->fd, newName, *dstPath, 0);
+				fs->emitRemoveTree(parentFd.get(), name, *dstPath, 0);
+				fs->emitTree(newParentFd.get(), newName, *dstPath, 0);
 			}
 		} else if (!srcEx) {
-			fs->emitRemoveTree(newParent->fd, newName, *srcPath, 0);
+			fs->emitRemoveTree(newParentFd.get(), newName, *srcPath, 0);
 		} else {
 			if (dstExisted) {
 				Op op;
@@ -1108,7 +1369,7 @@ void opRename(fuse_req_t req, fuse_ino_t parentIno, const char *name, fuse_ino_t
 				op.path = *dstPath;
 				fs->submitRaw(std::move(op));
 			}
-			fs->emitTree(newParent->fd, newName, *dstPath, 0);
+			fs->emitTree(newParentFd.get(), newName, *dstPath, 0);
 		}
 	}
 	fuse_reply_err(req, 0);
@@ -1163,16 +1424,19 @@ void opCreate(fuse_req_t req, fuse_ino_t parentIno, const char *name, mode_t mod
 		return (void)fuse_reply_err(req, EROFS);
 	ensureThreadUmask();
 	Inode *parent = fs->inodeOf(parentIno);
+	PathFd parentFd = fs->pathFd(parent);
+	if (!parentFd)
+		return (void)fuse_reply_err(req, errno);
 	int flags = backingFlags(fs, fi->flags);
 	std::unique_lock order(fs->orderMutex_);
 	bool created = true;
 	int fd;
 	{
 		FsIdGuard ids(req);
-		fd = openat(parent->fd, name, flags | O_CREAT | O_EXCL, mode);
+		fd = openat(parentFd.get(), name, flags | O_CREAT | O_EXCL, mode);
 		if (fd < 0 && errno == EEXIST && !(fi->flags & O_EXCL)) {
 			created = false;
-			fd = openat(parent->fd, name, flags, mode);
+			fd = openat(parentFd.get(), name, flags, mode);
 		}
 	}
 	if (fd < 0)
@@ -1210,6 +1474,9 @@ void opOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi)
 {
 	Impl *fs = self(req);
 	Inode *inode = fs->inodeOf(ino);
+	PathFd inodeFd = fs->pathFd(inode);
+	if (!inodeFd)
+		return (void)fuse_reply_err(req, errno);
 	bool trunc = (fi->flags & O_TRUNC) != 0;
 	if (fs->options_.readOnly && ((fi->flags & O_ACCMODE) != O_RDONLY || trunc))
 		return (void)fuse_reply_err(req, EROFS);
@@ -1217,7 +1484,7 @@ void opOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi)
 	std::unique_lock<std::shared_mutex> order;
 	if (trunc)
 		order = std::unique_lock(fs->orderMutex_);
-	int fd = open(procPath(inode->fd).c_str(), flags);
+	int fd = open(procPath(inodeFd.get()).c_str(), flags);
 	if (fd < 0)
 		return (void)fuse_reply_err(req, errno);
 	if (trunc) {
@@ -1328,7 +1595,13 @@ void opFsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info *fi)
 {
 	Impl *fs = self(req);
 	Inode *inode = fs->inodeOf(ino);
-	int fd = fi ? fhOf(fi)->fd : open(procPath(inode->fd).c_str(), O_RDONLY | O_CLOEXEC);
+	int fd = fi ? fhOf(fi)->fd : -1;
+	if (!fi) {
+		PathFd inodeFd = fs->pathFd(inode);
+		if (!inodeFd)
+			return (void)fuse_reply_err(req, errno);
+		fd = open(procPath(inodeFd.get()).c_str(), O_RDONLY | O_CLOEXEC);
+	}
 	if (fd < 0)
 		return (void)fuse_reply_err(req, errno);
 	int err = syncPoint(fs, inode, fd, datasync);
@@ -1340,7 +1613,10 @@ void opFsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info *fi)
 void opOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi)
 {
 	Impl *fs = self(req);
-	int fd = openat(fs->inodeOf(ino)->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	PathFd inodeFd = fs->pathFd(ino);
+	if (!inodeFd)
+		return (void)fuse_reply_err(req, errno);
+	int fd = openat(inodeFd.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		return (void)fuse_reply_err(req, errno);
 	auto *dh = new DirHandle;
@@ -1387,7 +1663,8 @@ void doReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_f
 		size_t n;
 		if (plus) {
 			fuse_entry_param e;
-			if (dot) {
+			/* Over the fd budget: names and types only, the kernel looks up later. */
+			if (dot || fs->overBudget()) {
 				memset(&e, 0, sizeof(e));
 				e.attr.st_ino = ent->d_ino;
 				e.attr.st_mode = DTTOIF(ent->d_type);
@@ -1406,7 +1683,7 @@ void doReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_f
 			}
 			n = fuse_add_direntry_plus(req, buf.data() + used, size - used, ent->d_name, &e, next);
 			if (n > size - used) {
-				if (!dot)
+				if (e.ino != 0)
 					fs->forgetOne(e.ino, 1);
 				break;
 			}
@@ -1460,7 +1737,10 @@ void opFsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info *fi
 void opStatfs(fuse_req_t req, fuse_ino_t ino)
 {
 	struct statvfs sv;
-	if (fstatvfs(self(req)->inodeOf(ino)->fd, &sv) < 0)
+	PathFd inodeFd = self(req)->pathFd(ino);
+	if (!inodeFd)
+		return (void)fuse_reply_err(req, errno);
+	if (fstatvfs(inodeFd.get(), &sv) < 0)
 		return (void)fuse_reply_err(req, errno);
 	fuse_reply_statfs(req, &sv);
 }
@@ -1471,8 +1751,11 @@ void opSetxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *va
 	if (fs->options_.readOnly)
 		return (void)fuse_reply_err(req, EROFS);
 	Inode *inode = fs->inodeOf(ino);
+	PathFd inodeFd = fs->pathFd(inode);
+	if (!inodeFd)
+		return (void)fuse_reply_err(req, errno);
 	std::unique_lock order(fs->orderMutex_);
-	if (setxattr(procPath(inode->fd).c_str(), name, value, size, flags) < 0)
+	if (setxattr(procPath(inodeFd.get()).c_str(), name, value, size, flags) < 0)
 		return (void)fuse_reply_err(req, errno);
 	if (fs->capturing()) {
 		if (auto path = fs->pathOf(inode)) {
@@ -1490,7 +1773,10 @@ void opSetxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *va
 
 void opGetxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
-	std::string proc = procPath(self(req)->inodeOf(ino)->fd);
+	PathFd inodeFd = self(req)->pathFd(ino);
+	if (!inodeFd)
+		return (void)fuse_reply_err(req, errno);
+	std::string proc = procPath(inodeFd.get());
 	if (size == 0) {
 		ssize_t n = getxattr(proc.c_str(), name, nullptr, 0);
 		if (n < 0)
@@ -1506,7 +1792,10 @@ void opGetxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 
 void opListxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
-	std::string proc = procPath(self(req)->inodeOf(ino)->fd);
+	PathFd inodeFd = self(req)->pathFd(ino);
+	if (!inodeFd)
+		return (void)fuse_reply_err(req, errno);
+	std::string proc = procPath(inodeFd.get());
 	if (size == 0) {
 		ssize_t n = listxattr(proc.c_str(), nullptr, 0);
 		if (n < 0)
@@ -1526,8 +1815,11 @@ void opRemovexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	if (fs->options_.readOnly)
 		return (void)fuse_reply_err(req, EROFS);
 	Inode *inode = fs->inodeOf(ino);
+	PathFd inodeFd = fs->pathFd(inode);
+	if (!inodeFd)
+		return (void)fuse_reply_err(req, errno);
 	std::unique_lock order(fs->orderMutex_);
-	if (removexattr(procPath(inode->fd).c_str(), name) < 0)
+	if (removexattr(procPath(inodeFd.get()).c_str(), name) < 0)
 		return (void)fuse_reply_err(req, errno);
 	if (fs->capturing()) {
 		if (auto path = fs->pathOf(inode)) {
@@ -1668,16 +1960,22 @@ Status CaptureFs::Impl::start()
 	int fd = open(mp.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		return makeError(-errno, errnoMessage("capture: open " + mp, -errno));
-	auto root = std::make_unique<Inode>();
-	root->fd = fd;
+	auto root = std::make_unique<Inode>(fd);
 	struct stat st;
 	if (fstat(fd, &st) < 0)
 		return makeError(-errno, errnoMessage("capture: stat " + mp, -errno));
 	root->dev = st.st_dev;
 	root->ino = st.st_ino;
+	root->dir = true;
 	root->nlookup = 1;
 	root_ = root.get();
 	inodes_[{ root->dev, root->ino }] = std::move(root);
+
+	fdBudget_ = options_.inodeFdBudget ? options_.inodeFdBudget : inodeFdBudget();
+	fdCap_ = fdBudget_ + fdBudget_ / 2;
+	mountFd_ = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (mountFd_ < 0)
+		return makeError(-errno, errnoMessage("capture: open " + mp, -errno));
 
 	fuse_args args = FUSE_ARGS_INIT(0, nullptr);
 	/* default_permissions: the kernel checks access from our attributes (we run
@@ -1716,6 +2014,8 @@ Status CaptureFs::Impl::start()
 		loopCv_.notify_all();
 	});
 
+	pruner_ = std::thread([this] { prunerLoop(); });
+
 	/* The connection id (for an abort at shutdown) is the mount's minor number;
 	 * this stat is also the first request, so mount() returns a working fs. */
 	struct stat mst;
@@ -1733,6 +2033,13 @@ Status CaptureFs::Impl::stop()
 		return Status::success();
 	Status status;
 	const std::string &mp = options_.mountpoint;
+	{
+		std::lock_guard lock(prunerMutex_);
+		prunerStop_ = true;
+		prunerCv_.notify_all();
+	}
+	if (pruner_.joinable())
+		pruner_.join();
 	fuse_session_exit(se_);
 	if (mounted_) {
 		/* Lazy: files the app still holds keep working until closed; with none
@@ -1769,6 +2076,8 @@ CaptureFs::Impl::~Impl()
 	(void)stop();
 	/* Drop children before parents is not needed: Inode holds no pointers it owns. */
 	inodes_.clear();
+	if (mountFd_ >= 0)
+		close(mountFd_);
 }
 
 Result<std::unique_ptr<CaptureFs>> CaptureFs::mount(const CaptureOptions &options)
@@ -1803,6 +2112,9 @@ CaptureCounters CaptureFs::counters() const
 	c.barrierWaitNs = impl_->barrierWaitNs_.load();
 	c.barrierFailures = impl_->barrierFailures_.load();
 	c.skipped = impl_->skipped_.load();
+	c.prunedEntries = impl_->pruned_.load();
+	c.cachedInodes = gInodeFds.load();
+	c.handleOnlyInodes = impl_->handleOnly_.load();
 	return c;
 }
 

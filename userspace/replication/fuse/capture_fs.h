@@ -35,6 +35,10 @@ struct CaptureOptions {
 	std::vector<std::string> exclude;
 	std::vector<std::string> include;
 	unsigned threads = 4;		/* FUSE worker threads (max) */
+	/* O_PATH fds the Inodes of all mounts may hold before the least recently used
+	 * are dropped; 1.5x it, new Inodes keep a file handle instead of an fd.
+	 * 0: half the soft RLIMIT_NOFILE at mount time. */
+	uint64_t inodeFdBudget = 0;
 	/* Borrowed, optional: every write, truncate and fallocate is recorded here before
 	 * its local effect (see dirty_log.h), its Guard held until the op is submitted. */
 	DirtyLog *dirtyLog = nullptr;
@@ -46,6 +50,9 @@ struct CaptureCounters {
 	uint64_t barrierWaitNs = 0;		/* total time spent in waitAcked() */
 	uint64_t barrierFailures = 0;		/* waitAcked() < 0: durability call failed with EIO */
 	uint64_t skipped = 0;			/* mutations with no op: excluded or unlinked-open */
+	uint64_t prunedEntries = 0;		/* entries the kernel was asked to drop (fd budget) */
+	uint64_t cachedInodes = 0;		/* inodes (one O_PATH fd each) of all mounts in the process */
+	uint64_t handleOnlyInodes = 0;		/* inodes made with a file handle when out of fds */
 };
 
 class CaptureFs
