@@ -518,6 +518,49 @@ int main(int argc, char **argv)
 		});
 	}
 
+	/* verify */
+	bool verifyJson = false;
+	CLI::App *verifyCmd = app.add_subcommand(
+		"verify", "Compare both copies of a mirror module's directories by block hashes while the application "
+			  "runs (on the secondary); lists differing files and byte ranges. Exit 1 when they differ");
+	verifyCmd->add_option("-m,--module", moduleName, "Module name")->required();
+	verifyCmd->add_flag("--json", verifyJson, "Print the report as JSON");
+	verifyCmd->callback([&] {
+		Globals slow = g;
+		/* Hashing both trees takes as long as reading them: hours for large ones. */
+		slow.timeoutMs = std::max(g.timeoutMs, 6 * 3600 * 1000);
+		json result;
+		if (!request(slow, { { "cmd", "module" }, { "action", "verify" }, { "module", moduleName } }, &result,
+			     &exitCode))
+			return;
+		bool identical = true;
+		for (const json &m : result) {
+			identical = identical && m.value("identical", false);
+			if (verifyJson)
+				continue;
+			for (const json &d : m.value("dirs", json::array())) {
+				const json diffs = d.value("differences", json::array());
+				fmt::print("{}: {}: {} ({} entries here, {} on the primary, {:.1f} s)\n", m.value("module", "?"),
+					   d.value("dir", "?"),
+					   diffs.empty() ? std::string("identical")
+							 : fmt::format("{} difference(s)", diffs.size()),
+					   d.value("target_entries", 0), d.value("source_entries", 0), d.value("seconds", 0.0));
+				for (const json &x : diffs) {
+					std::string ranges;
+					for (const json &r : x.value("ranges", json::array()))
+						ranges += fmt::format(" [{}, +{})", r.value("offset", 0), r.value("length", 0));
+					fmt::print("  {}: {}{}\n", x.value("path", "?"), x.value("what", "?"), ranges);
+				}
+				for (const json &c : d.value("changing", json::array()))
+					fmt::print("  {}: written during the verify, not judged\n", c.get<std::string>());
+			}
+		}
+		if (verifyJson)
+			fmt::print("{}\n", result.dump(2));
+		if (!identical)
+			exitCode = kExitFailed;
+	});
+
 	/* state */
 	CLI::App *state = app.add_subcommand("state", "One line per module and node: states as this node sees them");
 	state->add_option("-m,--module", moduleName, "Only this module");

@@ -219,28 +219,41 @@ with open(ack, "a") as log:
 PY
 }
 
-test_replicated_data_survives_failover_and_resyncs() {
+# _start_writer COUNT: the fsync'ing writer on n1's log.txt in the background
+# (acked records in $RIG_DIR/acked.txt); prints its pid.
+_start_writer() {
+	_writer >"$RIG_DIR/writer.py"
+	rig_in_skd n1 python3 "$RIG_DIR/writer.py" "$RIG_DIR/n1/data/log.txt" "$RIG_DIR/acked.txt" "$1" \
+		</dev/null >/dev/null 2>"$RIG_DIR/writer.err" &
+	echo "$! writer" >>"$RIG_PIDS_FILE"
+	echo $!
+}
+
+# _replicated_pair [SETUP_CMD]: module web replicating n*/data, 3 MB of initial data
+# on n1 (plus whatever SETUP_CMD adds), n1 PRIM and n2 SECOND in sync.
+_replicated_pair() {
 	rig_setup 2 1
 	rig_write_cluster
 	rig_write_mirror_module web
 	rig_add_replicated_dir web
 	head -c 3000000 /dev/urandom >"$RIG_DIR/n1/data/initial.bin"
+	[ $# -eq 0 ] || "$@"
 	rig_start_skd n1
 	rig_start_skd n2
 	rig_skctl n2 start -m web >/dev/null
 	rig_skctl n1 prim -m web >/dev/null
 	rig_wait_label n1 web 'PRIM/running'
 	rig_wait_label n2 web 'SECOND/in-sync' 200
+}
+
+test_replicated_data_survives_failover_and_resyncs() {
+	_replicated_pair
 	# Initial sync copied the existing data.
 	cmp "$RIG_DIR/n1/data/initial.bin" "$RIG_DIR/n2/data/initial.bin" || rig_fail "initial sync differs"
 	# The SECOND's copy is read-only to local applications.
 	! rig_in_skd n2 sh -c "echo x > '$RIG_DIR/n2/data/forbidden'" 2>/dev/null || rig_fail "SECOND copy writable"
 	# Fsync'ed records, then a crash of the primary while it writes.
-	_writer >"$RIG_DIR/writer.py"
-	rig_in_skd n1 python3 "$RIG_DIR/writer.py" "$RIG_DIR/n1/data/log.txt" "$RIG_DIR/acked.txt" 100000 \
-		2>"$RIG_DIR/writer.err" &
-	local wpid=$!
-	echo "$wpid writer" >>"$RIG_PIDS_FILE"
+	local wpid; wpid=$(_start_writer 100000)
 	sleep 1
 	rig_crash_node n1 web
 	kill -KILL "$wpid" 2>/dev/null || true
@@ -259,6 +272,40 @@ test_replicated_data_survives_failover_and_resyncs() {
 	rig_wait_label n2 web 'PRIM/running'
 	[ "$(rig_tree_hash "$RIG_DIR/n1/data")" = "$(rig_tree_hash "$RIG_DIR/n2/data")" ] ||
 		rig_fail "trees differ after resync"
+}
+
+# skctl verify on the secondary: identical after the sync, then names a block
+# corrupted and a file deleted behind SK's back on the secondary, while a writer
+# keeps appending on the primary (its file is never reported as differing).
+_small_files() {
+	mkdir -p "$RIG_DIR/n1/data/sub"
+	for i in 1 2 3; do echo "small $i" >"$RIG_DIR/n1/data/sub/small$i"; done
+}
+
+test_verify_compares_both_copies_online() {
+	_replicated_pair _small_files
+	rig_in_skd n1 dd if=/dev/urandom of="$RIG_DIR/n1/data/new.bin" bs=64k count=20 conv=fsync status=none
+	local out
+	out=$(rig_skctl n2 verify -m web 2>&1) || rig_fail "verify of identical copies failed: $out"
+	echo "$out" | grep -q ': identical (' || rig_fail "verify output: $out"
+	out=$(rig_skctl n1 verify -m web 2>&1) && rig_fail "verify on the primary should be refused: $out"
+	echo "$out" | grep -q 'secondary' || rig_fail "refusal does not say where to run it: $out"
+	# A writer on the primary during the verify.
+	local wpid; wpid=$(_start_writer 1000000)
+	sleep 0.5
+	# Behind SK's back on the secondary: one byte in the 4th 64 KiB block, one file gone.
+	printf 'X' | dd of="$RIG_DIR/n2/data/initial.bin" bs=1 seek=200000 conv=notrunc status=none
+	rm "$RIG_DIR/n2/data/sub/small2"
+	local json rc=0
+	json=$(rig_skctl n2 verify -m web --json 2>&1) || rc=$?
+	kill -KILL "$wpid" 2>/dev/null || true
+	wait "$wpid" 2>/dev/null || true
+	[ "$rc" = 1 ] || rig_fail "verify with differences exited $rc: $json"
+	local got
+	got=$(echo "$json" | jq -r '.[0].dirs[0].differences[] | "\(.path) \(.what) \(.ranges | map("\(.offset)+\(.length)") | join(","))"')
+	[ "$got" = "initial.bin content 196608+65536
+sub/small2 missing on target " ] || rig_fail "differences reported: '$got' (full: $json)"
+	rig_log "verify under writes: $(echo "$json" | jq -c '.[0].dirs[0] | {source_entries, changing, seconds}')"
 }
 
 rig_main "$@"

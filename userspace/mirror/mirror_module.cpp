@@ -634,6 +634,24 @@ void MirrorModule::command(const std::string &cmd, const nlohmann::json &, Contr
 		reply(status());
 		return;
 	}
+	if (cmd == "verify") {
+		if (sm_->state() != MirrorState::Second) {
+			reply(makeError(-EINVAL, config_.name + ": verify runs on the secondary (this node is " +
+							 stateLabel(sm_->state(), sm_->phase()) +
+							 "): run it on the peer"));
+			return;
+		}
+		moduleLog("admin: verify started");
+		replication_->verify([this, reply](Result<nlohmann::json> r) {
+			if (r)
+				moduleLog(fmt::format("admin: verify done: {}",
+						      r->value("identical", false) ? "identical" : "DIFFERENCES found"));
+			else
+				moduleLog("admin: verify failed: " + r.error().message);
+			reply(std::move(r));
+		});
+		return;
+	}
 	auto it = kinds.find(cmd);
 	if (it == kinds.end()) {
 		reply(makeError(-EINVAL, "mirror modules do not know the command '" + cmd + "'"));

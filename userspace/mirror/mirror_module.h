@@ -55,6 +55,14 @@ public:
 	virtual void startDirtyTracking(const Generation &generation) = 0;
 	virtual void stopDirtyTracking() = 0;
 	virtual nlohmann::json status() const = 0;
+	/*
+	 * Online verify (skctl verify), on the in-sync secondary: both sides hash their
+	 * copy, compared at a barrier; done runs on the loop thread with the report.
+	 */
+	virtual void verify(std::function<void(Result<nlohmann::json>)> done)
+	{
+		done(makeError(-ENOTSUP, "this module replicates no directory: nothing to verify"));
+	}
 };
 
 /* For modules that replicate no directory: every resync is complete at once. */

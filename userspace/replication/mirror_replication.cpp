@@ -31,6 +31,7 @@
 #include "replication/fuse/capture_fs.h"
 #include "replication/resync.h"
 #include "replication/stream.h"
+#include "replication/verify.h"
 
 namespace sk {
 
@@ -199,6 +200,7 @@ public:
 	void startDirtyTracking(const Generation &generation) override;
 	void stopDirtyTracking() override;
 	nlohmann::json status() const override;
+	void verify(std::function<void(Result<nlohmann::json>)> done) override;
 
 private:
 	struct SourceDir {
@@ -214,6 +216,9 @@ private:
 		std::thread acceptThread;
 		std::thread resyncThread;
 		std::thread rotateThread;
+		std::thread verifyThread;
+		std::atomic<bool> verifyBusy{ false };
+		ControlChannel *verifyChannel = nullptr;	/* under chMutex */
 		std::atomic<uint64_t> read{ 0 }, rotations{ 0 };
 		std::atomic<bool> partial{ false };	/* last resync used the dirty logs */
 		std::atomic<bool> resyncBusy{ false };
@@ -257,6 +262,12 @@ private:
 	void resyncMain(SourceDir *d, int fd);
 	Status resyncSession(SourceDir *d, ControlChannel *ch);
 	void rotateMain(SourceDir *d);
+	/* Runs session on a control connection accepted for d, published in *slot (under
+	 * chMutex) for stop(); a failure is logged and sent to the peer as Fail. */
+	void serveControl(SourceDir *d, int fd, ControlChannel **slot, const char *what,
+			  const std::function<Status(ControlChannel *)> &session);
+	Status verifySourceSession(SourceDir *d, ControlChannel *ch);
+	Result<nlohmann::json> verifyTargetDir(TargetDir *d);
 	std::unique_ptr<repl::DirtyLog> openLog(size_t index);
 	/* Block size, include/exclude of dir index; cancelled by stop(). */
 	repl::ScanOptions scanOptions(size_t index) const
@@ -296,6 +307,11 @@ private:
 	std::condition_variable rotateWake_;
 	Generation trackingGeneration_;
 	std::string lastError_;
+	/* Target side of an online verify (one at a time). */
+	std::thread verifyThread_;
+	std::atomic<bool> verifyBusy_{ false };
+	std::mutex verifyMutex_;
+	ControlChannel *verifyChannel_ = nullptr;	/* under verifyMutex_ */
 };
 
 std::string SyncReplication::peerAddress() const
@@ -421,7 +437,24 @@ void SyncReplication::acceptMain(SourceDir *d)
 		int fd = accept4(d->listenFd, nullptr, nullptr, SOCK_CLOEXEC);
 		if (fd < 0)
 			continue;
-		if (repl::peekIsControl(fd, 5000ms)) {
+		uint8_t hello = repl::peekControlHello(fd, 5000ms);
+		if (hello == static_cast<uint8_t>(ControlFrame::VerifyHello)) {
+			if (d->verifyBusy.exchange(true)) {
+				logWarn(kLog, "module {}: second verify connection for {} refused", ctx_.module->name,
+					d->path);
+				close(fd);
+				continue;
+			}
+			if (d->verifyThread.joinable())
+				d->verifyThread.join();
+			d->verifyThread = std::thread([this, d, fd] {
+				serveControl(d, fd, &d->verifyChannel, "verify",
+					     [&](ControlChannel *ch) { return verifySourceSession(d, ch); });
+				d->verifyBusy = false;
+			});
+			continue;
+		}
+		if (hello) {
 			if (d->resyncBusy.exchange(true)) {
 				logWarn(kLog, "module {}: second resync connection for {} refused", ctx_.module->name,
 					d->path);
@@ -448,26 +481,35 @@ void SyncReplication::acceptMain(SourceDir *d)
 	}
 }
 
-void SyncReplication::resyncMain(SourceDir *d, int fd)
+void SyncReplication::serveControl(SourceDir *d, int fd, ControlChannel **slot, const char *what,
+				   const std::function<Status(ControlChannel *)> &session)
 {
 	auto ch = ControlChannel::create(fd, key_, clusterId_, ctx_.module->name, ctx_.self->id);
 	if (!ch)
 		return;
 	{
 		std::lock_guard<std::mutex> g(d->chMutex);
-		d->channel = ch->get();
+		*slot = ch->get();
 	}
-	d->inSync = false;
-	d->resyncStartMs = nowMs();
-	Status s = resyncSession(d, ch->get());
-	d->resyncEndMs = nowMs();
+	Status s = session(ch->get());
 	if (!s) {
-		logWarn(kLog, "module {}: resync of {} failed: {}", ctx_.module->name, d->path, s.error().message);
+		logWarn(kLog, "module {}: {} of {} failed: {}", ctx_.module->name, what, d->path, s.error().message);
 		std::string msg = s.error().message;
 		(void)(*ch)->send(ControlFrame::Fail, { reinterpret_cast<const uint8_t *>(msg.data()), msg.size() });
 	}
 	std::lock_guard<std::mutex> g(d->chMutex);
-	d->channel = nullptr;
+	*slot = nullptr;
+}
+
+void SyncReplication::resyncMain(SourceDir *d, int fd)
+{
+	serveControl(d, fd, &d->channel, "resync", [&](ControlChannel *ch) {
+		d->inSync = false;
+		d->resyncStartMs = nowMs();
+		Status s = resyncSession(d, ch);
+		d->resyncEndMs = nowMs();
+		return s;
+	});
 }
 
 Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
@@ -1097,6 +1139,176 @@ Status SyncReplication::targetSession(TargetDir *d, ResyncMode mode, bool quaran
 	return {};
 }
 
+/* ------------------------------------------------------------------ online verify */
+
+namespace {
+
+/* Only the entries a selection names (a selective scan lists every entry). */
+void keepSelected(std::vector<repl::ManifestEntry> *entries, const repl::BlockSelection &sel)
+{
+	std::erase_if(*entries, [&](const repl::ManifestEntry &e) { return !sel.byPath.count(e.path); });
+}
+
+} /* namespace */
+
+/*
+ * Source side of an online verify, two passes asked for by the target: hash what it
+ * names (pass 1: everything), then submit a barrier into the live stream, so the
+ * target compares its copy once everything up to the scan is applied there.
+ */
+Status SyncReplication::verifySourceSession(SourceDir *d, ControlChannel *ch)
+{
+	if (auto s = ch->handshakeSource(10000ms, ControlFrame::VerifyHello); !s)
+		return s;
+	for (int pass = 0; pass < 2; pass++) {
+		repl::BlockSelection sel;
+		bool all = false;
+		/* Pass 2 comes after the target's own scan: no bound but stop(). */
+		if (auto s = ch->recvSelection(ControlFrame::HashRequest, ControlFrame::HashRequestEnd, &sel, &all, 0ms);
+		    !s)
+			return s;
+		if (!d->inSync || d->resyncBusy || !d->sender->streaming())
+			return makeError(-EAGAIN, "the peer is not in sync here (resync under way or stream down)");
+		if (!all && sel.byPath.empty()) {
+			if (auto s = ch->sendManifest({}, 0); !s)
+				return s;
+			continue;
+		}
+		repl::ScanOptions so = scanOptions(d->index);
+		so.select = all ? nullptr : &sel;
+		auto m = repl::scanTree(d->rootFd, so);
+		if (!m)
+			return m.error();
+		if (!all)
+			keepSelected(&*m, sel);
+		uint64_t barrier = d->gate->submitBarrier(false);
+		if (!barrier)
+			return makeError(-EIO, "verify barrier refused by the stream");
+		if (auto s = ch->sendManifest(*m, barrier); !s)
+			return s;
+	}
+	return {};
+}
+
+/*
+ * Target side, one directory: pass 1 compares everything at a barrier; the paths
+ * that differed are hashed again on both sides at a second barrier, and only those
+ * the source did not change in between and that still differ are reported
+ * (repl::confirmDifferences): live writes in flight are not differences.
+ */
+Result<nlohmann::json> SyncReplication::verifyTargetDir(TargetDir *d)
+{
+	auto started = std::chrono::steady_clock::now();
+	auto cfd = repl::connectTcp(peerAddress(), port(d->index));
+	if (!cfd)
+		return makeError(cfd.error().code, fmt::format("cannot reach the source {}:{}: {}", peerAddress(),
+							       port(d->index), cfd.error().message));
+	auto chr = ControlChannel::create(*cfd, key_, clusterId_, ctx_.module->name, ctx_.self->id);
+	if (!chr)
+		return chr.error();
+	std::unique_ptr<ControlChannel> ch = std::move(*chr);
+	{
+		std::lock_guard<std::mutex> g(verifyMutex_);
+		verifyChannel_ = ch.get();
+	}
+	struct Unpublish {
+		SyncReplication *self;
+		~Unpublish()
+		{
+			std::lock_guard<std::mutex> g(self->verifyMutex_);
+			self->verifyChannel_ = nullptr;
+		}
+	} unpublish{ this };
+	if (auto s = ch->handshakeTarget(10000ms, ControlFrame::VerifyHello); !s)
+		return s.error();
+	repl::ScanOptions so = scanOptions(d->index);
+	auto pass = [&](const repl::BlockSelection &sel, bool all, std::vector<repl::ManifestEntry> *src,
+			std::vector<repl::ManifestEntry> *tgt) -> Status {
+		if (auto s = ch->sendSelection(ControlFrame::HashRequest, ControlFrame::HashRequestEnd, sel, all); !s)
+			return s;
+		uint64_t barrier = 0;
+		if (auto s = ch->recvManifest(src, &barrier, 0ms); !s)
+			return s;
+		if (!all && sel.byPath.empty())
+			return {};
+		for (int i = 0; d->receiver->lastApplied() < barrier; i++) {
+			if (stopping_)
+				return makeError(-ECANCELED, "replication stopping");
+			if (i >= 12000)
+				return makeError(-ETIMEDOUT, "the verify barrier was not applied here within 120 s");
+			std::this_thread::sleep_for(10ms);
+		}
+		so.select = all ? nullptr : &sel;
+		auto t = repl::scanTree(d->rootFd, so);
+		if (!t)
+			return t.error();
+		if (!all)
+			keepSelected(&*t, sel);
+		*tgt = std::move(*t);
+		return {};
+	};
+	std::vector<repl::ManifestEntry> src1, tgt1, src2, tgt2;
+	if (auto s = pass({}, true, &src1, &tgt1); !s)
+		return s.error();
+	repl::VerifyReport report = repl::compareManifests(src1, tgt1, so.blockSize);
+	repl::BlockSelection again;
+	for (const auto &diff : report.differences)
+		if (again.byPath.size() < repl::kMaxSelectionPaths)
+			again.byPath[diff.path];
+	if (auto s = pass(again, false, &src2, &tgt2); !s)
+		return s.error();
+	if (!again.byPath.empty())
+		report = repl::confirmDifferences(report, src1, src2, tgt2, so.blockSize);
+	nlohmann::json j = report.toJson();
+	j["dir"] = d->path;
+	j["index"] = d->index;
+	j["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+	return j;
+}
+
+void SyncReplication::verify(std::function<void(Result<nlohmann::json>)> done)
+{
+	std::vector<TargetDir *> dirs;
+	{
+		std::lock_guard<std::mutex> lock(mutex_);
+		if (role_ != Role::Target)
+			return done(makeError(-EINVAL, "verify runs on the secondary; this node replicates as the source"));
+		for (auto &d : targets_) {
+			if (!d->done)
+				return done(makeError(-EAGAIN, "the resync of " + d->path + " is not finished: verify after it"));
+			dirs.push_back(d.get());
+		}
+		if (verifyBusy_.exchange(true))
+			return done(makeError(-EBUSY, "a verify of this module is already running"));
+		if (verifyThread_.joinable())
+			verifyThread_.join();
+		verifyThread_ = std::thread([this, dirs, done = std::move(done)]() mutable {
+			Result<nlohmann::json> result = nlohmann::json{ { "module", ctx_.module->name } };
+			nlohmann::json list = nlohmann::json::array();
+			bool identical = true;
+			for (TargetDir *d : dirs) {
+				auto r = verifyTargetDir(d);
+				if (!r) {
+					result = makeError(r.error().code, "verify of " + d->path + ": " + r.error().message);
+					break;
+				}
+				identical = identical && r->value("identical", false);
+				list.push_back(std::move(*r));
+			}
+			if (result) {
+				(*result)["dirs"] = std::move(list);
+				(*result)["identical"] = identical;
+			}
+			verifyBusy_ = false;
+			auto alive = alive_;
+			ctx_.loop->post([alive, done = std::move(done), result = std::move(result)]() mutable {
+				if (*alive)
+					done(std::move(result));
+			});
+		});
+	}
+}
+
 void SyncReplication::stop()
 {
 	std::lock_guard<std::mutex> lock(mutex_);
@@ -1127,6 +1339,8 @@ void SyncReplication::stopLocked()
 			std::lock_guard<std::mutex> g(d->chMutex);
 			if (d->channel)
 				d->channel->shutdown();
+			if (d->verifyChannel)
+				d->verifyChannel->shutdown();
 		}
 		if (d->sender)
 			d->sender->goneAlone();
@@ -1141,6 +1355,13 @@ void SyncReplication::stopLocked()
 		if (d->streamFd >= 0)
 			shutdown(d->streamFd, SHUT_RDWR);
 	}
+	{
+		std::lock_guard<std::mutex> g(verifyMutex_);
+		if (verifyChannel_)
+			verifyChannel_->shutdown();
+	}
+	if (verifyThread_.joinable())
+		verifyThread_.join();
 	for (auto &d : sources_) {
 		if (d->capture) {
 			if (auto s = d->capture->unmount(); !s)
@@ -1150,6 +1371,8 @@ void SyncReplication::stopLocked()
 			d->acceptThread.join();
 		if (d->resyncThread.joinable())
 			d->resyncThread.join();
+		if (d->verifyThread.joinable())
+			d->verifyThread.join();
 		if (d->rotateThread.joinable())
 			d->rotateThread.join();
 		if (d->sender)

@@ -871,6 +871,16 @@ Status ControlChannel::readExact(uint8_t *buf, size_t len, std::chrono::millisec
 	return {};
 }
 
+namespace {
+
+/* The frames that open a connection: they carry the sender's nonce, sequence 0. */
+bool isHello(ControlFrame type)
+{
+	return type == ControlFrame::Hello || type == ControlFrame::Challenge || type == ControlFrame::VerifyHello;
+}
+
+} /* namespace */
+
 Status ControlChannel::send(ControlFrame type, std::span<const uint8_t> payload)
 {
 	std::lock_guard<std::mutex> g(sendMutex_);
@@ -878,7 +888,7 @@ Status ControlChannel::send(ControlFrame type, std::span<const uint8_t> payload)
 	h.type = static_cast<uint8_t>(type);
 	h.sender = self_;
 	h.module = module_;
-	if (type == ControlFrame::Hello || type == ControlFrame::Challenge) {
+	if (isHello(type)) {
 		h.incarnation = localNonce_;
 		h.sequence = 0;
 	} else {
@@ -917,9 +927,7 @@ Status ControlChannel::recv(ControlFrame *type, std::vector<uint8_t> *payload, s
 		return makeError(-EPROTO, std::string("control frame refused: ") + dropReasonName(d));
 	if (f.header.module != module_)
 		return makeError(-EPROTO, "control frame for another module");
-	bool hello = f.header.type == static_cast<uint8_t>(ControlFrame::Hello) ||
-		     f.header.type == static_cast<uint8_t>(ControlFrame::Challenge);
-	if (hello) {
+	if (isHello(static_cast<ControlFrame>(f.header.type))) {
 		if (f.header.sequence != 0 || peerNonce_ != 0)
 			return makeError(-EPROTO, "control hello out of place");
 		peerNonce_ = f.header.incarnation;
@@ -929,19 +937,19 @@ Status ControlChannel::recv(ControlFrame *type, std::vector<uint8_t> *payload, s
 		recvSeq_++;
 	}
 	if (f.header.type < static_cast<uint8_t>(ControlFrame::Hello) ||
-	    f.header.type > static_cast<uint8_t>(ControlFrame::HashRequestEnd))
+	    f.header.type > static_cast<uint8_t>(ControlFrame::VerifyHello))
 		return makeError(-EPROTO, "unknown control frame");
 	*type = static_cast<ControlFrame>(f.header.type);
 	payload->assign(f.payload.begin(), f.payload.end());
 	if (*type == ControlFrame::Fail)
-		return makeError(-ECONNABORTED, "peer failed the resync: " +
+		return makeError(-ECONNABORTED, "peer failed: " +
 						       std::string(payload->begin(), payload->end()));
 	return {};
 }
 
-Status ControlChannel::handshakeTarget(std::chrono::milliseconds timeout)
+Status ControlChannel::handshakeTarget(std::chrono::milliseconds timeout, ControlFrame hello)
 {
-	if (auto s = send(ControlFrame::Hello, {}); !s)
+	if (auto s = send(hello, {}); !s)
 		return s;
 	ControlFrame type;
 	std::vector<uint8_t> payload;
@@ -952,13 +960,13 @@ Status ControlChannel::handshakeTarget(std::chrono::milliseconds timeout)
 	return {};
 }
 
-Status ControlChannel::handshakeSource(std::chrono::milliseconds timeout)
+Status ControlChannel::handshakeSource(std::chrono::milliseconds timeout, ControlFrame hello)
 {
 	ControlFrame type;
 	std::vector<uint8_t> payload;
 	if (auto s = recv(&type, &payload, timeout); !s)
 		return s;
-	if (type != ControlFrame::Hello)
+	if (type != hello)
 		return makeError(-EPROTO, "control: expected a hello");
 	return send(ControlFrame::Challenge, {});
 }
@@ -1046,20 +1054,23 @@ Status ControlChannel::recvManifest(std::vector<ManifestEntry> *entries, uint64_
 	}
 }
 
-bool peekIsControl(int fd, std::chrono::milliseconds timeout)
+uint8_t peekControlHello(int fd, std::chrono::milliseconds timeout)
 {
 	uint8_t hdr[8];
 	auto deadline = std::chrono::steady_clock::now() + timeout;
 	for (;;) {
 		ssize_t n = ::recv(fd, hdr, sizeof(hdr), MSG_PEEK | MSG_DONTWAIT);
 		if (n >= 6)
-			return hdr[5] == static_cast<uint8_t>(ControlFrame::Hello);
+			return hdr[5] == static_cast<uint8_t>(ControlFrame::Hello) ||
+					       hdr[5] == static_cast<uint8_t>(ControlFrame::VerifyHello)
+				       ? hdr[5]
+				       : 0;
 		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
-			return false;
+			return 0;
 		auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline -
 										  std::chrono::steady_clock::now());
 		if (left.count() <= 0)
-			return false;
+			return 0;
 		pollfd p{ fd, POLLIN, 0 };
 		poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 100)));
 	}

@@ -220,6 +220,12 @@ Result<ResyncStats> runResyncRound(int rootFd, uint16_t dirIndex, const ScanOpti
  *                     the paths to hash again (or all)
  *   target -> source  Manifest  a fresh one (whole namespace), ManifestEnd
  *   either            Fail      message
+ * An online verify (skctl verify) opens the same connection with VerifyHello instead:
+ *   target -> source  HashRequest paths, HashRequestEnd u8 all   (pass 1: all; pass 2:
+ *                     the paths that differed, possibly none)
+ *   source -> target  Manifest  those entries hashed whole, ManifestEnd u64 barrier: the
+ *                     seq of a barrier submitted after the scan; the target compares once
+ *                     it applied it
  * After the hellos each frame carries the receiving side's nonce as incarnation and a
  * per-direction sequence 1, 2, ...: a frame recorded from another connection is refused.
  */
@@ -236,6 +242,7 @@ enum class ControlFrame : uint8_t {
 	WantEnd = 0x29,		/* u8: 1 = hash every block of every file */
 	HashRequest = 0x2a,	/* source -> target: paths to hash whole */
 	HashRequestEnd = 0x2b,
+	VerifyHello = 0x2c,	/* target -> source: an online verify instead of a resync */
 };
 
 class ControlChannel
@@ -246,9 +253,10 @@ public:
 							      const std::string &module, NodeId self);
 	~ControlChannel();
 
-	/* Target side: send Hello, read Challenge. Source side: read Hello, send Challenge. */
-	Status handshakeTarget(std::chrono::milliseconds timeout);
-	Status handshakeSource(std::chrono::milliseconds timeout);
+	/* Target side: send hello (Hello or VerifyHello), read Challenge. Source side:
+	 * read that hello, send Challenge. */
+	Status handshakeTarget(std::chrono::milliseconds timeout, ControlFrame hello = ControlFrame::Hello);
+	Status handshakeSource(std::chrono::milliseconds timeout, ControlFrame hello = ControlFrame::Hello);
 
 	Status send(ControlFrame type, std::span<const uint8_t> payload);
 	/* Reads one frame; timeout 0 = wait forever (until shutdown()). */
@@ -281,7 +289,8 @@ private:
 	uint64_t recvSeq_ = 0;
 };
 
-/* True when the first frame header waiting on fd (MSG_PEEK) is a control Hello. */
-bool peekIsControl(int fd, std::chrono::milliseconds timeout);
+/* The type of the first frame waiting on fd (MSG_PEEK) when it is a control Hello or
+ * VerifyHello; 0 otherwise (a stream connection, or nothing in time). */
+uint8_t peekControlHello(int fd, std::chrono::milliseconds timeout);
 
 } /* namespace sk::repl */

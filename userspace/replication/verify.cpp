@@ -39,7 +39,8 @@ nlohmann::json VerifyReport::toJson() const
 	return { { "identical", identical() },
 		 { "source_entries", sourceEntries },
 		 { "target_entries", targetEntries },
-		 { "differences", diffs } };
+		 { "differences", diffs },
+		 { "changing", changing } };
 }
 
 VerifyReport compareManifests(const std::vector<ManifestEntry> &source, const std::vector<ManifestEntry> &target,
@@ -100,6 +101,62 @@ VerifyReport compareManifests(const std::vector<ManifestEntry> &source, const st
 		rep.differences.push_back({ path, std::string("extra ") + typeText(e->type) + " on target", {} });
 	std::sort(rep.differences.begin(), rep.differences.end(),
 		  [](const VerifyDifference &a, const VerifyDifference &b) { return a.path < b.path; });
+	return rep;
+}
+
+namespace {
+
+/* The same content and metadata but for mtime (which follows every write). */
+bool sameEntry(const ManifestEntry &a, const ManifestEntry &b)
+{
+	return a.type == b.type && a.mode == b.mode && a.uid == b.uid && a.gid == b.gid && a.size == b.size &&
+	       a.rdev == b.rdev && a.target == b.target && a.blocks == b.blocks;
+}
+
+std::map<std::string, const ManifestEntry *> byPath(const std::vector<ManifestEntry> &entries,
+						    const std::map<std::string, bool> &wanted)
+{
+	std::map<std::string, const ManifestEntry *> out;
+	for (const auto &e : entries)
+		if (wanted.count(e.path))
+			out[e.path] = &e;
+	return out;
+}
+
+} /* namespace */
+
+VerifyReport confirmDifferences(const VerifyReport &first, const std::vector<ManifestEntry> &source1,
+				const std::vector<ManifestEntry> &source2, const std::vector<ManifestEntry> &target2,
+				uint32_t blockSize)
+{
+	std::map<std::string, bool> wanted;
+	for (const auto &d : first.differences)
+		wanted[d.path] = true;
+	auto s1 = byPath(source1, wanted), s2 = byPath(source2, wanted);
+	std::vector<ManifestEntry> src, tgt;
+	VerifyReport rep;
+	rep.sourceEntries = first.sourceEntries;
+	rep.targetEntries = first.targetEntries;
+	for (const auto &[path, unused] : wanted) {
+		auto a = s1.find(path), b = s2.find(path);
+		bool inA = a != s1.end(), inB = b != s2.end();
+		if (inA != inB || (inA && !sameEntry(*a->second, *b->second)))
+			rep.changing.push_back(path);
+		else if (inB)
+			src.push_back(*b->second);
+	}
+	std::map<std::string, bool> judged;
+	for (const auto &e : src)
+		judged[e.path] = true;
+	/* Gone from the source in both passes: judge the target's leftovers too. */
+	for (const auto &[path, unused] : wanted)
+		if (!s1.count(path) && !s2.count(path))
+			judged[path] = true;
+	for (const auto &e : target2)
+		if (judged.count(e.path))
+			tgt.push_back(e);
+	VerifyReport cmp = compareManifests(src, tgt, blockSize);
+	rep.differences = std::move(cmp.differences);
 	return rep;
 }
 

@@ -28,6 +28,9 @@ struct VerifyReport {
 	uint64_t sourceEntries = 0;
 	uint64_t targetEntries = 0;
 	std::vector<VerifyDifference> differences;
+	/* Online verify: paths the source changed between the two passes (being written):
+	 * not judged. */
+	std::vector<std::string> changing;
 	bool identical() const { return differences.empty(); }
 	nlohmann::json toJson() const;
 };
@@ -35,6 +38,17 @@ struct VerifyReport {
 /* Mtimes are not compared: the target's change as ops are applied. */
 VerifyReport compareManifests(const std::vector<ManifestEntry> &source, const std::vector<ManifestEntry> &target,
 			      uint32_t blockSize);
+
+/*
+ * Online verify, second pass. first: pass 1's report; source1: pass 1's source
+ * manifest; source2/target2: both sides hashed again (at least the paths first
+ * found differing). A first difference stands when the source's entry did not
+ * change between the passes and still differs from the target's; where the source
+ * changed, the path is listed as changing; the rest were ops in flight (resolved).
+ */
+VerifyReport confirmDifferences(const VerifyReport &first, const std::vector<ManifestEntry> &source1,
+				const std::vector<ManifestEntry> &source2, const std::vector<ManifestEntry> &target2,
+				uint32_t blockSize);
 
 /* Scans both trees (hashing) and compares them: both dirs must be readable here. */
 Result<VerifyReport> verifyTrees(int sourceFd, int targetFd, const ScanOptions &options);

@@ -269,7 +269,7 @@ TEST_CASE("initial resync makes a divergent target identical to a populated sour
 	ScanOptions o;
 	auto v = verifyTrees(p.src.fd(), p.dst.fd(), o);
 	REQUIRE(v.ok());
-	CHECK(v->toJson().dump() == nlohmann::json(VerifyReport{ v->sourceEntries, v->targetEntries, {} }.toJson()).dump());
+	CHECK(v->toJson().dump() == nlohmann::json(VerifyReport{ v->sourceEntries, v->targetEntries, {}, {} }.toJson()).dump());
 
 	/* A second resync of identical trees sends no data at all. */
 	ResyncStats again = p.resync();
@@ -516,6 +516,36 @@ TEST_CASE("verify names the range holding a corrupted byte")
 	CHECK_FALSE(v->identical());
 }
 
+TEST_CASE("online verify: a difference stands only if the source did not change between the passes")
+{
+	auto file = [](const std::string &path, uint64_t h) {
+		ManifestEntry e;
+		e.path = path;
+		e.size = 10;
+		e.mode = S_IFREG | 0644;
+		e.blocks = { { h, h } };
+		return e;
+	};
+	/* Pass 1: four paths differ. */
+	std::vector<ManifestEntry> src1 = { file("bad", 1), file("busy", 1), file("flight", 1), file("gone", 1) };
+	std::vector<ManifestEntry> tgt1 = { file("bad", 9), file("busy", 9), file("flight", 0), file("extra", 5) };
+	VerifyReport first = compareManifests(src1, tgt1, 65536);
+	REQUIRE(first.differences.size() == 5);
+	/* Pass 2: "busy" changed on the source, "flight" arrived, "gone" still missing,
+	 * "extra" still there, "bad" still differs. */
+	std::vector<ManifestEntry> src2 = { file("bad", 1), file("busy", 2), file("flight", 1), file("gone", 1) };
+	src2[0].mtime = { 99, 0 };	/* mtime alone is not a change */
+	std::vector<ManifestEntry> tgt2 = { file("bad", 9), file("busy", 9), file("flight", 1), file("extra", 5) };
+	VerifyReport r = confirmDifferences(first, src1, src2, tgt2, 65536);
+	std::vector<std::string> paths;
+	for (const auto &d : r.differences)
+		paths.push_back(d.path + ": " + d.what);
+	CHECK(paths == std::vector<std::string>{ "bad: content", "extra: extra file on target", "gone: missing on target" });
+	CHECK(r.changing == std::vector<std::string>{ "busy" });
+	CHECK_FALSE(r.identical());
+	CHECK(r.toJson()["changing"][0] == "busy");
+}
+
 TEST_CASE("control channel: handshake, manifest, and frames from another connection refused")
 {
 	int sv[2];
@@ -526,7 +556,7 @@ TEST_CASE("control channel: handshake, manifest, and frames from another connect
 	REQUIRE(t.ok());
 	REQUIRE(s.ok());
 	std::thread tgt([&] { CHECK((*t)->handshakeTarget(5000ms).ok()); });
-	CHECK(peekIsControl(sv[1], 1000ms));
+	CHECK(peekControlHello(sv[1], 1000ms) == static_cast<uint8_t>(ControlFrame::Hello));
 	REQUIRE((*s)->handshakeSource(5000ms).ok());
 	tgt.join();
 	ManifestEntry e;
