@@ -277,13 +277,21 @@ test_replicated_data_survives_failover_and_resyncs() {
 # skctl verify on the secondary: identical after the sync, then names a block
 # corrupted and a file deleted behind SK's back on the secondary, while a writer
 # keeps appending on the primary (its file is never reported as differing).
-_small_files() {
+# (Over TLS 1.3: resync, stream and verify connections.)
+_verify_setup() {
 	mkdir -p "$RIG_DIR/n1/data/sub"
 	for i in 1 2 3; do echo "small $i" >"$RIG_DIR/n1/data/sub/small$i"; done
+	local node
+	for node in n1 n2; do
+		jq '.replication.tls = true' "$RIG_DIR/$node/modules/web/module.json" >"$RIG_DIR/m.json"
+		mv "$RIG_DIR/m.json" "$RIG_DIR/$node/modules/web/module.json"
+	done
 }
 
 test_verify_compares_both_copies_online() {
-	_replicated_pair _small_files
+	_replicated_pair _verify_setup
+	rig_skctl n1 status --json | jq -e '.modules[0].replication.tls == true and .modules[0].replication.tls_handshakes >= 2' >/dev/null ||
+		rig_fail "replication is not over TLS: $(rig_skctl n1 status --json | jq -c '.modules[0].replication')"
 	rig_in_skd n1 dd if=/dev/urandom of="$RIG_DIR/n1/data/new.bin" bs=64k count=20 conv=fsync status=none
 	local out
 	out=$(rig_skctl n2 verify -m web 2>&1) || rig_fail "verify of identical copies failed: $out"

@@ -31,6 +31,7 @@
 #include "replication/fuse/capture_fs.h"
 #include "replication/resync.h"
 #include "replication/stream.h"
+#include "replication/tls_pipe.h"
 #include "replication/verify.h"
 
 namespace sk {
@@ -249,6 +250,13 @@ private:
 		return static_cast<uint16_t>(ctx_.cluster->ports.replication + index);
 	}
 	std::string peerAddress() const;
+	/* With "tls": the connection wrapped in TLS 1.3 (tls_pipe.h); else fd itself. */
+	Result<int> secure(int fd, bool server) const
+	{
+		if (!ctx_.module->replication.tls)
+			return fd;
+		return repl::tlsWrap(fd, key_, server, 5000ms);
+	}
 	void post(std::function<void(Callbacks &)> fn)
 	{
 		auto alive = alive_;
@@ -437,6 +445,13 @@ void SyncReplication::acceptMain(SourceDir *d)
 		int fd = accept4(d->listenFd, nullptr, nullptr, SOCK_CLOEXEC);
 		if (fd < 0)
 			continue;
+		if (auto w = secure(fd, true); w) {
+			fd = *w;
+		} else {
+			logWarn(kLog, "module {}: connection for {} refused: {}", ctx_.module->name, d->path,
+				w.error().message);
+			continue;
+		}
 		uint8_t hello = repl::peekControlHello(fd, 5000ms);
 		if (hello == static_cast<uint8_t>(ControlFrame::VerifyHello)) {
 			if (d->verifyBusy.exchange(true)) {
@@ -907,6 +922,8 @@ Status SyncReplication::targetSession(TargetDir *d, ResyncMode mode, bool quaran
 		for (int i = 0; i < kConnectAttempts && !stopping_; i++) {
 			auto c = repl::connectTcp(peer, port(d->index));
 			if (c)
+				c = secure(*c, false);
+			if (c)
 				return *c;
 			last = c.error();
 			std::this_thread::sleep_for(1000ms);
@@ -1200,6 +1217,8 @@ Result<nlohmann::json> SyncReplication::verifyTargetDir(TargetDir *d)
 {
 	auto started = std::chrono::steady_clock::now();
 	auto cfd = repl::connectTcp(peerAddress(), port(d->index));
+	if (cfd)
+		cfd = secure(*cfd, false);
 	if (!cfd)
 		return makeError(cfd.error().code, fmt::format("cannot reach the source {}:{}: {}", peerAddress(),
 							       port(d->index), cfd.error().message));
@@ -1436,6 +1455,12 @@ nlohmann::json SyncReplication::status() const
 	j["per_write"] = rc.perWrite;
 	j["block_size"] = rc.blockSize;
 	j["dirty_tracking"] = tracking_.load();
+	j["tls"] = rc.tls;
+	if (rc.tls) {
+		auto t = repl::tlsCounters();
+		j["tls_handshakes"] = t.handshakes;
+		j["tls_failures"] = t.failures;
+	}
 	if (!lastError_.empty())
 		j["last_error"] = lastError_;
 	nlohmann::json dirs = nlohmann::json::array();

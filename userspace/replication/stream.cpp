@@ -82,19 +82,6 @@ int recvAll(int fd, uint8_t *data, size_t size)
 	return 0;
 }
 
-/* Detects a dead peer within seconds even when nothing is being sent. */
-void tuneSocket(int fd)
-{
-	int one = 1, idle = 5, intvl = 1, cnt = 3;
-	unsigned int userTimeoutMs = 10000;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-	setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
-	setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
-	setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
-	setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &userTimeoutMs, sizeof(userTimeoutMs));
-}
-
 /* One side of a connection: frame codec plus the sequence/nonce binding rules. */
 class FrameIo
 {
@@ -244,6 +231,19 @@ bool decodeHello(std::span<const uint8_t> in, uint8_t wantRole, uint64_t nonce, 
 }
 
 } /* namespace */
+
+/* Detects a dead peer within seconds even when nothing is being sent. */
+void tuneSocket(int fd)
+{
+	int one = 1, idle = 5, intvl = 1, cnt = 3;
+	unsigned int userTimeoutMs = 10000;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+	setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &userTimeoutMs, sizeof(userTimeoutMs));
+}
 
 /* ---- Sender ---- */
 

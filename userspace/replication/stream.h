@@ -55,8 +55,8 @@ namespace sk::repl {
  * Epoch: random per sender, renewed by endAlone().
  * I/O: two blocking threads per connection (writer, ack reader) on the sender and
  * one thread on the receiver: simple and adequate for one stream per module;
- * io_uring can replace them behind the same API. No TLS yet (frames are
- * authenticated, not encrypted).
+ * io_uring can replace them behind the same API. Frames are authenticated;
+ * with "tls" the fd handed to attach() is a tls_pipe.h plaintext end.
  */
 enum class StreamFrame : uint8_t {
 	Hello = 0x10,
@@ -267,5 +267,8 @@ private:
 /* Loopback/test helpers: a listening TCP socket on addr:port (port 0 = any) and a dialer. */
 Result<int> listenTcp(const std::string &addr, uint16_t port, uint16_t *boundPort);
 Result<int> connectTcp(const std::string &addr, uint16_t port);
+/* TCP_NODELAY plus keepalive and user timeout: a dead peer is noticed within seconds
+ * even when nothing is being sent. */
+void tuneSocket(int fd);
 
 } /* namespace sk::repl */
