@@ -11,11 +11,14 @@
 FARM_IPS_PER_CLIENT=${FARM_IPS_PER_CLIENT:-8}
 
 # Three nodes UP with one agreed view; FARM_C1/FARM_C2 hold the clients' source addresses.
+# _farm_up HASH [EXTRA_JSON [SETUP_CMD]]: extra module.json members; SETUP_CMD runs
+# before skd starts.
 _farm_up() {
 	local hash=$1 node
 	rig_setup 3 2
 	rig_write_cluster
-	farm_write_module web "$hash"
+	farm_write_module web "$hash" "${2:-}"
+	[ -z "${3:-}" ] || "$3"
 	for node in n1 n2 n3; do rig_start_skd "$node"; done
 	for node in n1 n2 n3; do rig_skctl "$node" start -m web >/dev/null; done
 	for node in n1 n2 n3; do farm_wait_label "$node" web 'UP/running'; done
@@ -189,6 +192,56 @@ test_arp_answers_carry_the_virtual_mac() {
 	! rig_exec sw bridge fdb show br br0 | grep -qi "^$vmac " || rig_fail "the bridge learned the virtual MAC"
 	own=$(rig_exec n1 cat /sys/class/net/eth0/address)
 	rig_log "virtual MAC $vmac, answered from $own"
+}
+
+# Custom checker scripts of module web on every node: "app" fails while
+# $RIG_DIR/<node>.app-bad exists, "gate" while <node>.gate-bad exists.
+_farm_checker_scripts() {
+	local node f
+	for node in n1 n2 n3; do
+		for f in app gate; do
+			printf '#!/bin/bash\n[ ! -e "%s/$SK_NODE.%s-bad" ] || { echo "%s flag present"; exit 1; }\n' \
+				"$RIG_DIR" "$f" "$f" >"$RIG_DIR/$node/modules/web/scripts/$f"
+			chmod 755 "$RIG_DIR/$node/modules/web/scripts/$f"
+		done
+	done
+}
+
+_start_both_runs() { grep -c "^$1 start_both " "$RIG_DIR/scripts.log" || true; }
+_start_both_runs_is() { [ "$(_start_both_runs "$1")" = "$2" ]; }
+
+# Farm checkers: a restart checker takes the node out (its buckets to the others)
+# and back in after a local stop + start; a wait checker keeps it out (STOP, its
+# checker still running) until the condition clears, then it rejoins on its own.
+test_farm_checkers_restart_and_hold_a_node() {
+	_farm_up ip '"checkers": [
+    { "name": "app", "type": "custom", "script": "app", "interval_ms": 300, "timeout_ms": 2000, "when": "prim", "action": "restart" },
+    { "name": "gate", "type": "custom", "script": "gate", "interval_ms": 300, "timeout_ms": 2000, "when": "prim", "action": "wait" } ],
+  "failover": { "maxloop": 3, "loop_interval_s": 3600 }' _farm_checker_scripts
+	[ "$(_start_both_runs n2)" = 1 ] || rig_fail "start_both ran $(_start_both_runs n2) times on n2 before the fault"
+	touch "$RIG_DIR/n2.app-bad"
+	rig_wait_for 100 _start_both_runs_is n2 2 || rig_fail "the app was not restarted on n2"
+	rm -f "$RIG_DIR/n2.app-bad"
+	farm_wait_label n2 web 'UP/running'
+	farm_wait_agreed web "n1 n2 n3" n1 n2 n3
+	grep -q 'checker app' "$RIG_DIR/n2/log/web.log" || rig_fail "no checker decision in n2's module log"
+	farm_json n2 web | jq -e '.checkers.policy.restarts_used == 1' >/dev/null ||
+		rig_fail "restart not counted: $(farm_json n2 web | jq -c .checkers.policy)"
+	[ "$(_start_both_runs n1)$(_start_both_runs n3)" = 11 ] || rig_fail "other nodes restarted their app"
+	# wait: n2 leaves and stays out while the gate fails.
+	touch "$RIG_DIR/n2.gate-bad"
+	farm_wait_label n2 web 'STOP/idle'
+	farm_wait_agreed web "n1 n3" n1 n3
+	farm_json n2 web | jq -e '.checker_hold == true' >/dev/null || rig_fail "n2 is not held by its checker"
+	farm_once c1 "$FARM_C1" 3 >"$RIG_DIR/held.json"
+	_check_once "$RIG_DIR/held.json"
+	! jq -e '.results[] | select(.answer == "n2")' "$RIG_DIR/held.json" >/dev/null || rig_fail "n2 answers while held"
+	sleep 1
+	farm_label n2 web | grep -qx 'STOP/idle' || rig_fail "n2 came back while its gate still fails"
+	rm -f "$RIG_DIR/n2.gate-bad"
+	farm_wait_label n2 web 'UP/running' 100
+	farm_wait_agreed web "n1 n2 n3" n1 n2 n3
+	farm_json n2 web | jq -e '.checker_hold == false' >/dev/null || rig_fail "hold not cleared"
 }
 
 rig_main "$@"

@@ -53,9 +53,12 @@ Result<std::unique_ptr<ModuleCheckers>> ModuleCheckers::create(EventLoop &loop, 
 	o.env.scriptDir = moduleDir + "/scripts";
 	o.env.node = node;
 	o.env.stateDir = stateDir;
-	o.env.moduleState = std::move(moduleState);
+	o.env.moduleState = moduleState ? std::move(moduleState) : [](const std::string &) { return std::string(); };
 	o.policy = PolicyConfig::fromFailover(module.failover);
-	return create(loop, module.checkers, std::move(o));
+	auto r = create(loop, module.checkers, std::move(o));
+	if (!r)
+		return makeError(r.error().code, "module " + module.name + ": " + r.error().message);
+	return r;
 }
 
 ModuleCheckers::~ModuleCheckers()

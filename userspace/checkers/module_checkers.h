@@ -43,7 +43,8 @@ public:
 	static Result<std::unique_ptr<ModuleCheckers>> create(EventLoop &loop,
 							      const std::vector<CheckerConfig> &checkers,
 							      ModuleCheckersOptions options);
-	/* Convenience: checkers, failover settings and module name from the module's config. */
+	/* Convenience: checkers, failover settings and module name from the module's config
+	 * (moduleState may be null: no other module known; errors name the module). */
 	static Result<std::unique_ptr<ModuleCheckers>> create(EventLoop &loop, const ModuleConfig &module,
 							      const std::string &moduleDir,
 							      std::function<std::string(const std::string &)> moduleState,

@@ -273,6 +273,7 @@ Status Daemon::buildRuntime()
 			fc.stateDir = c.paths.stateDir + "/" + m.name;
 			fc.logFile = c.paths.logDir + "/" + m.name + ".log";
 			fc.pinRoot = c.paths.bpfPinRoot;
+			fc.moduleState = [this](const std::string &name) { return moduleStateOf(name); };
 			auto fm = FarmModule::create(fc, m);
 			if (!fm)
 				return fm.error();
@@ -292,10 +293,7 @@ Status Daemon::buildRuntime()
 		mc.addresses = addresses_.get();
 		mc.announcer = announcer_.get();
 		mc.guard = guard_.get();
-		mc.moduleState = [this](const std::string &name) {
-			auto it = byName_.find(name);
-			return it == byName_.end() ? std::string("STOP") : it->second->status().value("state", "STOP");
-		};
+		mc.moduleState = [this](const std::string &name) { return moduleStateOf(name); };
 		mc.moduleDir = c.paths.modulesDir + "/" + m.name;
 		mc.stateDir = c.paths.stateDir + "/" + m.name;
 		mc.logFile = c.paths.logDir + "/" + m.name + ".log";

@@ -98,6 +98,12 @@ private:
 	std::vector<std::unique_ptr<ModuleRuntime>> modules_;
 	std::map<std::string, MirrorModule *> mirrors_;
 	std::map<std::string, ModuleRuntime *> byName_;	/* every running module runtime */
+	/* A module's state on this node ("STOP" when unknown), for "module" checkers. */
+	std::string moduleStateOf(const std::string &name) const
+	{
+		auto it = byName_.find(name);
+		return it == byName_.end() ? std::string("STOP") : it->second->status().value("state", "STOP");
+	}
 	std::map<std::string, std::string> moduleDigests_;	/* file -> content digest */
 	std::string clusterDigest_;
 	uint64_t incarnation_ = 0;

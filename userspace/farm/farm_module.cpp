@@ -315,6 +315,14 @@ Result<std::unique_ptr<FarmModule>> FarmModule::create(const FarmContext &contex
 
 	m->sm_ = std::make_unique<FarmStateMachine>(mc);
 
+	auto checkers = ModuleCheckers::create(*context.loop, config, context.moduleDir, context.moduleState,
+					      context.self ? context.self->name : std::string(), context.stateDir);
+	if (!checkers)
+		return checkers.error();
+	m->checkers_ = std::move(checkers.value());
+	FarmModule *checked = m.get();
+	m->checkers_->setDecisionCallback([checked](const PolicyDecision &d) { checked->onCheckerDecision(d); });
+
 	/* Not started yet: a VIP on lo is a crashed skd's leftover and would accept unfiltered flows. */
 	m->teardownVip(true);
 
@@ -342,6 +350,8 @@ Result<std::unique_ptr<FarmModule>> FarmModule::create(const FarmContext &contex
 
 FarmModule::~FarmModule()
 {
+	if (checkers_)
+		checkers_->stopAll();
 	ctx_.loop->cancelTimer(tickTimer_);
 	/* A load in flight finishes first; its posted result then finds alive_ cleared and is dropped. */
 	*alive_ = false;
@@ -425,6 +435,66 @@ void FarmModule::runStep(const FarmStep &step)
 	/* Once per step, after the data plane changed: peers learn our view only when it is installed. */
 	if (publishNeeded)
 		publish();
+	if (!step.transitions.empty())
+		updateCheckerRole();
+}
+
+/* UP serves (prim checkers run) once start_both is done; a checker hold reads as WAIT. */
+void FarmModule::updateCheckerRole()
+{
+	ModuleRole role = ModuleRole::Stop;
+	switch (sm_->state()) {
+	case FarmState::Stop: role = checkerHold_ ? ModuleRole::Wait : ModuleRole::Stop; break;
+	case FarmState::Wait: role = ModuleRole::Wait; break;
+	case FarmState::Up: role = ModuleRole::Up; break;
+	}
+	checkers_->setRole(role, sm_->phase() == FarmPhase::Running);
+}
+
+/*
+ * restart and stopstart: leave the farm (buckets handed to the others), stop and
+ * start the app, rejoin; the policy escalates repeated restarts to stopstart,
+ * which for a farm is the same trip out and back. wait: leave and stay out until
+ * the checker clears (not persisted: the admin's intent stays "start").
+ */
+void FarmModule::onCheckerDecision(const PolicyDecision &d)
+{
+	if (d.kind == PolicyDecisionKind::Report)
+		return;
+	moduleLog("checker " + d.checker + ": " + d.cause);
+	auto alive = alive_;
+	/* Posted: decisions may arrive from inside setRole(), i.e. while feeding. */
+	ctx_.loop->post([this, alive, d] {
+		if (!*alive)
+			return;
+		switch (d.kind) {
+		case PolicyDecisionKind::Restart:
+		case PolicyDecisionKind::StopStart:
+			feed(FarmEvent::checkerFailed(d.checker, nowMs()));
+			break;
+		case PolicyDecisionKind::Wait:
+			if (sm_->state() == FarmState::Stop || checkerHold_)
+				break;
+			checkerHold_ = true;
+			if (auto step = feedAdmin(FarmEventKind::AdminStop); !step)
+				logWarn(kLog, "{}: checker hold: {}", config_.name, step.error().message);
+			updateCheckerRole();
+			break;
+		case PolicyDecisionKind::Resume:
+			if (!checkerHold_)
+				break;
+			checkerHold_ = false;
+			updateCheckerRole();
+			if (loadAdminIntent() == "stop" || shutdownDone_)
+				break;
+			if (auto step = feedAdmin(FarmEventKind::AdminStart); !step)
+				logWarn(kLog, "{}: rejoining after the checker hold: {}", config_.name,
+					step.error().message);
+			break;
+		case PolicyDecisionKind::Report:
+			break;
+		}
+	});
 }
 
 void FarmModule::executeOne(const FarmAction &a)
@@ -996,6 +1066,8 @@ nlohmann::json FarmModule::status() const
 		{ "responder_here", responder_ },
 		{ "responder_counters", host_->responderStatus() },
 		{ "filter_loaded", filter_ != nullptr },
+		{ "checkers", checkers_->status() },
+		{ "checker_hold", checkerHold_ },
 		{ "owner_updates", ownerUpdates_ },
 		{ "buckets_installed_here", installedHere },
 		{ "xdp", xdp },

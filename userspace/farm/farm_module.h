@@ -19,6 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "checkers/module_checkers.h"
 #include "cluster/heartbeat.h"
 #include "core/config.h"
 #include "core/event_loop.h"
@@ -75,6 +76,8 @@ struct FarmContext {
 	net::VipGuard *guard = nullptr;
 	/* Optional: null = the real kernel (makeSystemFarmHost). Tests pass a fake. */
 	FarmHost *host = nullptr;
+	/* Another module's state on this node, for "module" checkers. */
+	std::function<std::string(const std::string &module)> moduleState;
 };
 
 /* Locally administered unicast MAC (02:...) derived from cluster and module names. */
@@ -118,6 +121,8 @@ private:
 	void setupVip();
 	void teardownVip(bool quiet);
 	void runScript(const std::string &script);
+	void onCheckerDecision(const PolicyDecision &d);
+	void updateCheckerRole();
 	void checkAgreement();
 	void logTransition(const FarmTransition &t);
 	void moduleLog(const std::string &line) const;
@@ -132,6 +137,10 @@ private:
 	FarmHost *host_ = nullptr;
 	std::unique_ptr<FarmStateMachine> sm_;
 	std::unique_ptr<ScriptRunner> scripts_;
+	std::unique_ptr<ModuleCheckers> checkers_;
+	/* A wait checker failed: out of the farm (STOP) until it clears; its checker
+	 * keeps running meanwhile (reported to the policy as WAIT). */
+	bool checkerHold_ = false;
 	std::unique_ptr<FarmFilter> filter_;
 	std::map<NodeId, std::string> names_;	/* module nodes */
 	std::set<size_t> networks_;

@@ -188,12 +188,10 @@ Result<std::unique_ptr<MirrorModule>> MirrorModule::create(const MirrorContext &
 		return runner.error();
 	m->scripts_ = std::move(runner.value());
 
-	auto checkers = ModuleCheckers::create(*context.loop, config, context.moduleDir,
-					      context.moduleState ? context.moduleState
-								  : [](const std::string &) { return std::string(); },
+	auto checkers = ModuleCheckers::create(*context.loop, config, context.moduleDir, context.moduleState,
 					      context.self ? context.self->name : std::string(), context.stateDir);
 	if (!checkers)
-		return makeError(checkers.error().code, "module " + config.name + ": " + checkers.error().message);
+		return checkers.error();
 	m->checkers_ = std::move(checkers.value());
 
 	m->replication_ = std::move(replication);
