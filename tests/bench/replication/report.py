@@ -55,7 +55,7 @@ def main():
     summary["rtt_median_us"] = rtt
     summary["disk_mib_s"] = disk
 
-    systems = ["sk-durable", "sk-applied", "lsyncd"]
+    systems = ["sk-durable", "sk-applied", "sk-tls", "lsyncd"]
     catch = {r["kind"]: r["seconds"] for r in pick("catchup", "lsyncd")}
 
     p("")
@@ -82,6 +82,11 @@ def main():
           % (s_, b["mib_s"], link_mib, r["mib_s"] / bound, "PASS" if ok else "FAIL", r["mib_s"] / shared))
         summary["seq"][s_].update({"vs_min_disk_link": r["mib_s"] / bound, "target_0_80": ok,
                                    "vs_shared_disk_bound": r["mib_s"] / shared})
+
+    sq = summary["seq"]
+    if "sk-tls" in sq and "sk-durable" in sq and sq["sk-durable"]["mib_s"]:
+        p("  TLS 1.3 cost: sk-tls / sk-durable = %.2f (seq), each vs its own bare run: %.2f / %.2f"
+          % (sq["sk-tls"]["mib_s"] / sq["sk-durable"]["mib_s"], sq["sk-tls"]["vs_bare"], sq["sk-durable"]["vs_bare"]))
 
     p("")
     any_lat = one("lat") or {}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end replication benchmark: two real skd nodes in network namespaces (the
-# integration rig), SK sync replication (ack=durable and ack=applied) against the
+# integration rig), SK sync replication (ack=durable, ack=applied, durable over TLS) against the
 # bare directory and lsyncd (asynchronous, rsync daemon in the peer namespace, no
 # ssh), all in one run, with ratios (the machines are noisy, absolute numbers drift).
 #
@@ -159,8 +159,8 @@ sk_config() {
 	local n
 	for n in n1 n2; do
 		mkdir -p "$BD/$n/data"
-		jq --arg p "$BD/$n/data" --arg ack "$1" --argjson bs "${2:-65536}" \
-			'.replication = {ack: $ack, block_size: $bs, dirs: [{path: $p}]}' \
+		jq --arg p "$BD/$n/data" --arg ack "$1" --argjson bs "${2:-65536}" --argjson tls "${SK_TLS:-false}" \
+			'.replication = {ack: $ack, block_size: $bs, tls: $tls, dirs: [{path: $p}]}' \
 			"$RIG_DIR/$n/module.json.orig" >"$RIG_DIR/$n/modules/$MOD/module.json"
 	done
 }
@@ -256,18 +256,23 @@ section_link() {
 	log "link: $(printf '%.0f' "$LINK") MiB/s, RTT median $RTT us"
 }
 
+# sk-durable, sk-applied, and sk-tls (ack durable over TLS 1.3: its cost).
 section_sk() {
-	local ack
-	for ack in durable applied; do
-		log "SK ack=$ack: starting the pair"
+	local sys ack
+	for sys in sk-durable sk-applied sk-tls; do
+		ack=${sys#sk-}
+		SK_TLS=false
+		[ "$sys" != sk-tls ] || { ack=durable; SK_TLS=true; }
+		log "SK $sys (ack=$ack, tls $SK_TLS): starting the pair"
 		sk_up "$ack"
-		pair wl_seq "sk-$ack" in_n1_skd "$BD/n1/data"
-		wl_lat "sk-$ack" in_n1_skd "$BD/n1/data"
-		wl_small "sk-$ack" in_n1_skd "$BD/n1/data"
-		result "$(sk_status n1 | jq -c --arg s "sk-$ack" '{k: "sk_counters", sys: $s,
+		pair wl_seq "$sys" in_n1_skd "$BD/n1/data"
+		wl_lat "$sys" in_n1_skd "$BD/n1/data"
+		wl_small "$sys" in_n1_skd "$BD/n1/data"
+		result "$(sk_status n1 | jq -c --arg s "$sys" '{k: "sk_counters", sys: $s,
 			dir: .replication.dirs[0] | del(.resync)}')"
 		sk_down
 	done
+	SK_TLS=false
 }
 
 rsyncd_start() {
