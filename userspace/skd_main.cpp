@@ -32,14 +32,24 @@ std::unique_ptr<sk::HttpServer> startHttp(sk::Daemon &d, const std::string &cons
 	};
 	b.serving = [&d](const std::string &module) { return d.moduleServing(module); };
 	sk::EventLoop *loop = &d.loop();
-	auto server = sk::HttpServer::create(sk::httpOptionsFromConfig(c.http, c.ports.http, consoleDir), b,
+	sk::HttpConfig http = c.http;
+	if (http.listen == sk::kHttpListenSelf) {
+		http.listen = d.selfAddress();
+		if (http.listen.empty()) {
+			fprintf(stderr, "skd: HTTP server: listen \"self\" but this node has no address on the first "
+					"cluster network\n");
+			*failed = true;
+			return nullptr;
+		}
+	}
+	auto server = sk::HttpServer::create(sk::httpOptionsFromConfig(http, c.ports.http, consoleDir), b,
 					     [loop](std::function<void()> cb) { loop->post(std::move(cb)); });
 	if (!server) {
 		fprintf(stderr, "skd: HTTP server: %s\n", server.error().message.c_str());
 		*failed = true;
 		return nullptr;
 	}
-	sk::logInfo(kLog, "HTTP API on {}:{}{}", c.http.listen, server.value()->port(),
+	sk::logInfo(kLog, "HTTP API on {}:{}{}", http.listen, server.value()->port(),
 		    server.value()->tls() ? " (TLS)" : "");
 	return std::move(server.value());
 }

@@ -41,12 +41,7 @@ $APPS_SLOW_CHECKERS"
 		runuser -u postgres -- "$PG_BIN/postgres" --single -D "$RIG_DIR/n1/pgdata" postgres >/dev/null 2>&1
 	printf '%s\n' "CREATE TABLE t (id bigint PRIMARY KEY, pad text);" "ALTER TABLE t OWNER TO sk;" |
 		runuser -u postgres -- "$PG_BIN/postgres" --single -D "$RIG_DIR/n1/pgdata" skt >/dev/null 2>&1
-	rig_start_skd n1
-	rig_start_skd n2
-	rig_skctl n2 start -m postgresql >/dev/null
-	rig_skctl n1 prim -m postgresql >/dev/null
-	rig_wait_label n1 postgresql 'PRIM/running' 600
-	rig_wait_label n2 postgresql 'SECOND/in-sync' 900
+	rig_start_pair postgresql 600 900
 }
 
 test_postgresql_zero_loss_across_failovers() {
@@ -110,12 +105,7 @@ SQL
 	kill -TERM "$pid"
 	rig_wait_for 300 _rig_gone "$pid" || rig_fail "the first mariadbd did not stop"
 	wait "$pid" 2>/dev/null || true
-	rig_start_skd n1
-	rig_start_skd n2
-	rig_skctl n2 start -m mariadb >/dev/null
-	rig_skctl n1 prim -m mariadb >/dev/null
-	rig_wait_label n1 mariadb 'PRIM/running' 600
-	rig_wait_label n2 mariadb 'SECOND/in-sync' 900
+	rig_start_pair mariadb 600 900
 }
 
 test_mariadb_zero_loss_across_failovers() {

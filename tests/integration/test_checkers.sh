@@ -44,12 +44,7 @@ _module_edit() {
 
 # _checker_start: n1 PRIM, n2 SECOND in sync.
 _checker_start() {
-	rig_start_skd n1
-	rig_start_skd n2
-	rig_skctl n2 start -m web >/dev/null
-	rig_skctl n1 prim -m web >/dev/null
-	rig_wait_label n1 web 'PRIM/running'
-	rig_wait_label n2 web 'SECOND/in-sync'
+	rig_start_pair web
 }
 
 # _checker_pair ACTION MAXLOOP: n1 PRIM, n2 SECOND, tcp checker "app" on the VIP service.

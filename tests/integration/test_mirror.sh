@@ -12,12 +12,7 @@ _pair_up() {
 	rig_setup 2 1
 	rig_write_cluster
 	rig_write_mirror_module web "${1:-}"
-	rig_start_skd n1
-	rig_start_skd n2
-	rig_skctl n2 start -m web >/dev/null
-	rig_skctl n1 prim -m web >/dev/null
-	rig_wait_label n1 web 'PRIM/running'
-	rig_wait_label n2 web 'SECOND/in-sync'
+	rig_start_pair web
 	[ "$(rig_vip_answer)" = n1 ] || rig_fail "client got '$(rig_vip_answer)' from the VIP, expected n1"
 	[ "$(rig_vip_holders)" = n1 ] || rig_fail "VIP holders: '$(rig_vip_holders)'"
 }
@@ -238,12 +233,7 @@ _replicated_pair() {
 	rig_add_replicated_dir web
 	head -c 3000000 /dev/urandom >"$RIG_DIR/n1/data/initial.bin"
 	[ $# -eq 0 ] || "$@"
-	rig_start_skd n1
-	rig_start_skd n2
-	rig_skctl n2 start -m web >/dev/null
-	rig_skctl n1 prim -m web >/dev/null
-	rig_wait_label n1 web 'PRIM/running'
-	rig_wait_label n2 web 'SECOND/in-sync' 200
+	rig_start_pair web
 }
 
 test_replicated_data_survives_failover_and_resyncs() {

@@ -262,12 +262,7 @@ _zl_pair_up() {
 	rig_add_replicated_dir web
 	_zl_python >"$RIG_DIR/zl.py"
 	mkdir -p "$RIG_DIR/acked"
-	rig_start_skd n1
-	rig_start_skd n2
-	rig_skctl n2 start -m web >/dev/null
-	rig_skctl n1 prim -m web >/dev/null
-	rig_wait_label n1 web 'PRIM/running'
-	rig_wait_label n2 web 'SECOND/in-sync' 300
+	rig_start_pair web 100 300
 }
 
 # _zl_start_writers NODE KIND...: the writers in NODE's skd mount namespace, in

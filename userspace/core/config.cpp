@@ -705,10 +705,11 @@ ClusterConfig buildCluster(const json &doc, Validator &v)
 				"an object (HTTP API settings)");
 		c.http.enabled = hr.valid();
 		std::string listen;
-		if (hr.str("listen", &listen, false, "an IP address")) {
-			std::string canon = canonicalIp(listen, nullptr);
+		if (hr.str("listen", &listen, false, "an IP address or \"self\"")) {
+			std::string canon = listen == kHttpListenSelf ? listen : canonicalIp(listen, nullptr);
 			if (canon.empty())
-				v.error("/http/listen", fmt::format("found {}, expected an IPv4 or IPv6 address",
+				v.error("/http/listen", fmt::format("found {}, expected an IPv4 or IPv6 address, or "
+								    "\"self\" (each node's own cluster address)",
 								    json(listen).dump()));
 			else
 				c.http.listen = canon;

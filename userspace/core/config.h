@@ -73,9 +73,13 @@ struct PortsConfig {
 	uint16_t http = 7480;
 };
 
+/* http.listen value meaning "this node's address on the first cluster network": one
+ * cluster.json for every node, and each node's console can reach the others. */
+inline constexpr const char *kHttpListenSelf = "self";
+
 struct HttpConfig {
 	bool enabled = false;		/* true when the "http" section is present */
-	std::string listen = "127.0.0.1";
+	std::string listen = "127.0.0.1";	/* an address, or kHttpListenSelf */
 	std::string tlsCert;		/* both or neither */
 	std::string tlsKey;
 	std::string tokenFile;		/* empty: no bearer token */

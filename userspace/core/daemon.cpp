@@ -523,6 +523,23 @@ Status Daemon::reload()
 	return {};
 }
 
+namespace {
+
+std::string firstNetworkAddress(const ClusterConfig &c, const NodeConfig &n)
+{
+	if (c.networks.empty())
+		return {};
+	auto a = n.addresses.find(c.networks.front());
+	return a == n.addresses.end() ? std::string() : a->second;
+}
+
+} /* namespace */
+
+std::string Daemon::selfAddress() const
+{
+	return self_ ? firstNetworkAddress(config_.cluster, *self_) : std::string();
+}
+
 nlohmann::json Daemon::status() const
 {
 	using nlohmann::json;
@@ -551,12 +568,7 @@ nlohmann::json Daemon::status() const
 	/* Where the console finds every node's status (the first network's address). */
 	json clusterNodes = json::array();
 	for (const NodeConfig &n : config_.cluster.nodes) {
-		std::string addr;
-		if (!config_.cluster.networks.empty()) {
-			auto a = n.addresses.find(config_.cluster.networks.front());
-			if (a != n.addresses.end())
-				addr = a->second;
-		}
+		std::string addr = firstNetworkAddress(config_.cluster, n);
 		std::string host = addr.find(':') != std::string::npos ? "[" + addr + "]" : addr;
 		clusterNodes.push_back({ { "name", n.name },
 					 { "id", n.id },

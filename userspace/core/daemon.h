@@ -65,6 +65,8 @@ public:
 	/* For the HTTP front end (skd's main); all of these run on the loop thread. */
 	EventLoop &loop() { return *loop_; }
 	const ClusterConfig &cluster() const { return config_.cluster; }
+	/* This node's address on the cluster's first network ("" if none). */
+	std::string selfAddress() const;
 	/* {"action": ..., "module": ... (optional), "origin": ...}; see skctl's module commands. */
 	void moduleCommand(const nlohmann::json &request, ControlResponder reply);
 	/* nullopt: no such module on this node. */

@@ -55,6 +55,18 @@ rig_mirror_label() {
 }
 
 # rig_wait_label NODE MODULE LABEL-REGEX [TRIES]
+# rig_start_pair MODULE [PRIM_TRIES [SECOND_TRIES]]: starts skd on n1 and n2, the
+# module on n2 and as primary on n1; waits for n1 PRIM/running, n2 SECOND/in-sync.
+rig_start_pair() {
+	local module=$1
+	rig_start_skd n1
+	rig_start_skd n2
+	rig_skctl n2 start -m "$module" >/dev/null
+	rig_skctl n1 prim -m "$module" >/dev/null
+	rig_wait_label n1 "$module" 'PRIM/running' "${2:-100}"
+	rig_wait_label n2 "$module" 'SECOND/in-sync' "${3:-200}"
+}
+
 rig_wait_label() {
 	local node=$1 module=$2 want=$3 tries=${4:-100} got="" i
 	for ((i = 0; i < tries; i++)); do

@@ -6,6 +6,9 @@
 
 const POLL_MS = 2000;
 const FETCH_TIMEOUT_MS = 3000;
+/* Longer than skd's own wait for an action (HttpServerOptions::actionTimeout, 60 s), so
+ * a slow answer arrives (or skd's 503 "may still complete") instead of a false error. */
+const ACTION_TIMEOUT_MS = 65000;
 const TOKEN_KEY = 'sk.token';
 const MIRROR_ACTIONS = ['start', 'stop', 'swap', 'prim', 'second', 'restart'];
 const FARM_ACTIONS = ['start', 'stop', 'restart'];
@@ -76,9 +79,9 @@ function trimUrl(u) {
   return String(u || '').replace(/\/+$/, '');
 }
 
-async function fetchJson(url, options) {
+async function fetchJson(url, options, timeoutMs) {
   const ctl = new AbortController();
-  const timer = setTimeout(() => ctl.abort(), FETCH_TIMEOUT_MS);
+  const timer = setTimeout(() => ctl.abort(), timeoutMs || FETCH_TIMEOUT_MS);
   try {
     const r = await fetch(url, Object.assign({ signal: ctl.signal, cache: 'no-store' }, options || {}));
     let body = null;
@@ -288,7 +291,8 @@ function confirmAction(node, module, action, current) {
 async function runAction(node, module, action) {
   const url = `${node.url}/api/v1/modules/${encodeURIComponent(module)}/${encodeURIComponent(action)}`;
   try {
-    const r = await fetchJson(url, { method: 'POST', headers: { Authorization: 'Bearer ' + token() } });
+    const r = await fetchJson(url, { method: 'POST', headers: { Authorization: 'Bearer ' + token() } },
+                              ACTION_TIMEOUT_MS);
     if (r.ok) {
       const res = r.body && r.body.result;
       const one = Array.isArray(res) ? res[0] : res;
