@@ -611,6 +611,11 @@ Status Applier::apply(const Op &op)
 		counters_.missingSkipped++;
 		ret = 0;
 	}
+	if (resyncing_ && op.type == OpType::Rename &&
+	    (ret == -ENOENT || ret == -EEXIST || ret == -ENOTEMPTY || ret == -EISDIR || ret == -ENOTDIR)) {
+		counters_.missingSkipped++;
+		ret = 0;
+	}
 	if (ret < 0) {
 		std::string msg = fmt::format("apply {} #{} {}{}{}: {}", opTypeName(op.type), op.seq, op.path,
 					      op.path2.empty() ? "" : " -> ", op.path2, strerror(-ret));

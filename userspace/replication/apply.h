@@ -103,7 +103,11 @@ public:
 	 * While a resync runs, a Write, Setattr, Fallocate or xattr op whose file is
 	 * missing here is skipped: the source read the file after a local re-creation
 	 * (e.g. unlink + create) whose op is sequenced after the step's ops, and that op
-	 * and the live writes after it rebuild the file. In sync it is an error again.
+	 * and the live writes after it rebuild the file. A Rename that does not fit this
+	 * half-resynced tree (source or destination directory missing, destination in
+	 * the way) is skipped too: every rename during a resync is tracked by the source
+	 * (GatedSink::trackRenames), which compares both of its paths again in another
+	 * round before the target is in sync. In sync these are errors again.
 	 */
 	void setResyncing(bool on) { resyncing_ = on; }
 

@@ -145,7 +145,7 @@ TEST_CASE("create, write, mkdir, setattr and truncate")
 	}
 }
 
-TEST_CASE("during a resync, data and attribute ops on a missing file are skipped; in sync they fail")
+TEST_CASE("during a resync, data, attribute and rename ops that miss their file are skipped; in sync they fail")
 {
 	Target t;
 	Op sa = mk(OpType::Setattr, "gone");
@@ -156,10 +156,16 @@ TEST_CASE("during a resync, data and attribute ops on a missing file are skipped
 	CHECK(t.apply(writeOp("gone", 0, "x")) == 0);
 	CHECK(t.apply(sa) == 0);
 	CHECK(t.applier->counters().missingSkipped == 2);
-	/* Namespace ops are never skipped. */
-	CHECK(t.apply(renameOp("gone", "other")) == -ENOENT);
+	/* A rename that does not fit is skipped (the source compares both paths again)... */
+	CHECK(t.apply(renameOp("gone", "other")) == 0);
+	CHECK(t.applier->counters().missingSkipped == 3);
+	/* ...other namespace ops are never. */
+	Op ln = mk(OpType::Link, "gone");
+	ln.path2 = "other";
+	CHECK(t.apply(ln) == -ENOENT);
 	t.applier->setResyncing(false);
 	CHECK(t.apply(sa) == -ENOENT);
+	CHECK(t.apply(renameOp("gone", "other")) == -ENOENT);
 }
 
 TEST_CASE("symlink, link, mknod, unlink, rmdir")
