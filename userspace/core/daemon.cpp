@@ -567,12 +567,14 @@ nlohmann::json Daemon::status() const
 	}
 	/* Where the console finds every node's status (the first network's address). */
 	json clusterNodes = json::array();
+	/* Every node serves as this one does (one cluster.json): TLS or not. */
+	const char *scheme = config_.cluster.http.tlsCert.empty() ? "http" : "https";
 	for (const NodeConfig &n : config_.cluster.nodes) {
 		std::string addr = firstNetworkAddress(config_.cluster, n);
 		std::string host = addr.find(':') != std::string::npos ? "[" + addr + "]" : addr;
 		clusterNodes.push_back({ { "name", n.name },
 					 { "id", n.id },
-					 { "http_url", host.empty() ? "" : fmt::format("http://{}:{}", host,
+					 { "http_url", host.empty() ? "" : fmt::format("{}://{}:{}", scheme, host,
 										       config_.cluster.ports.http) } });
 	}
 	json hb = nullptr;
