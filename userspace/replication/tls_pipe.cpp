@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <string>
+#include <system_error>
 #include <sys/socket.h>
 #include <thread>
 #include <unistd.h>
@@ -87,7 +88,7 @@ int useSession(SSL *ssl, const EVP_MD *md, const unsigned char **id, size_t *idL
 	SSL_SESSION *s = pskSession(ssl);
 	if (!s)
 		return 0;
-	if (md && md != SSL_CIPHER_get_handshake_digest(SSL_SESSION_get0_cipher(s))) {
+	if (md && !EVP_MD_is_a(md, "SHA256")) {
 		SSL_SESSION_free(s);
 		*sess = nullptr;
 		return 1;
@@ -118,7 +119,10 @@ SSL_CTX *context(bool server)
 			return;
 		SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
 		SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
-		SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256");
+		if (!SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256")) {
+			SSL_CTX_free(ctx);
+			return;
+		}
 		SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 		/* No resumption tickets: every connection proves the key afresh. */
 		SSL_CTX_set_num_tickets(ctx, 0);
@@ -146,11 +150,18 @@ std::string sslError()
 /* Waits for what SSL asked (want read / want write) on fd, until deadline. */
 bool waitFor(int fd, int sslErr, std::chrono::steady_clock::time_point deadline)
 {
-	auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-	if (left.count() <= 0)
-		return false;
-	pollfd p{ fd, static_cast<short>(sslErr == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN), 0 };
-	return poll(&p, 1, static_cast<int>(left.count())) > 0;
+	for (;;) {
+		auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline -
+										  std::chrono::steady_clock::now());
+		if (left.count() <= 0)
+			return false;
+		pollfd p{ fd, static_cast<short>(sslErr == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN), 0 };
+		int r = poll(&p, 1, static_cast<int>(left.count()));
+		if (r > 0)
+			return true;
+		if (r == 0 || errno != EINTR)
+			return false;
+	}
 }
 
 /*
@@ -163,14 +174,16 @@ void pump(SSL *ssl, int tcp, int plain)
 	std::vector<uint8_t> toNet, toApp;
 	size_t netOff = 0, appOff = 0;
 	std::vector<uint8_t> buf(kPumpBuffer);
-	bool netWantsWrite = false, done = false;
+	bool netWantsWrite = false, netWantsRead = false, done = false, appGone = false;
 	/* An SSL call made no progress: wait for the socket, or the connection is over
 	 * (close_notify, EOF, reset or a bad record). */
 	auto stalled = [&](int r) {
 		int e = SSL_get_error(ssl, r);
 		if (e == SSL_ERROR_WANT_WRITE)
 			netWantsWrite = true;
-		else if (e != SSL_ERROR_WANT_READ)
+		else if (e == SSL_ERROR_WANT_READ)
+			netWantsRead = true;
+		else
 			done = true;
 	};
 	while (!done) {
@@ -188,7 +201,7 @@ void pump(SSL *ssl, int tcp, int plain)
 					break;
 				}
 			}
-			netWantsWrite = false;
+			netWantsWrite = netWantsRead = false;
 			if (netOff < toNet.size()) {
 				int r = SSL_write(ssl, toNet.data() + netOff, static_cast<int>(toNet.size() - netOff));
 				if (r > 0) {
@@ -220,19 +233,37 @@ void pump(SSL *ssl, int tcp, int plain)
 		}
 		if (done)
 			break;
-		pollfd fds[2] = { { plain, 0, 0 }, { tcp, POLLIN, 0 } };
+		/*
+		 * The app side: always watched for its shutdown or close (ends the
+		 * connection at once, even with records still to write); readable when
+		 * there is room for more plaintext, writable when records wait for it.
+		 * The TLS side: readable when decrypted data has somewhere to go (or a
+		 * write needs a read), writable when a write waits; not watched at all
+		 * otherwise (a hang-up there must not spin this loop while the app is full).
+		 */
+		pollfd fds[2] = { { plain, POLLRDHUP, 0 }, { tcp, 0, 0 } };
 		if (netOff == toNet.size())
 			fds[0].events |= POLLIN;
 		if (appOff < toApp.size())
 			fds[0].events |= POLLOUT;
+		if (appOff == toApp.size() || netWantsRead)
+			fds[1].events |= POLLIN;
 		if (netWantsWrite)
 			fds[1].events |= POLLOUT;
-		/* A full app side: stop reading TLS records until it drains. */
-		if (appOff < toApp.size() && !netWantsWrite && netOff == toNet.size())
-			fds[1].events = 0;
+		if (!fds[1].events)
+			fds[1].fd = -1;
 		if (poll(fds, 2, -1) < 0 && errno != EINTR)
 			break;
-		if ((fds[0].revents & (POLLERR | POLLNVAL)) || (fds[1].revents & (POLLERR | POLLNVAL)))
+		if (fds[0].revents & (POLLERR | POLLNVAL))
+			break;
+		/* The app shut its end: one more pass sends what it wrote last (a Fail
+		 * frame before a close), then the connection ends, sent or not. */
+		if (fds[0].revents & (POLLHUP | POLLRDHUP)) {
+			if (appGone)
+				break;
+			appGone = true;
+		}
+		if (fds[1].revents & (POLLERR | POLLNVAL))
 			break;
 	}
 	SSL_shutdown(ssl);
@@ -294,10 +325,18 @@ Result<int> tlsWrap(int tcpFd, const ClusterKey &key, bool server, std::chrono::
 	}
 	fl = fcntl(sv[1], F_GETFL);
 	fcntl(sv[1], F_SETFL, fl | O_NONBLOCK);
-	gHandshakes++;
-	gLive++;
 	logDebug(kLog, "TLS 1.3 {} established ({})", server ? "accept" : "connect", SSL_get_cipher_name(ssl));
-	std::thread(pump, ssl, tcpFd, sv[1]).detach();
+	gLive++;
+	try {
+		std::thread(pump, ssl, tcpFd, sv[1]).detach();
+	} catch (const std::system_error &e) {
+		gLive--;
+		SSL_free(ssl);
+		close(sv[0]);
+		close(sv[1]);
+		return fail(std::string("no pump thread: ") + e.what());
+	}
+	gHandshakes++;
 	return sv[0];
 }
 

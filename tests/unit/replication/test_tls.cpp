@@ -5,6 +5,7 @@
  * peer with another cluster key refused, and a close on either side seen by the
  * other.
  */
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -188,4 +189,44 @@ TEST_CASE("tls pipe: the bytes on the wire are TLS records, never the plaintext"
 	CHECK(wire[0] == 0x16);	/* handshake record */
 	std::string w(wire.begin(), wire.end());
 	CHECK(w.find("replicated-secret") == std::string::npos);
+}
+
+TEST_CASE("tls pipe: shutting the app's end ends its pump even while the peer reads nothing")
+{
+	auto gone = [&](uint64_t want) {
+		for (int i = 0; i < 200; i++) {
+			if (tlsCounters().live == want)
+				return true;
+			std::this_thread::sleep_for(10ms);
+		}
+		return false;
+	};
+	/* The pumps of the cases before end on their own after their closes. */
+	REQUIRE(gone(0));
+	uint64_t live0 = 0;
+	auto [s, c] = wrapPair(5, 5);
+	REQUIRE(s.ok());
+	REQUIRE(c.ok());
+	CHECK(tlsCounters().live == live0 + 2);
+	/* Fill every buffer between the two apps: the server side never reads. */
+	REQUIRE(fcntl(*c, F_SETFL, fcntl(*c, F_GETFL) | O_NONBLOCK) == 0);
+	std::vector<uint8_t> chunk(65536, 0x42);
+	size_t queued = 0;
+	for (auto until = std::chrono::steady_clock::now() + 3s; std::chrono::steady_clock::now() < until;) {
+		ssize_t n = write(*c, chunk.data(), chunk.size());
+		if (n > 0) {
+			queued += static_cast<size_t>(n);
+			continue;
+		}
+		REQUIRE(errno == EAGAIN);
+		std::this_thread::sleep_for(50ms);
+		if (write(*c, chunk.data(), chunk.size()) < 0 && errno == EAGAIN)
+			break;
+	}
+	CHECK(queued > 0);
+	shutdown(*c, SHUT_RDWR);
+	CHECK(gone(live0 + 1));	/* the client's pump, with records still unsent */
+	close(*c);
+	close(*s);
+	CHECK(gone(live0));
 }

@@ -14,8 +14,8 @@
  * soft RLIMIT_NOFILE (counted over all mounts of the process) a pruner thread
  * asks the kernel to drop the least recently looked-up entries
  * (fuse_lowlevel_notify_inval_entry, what memory pressure would do); the
- * kernel's FORGETs then close their fds. Files first, directories only when
- * files are not enough. readdirplus stops returning attributes (which make
+ * kernel's FORGETs then close their fds. Files only (invalidating a directory
+ * entry detaches mounts below it). readdirplus stops returning attributes (which make
  * inodes) while over the limit. Open files and cwds keep their inodes. A lookup
  * past three quarters of the limit (faster than the pruner) or finding no fd
  * free makes a handle-only Inode: a file handle, opened per request
@@ -127,6 +127,7 @@ struct Inode {
 	uint64_t nlookup = 0;	/* kernel references */
 	uint32_t children = 0;	/* aliases in other inodes naming this as parent */
 	std::atomic<uint64_t> lastLookup{ 0 };	/* Impl::lookupClock_ at the last lookup */
+	uint64_t invalidatedAt = 0;	/* lastLookup when the pruner last asked the kernel to drop it */
 	std::vector<Alias> aliases;
 	std::mutex writeMutex;
 };
@@ -158,20 +159,22 @@ private:
  * object as the attributes: the handle is taken again after the stat and must
  * not have changed) and attributes. 0 or an errno.
  */
-int lookupHandle(int dirFd, const char *name, std::vector<unsigned char> &handle, struct stat *st)
+int lookupHandle(int dirFd, const char *name, std::vector<unsigned char> &handle, struct stat *st, int *mountId)
 {
 	struct Buf {
 		file_handle fh;
 		unsigned char bytes[MAX_HANDLE_SZ];
 	} first, again;
 	for (int attempt = 0; attempt < 3; attempt++) {
-		int mountId;
+		int againMount;
 		first.fh.handle_bytes = MAX_HANDLE_SZ;
 		again.fh.handle_bytes = MAX_HANDLE_SZ;
-		if (name_to_handle_at(dirFd, name, &first.fh, &mountId, 0) < 0 ||
+		if (name_to_handle_at(dirFd, name, &first.fh, mountId, 0) < 0 ||
 		    fstatat(dirFd, name, st, AT_SYMLINK_NOFOLLOW) < 0 ||
-		    name_to_handle_at(dirFd, name, &again.fh, &mountId, 0) < 0)
+		    name_to_handle_at(dirFd, name, &again.fh, &againMount, 0) < 0)
 			return errno;
+		if (againMount != *mountId)
+			continue;
 		size_t len = sizeof(file_handle) + first.fh.handle_bytes;
 		if (first.fh.handle_bytes == again.fh.handle_bytes && first.fh.handle_type == again.fh.handle_type &&
 		    std::memcmp(&first, &again, len) == 0) {
@@ -311,6 +314,7 @@ public:
 	uint64_t fdBudget_ = 0;		/* prune above this */
 	uint64_t fdCap_ = 0;		/* handle-only Inodes above this */
 	int mountFd_ = -1;		/* the backing fs, for open_by_handle_at (which refuses O_PATH) */
+	int rootMountId_ = -1;		/* its mount id; -1: no file handles there */
 	std::thread pruner_;
 	std::mutex prunerMutex_;
 	std::condition_variable prunerCv_;
@@ -471,8 +475,12 @@ int CaptureFs::Impl::doLookup(Inode *parent, const char *name, fuse_entry_param 
 		/* A handle-only Inode, on the root's fs; where the fs has no handles,
 		 * an fd after all. */
 		wakePruner();
-		int err = lookupHandle(parentFd.get(), name, handle, &e->attr);
-		if (!err && e->attr.st_dev != root_->dev)
+		/* Same mount as the root (not only the same fs: a bind mount below may be
+		 * read-only), since open_by_handle_at goes through the root's mount. */
+		int mountId = -1;
+		int err = rootMountId_ < 0 ? EOPNOTSUPP
+					   : lookupHandle(parentFd.get(), name, handle, &e->attr, &mountId);
+		if (!err && mountId != rootMountId_)
 			err = EXDEV;
 		if (err && err != EOPNOTSUPP && err != EXDEV && err != EAGAIN && err != EOVERFLOW)
 			return err;
@@ -529,8 +537,6 @@ size_t CaptureFs::Impl::pruneOnce()
 	if (total <= fdBudget_)
 		return 0;
 	struct Candidate {
-		uint64_t lastLookup;
-		bool dir;
 		fuse_ino_t parent;
 		std::string name;
 	};
@@ -540,22 +546,31 @@ size_t CaptureFs::Impl::pruneOnce()
 		uint64_t mine = inodes_.size();
 		/* This mount's share of the excess, rounded up. */
 		uint64_t want = (mine * (total - low) + total - 1) / total;
-		std::vector<Candidate> all;
+		/*
+		 * Non-directories only: invalidating a directory entry detaches mounts below
+		 * it (d_invalidate), which memory pressure never does. Entries asked for
+		 * before and not looked up since are skipped: the kernel keeps those it
+		 * cannot drop (open files, cwds), and asking again would pick them for ever.
+		 */
+		std::vector<Inode *> all;
 		all.reserve(mine);
 		for (auto &[key, inode] : inodes_) {
-			if (inode.get() == root_ || inode->fd < 0 || inode->nlookup == 0 || inode->children > 0)
+			uint64_t last = inode->lastLookup.load(std::memory_order_relaxed);
+			if (inode.get() == root_ || inode->dir || inode->fd < 0 || inode->nlookup == 0 ||
+			    inode->children > 0 || inode->aliases.empty() || inode->invalidatedAt == last)
 				continue;
-			for (const Alias &a : inode->aliases)
-				all.push_back({ inode->lastLookup.load(std::memory_order_relaxed), inode->dir,
-						idOf(a.parent), a.name });
+			all.push_back(inode.get());
 		}
 		want = std::min<uint64_t>(want, all.size());
-		auto older = [](const Candidate &a, const Candidate &b) {
-			return a.dir != b.dir ? !a.dir : a.lastLookup < b.lastLookup;
-		};
-		std::nth_element(all.begin(), all.begin() + want, all.end(), older);
-		all.resize(want);
-		picked = std::move(all);
+		std::nth_element(all.begin(), all.begin() + want, all.end(), [](const Inode *a, const Inode *b) {
+			return a->lastLookup.load(std::memory_order_relaxed) < b->lastLookup.load(std::memory_order_relaxed);
+		});
+		for (size_t i = 0; i < want; i++) {
+			Inode *inode = all[i];
+			inode->invalidatedAt = inode->lastLookup.load(std::memory_order_relaxed);
+			for (const Alias &a : inode->aliases)
+				picked.push_back({ idOf(a.parent), a.name });
+		}
 	}
 	size_t sent = 0;
 	for (const Candidate &c : picked) {
@@ -1976,6 +1991,15 @@ Status CaptureFs::Impl::start()
 	mountFd_ = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (mountFd_ < 0)
 		return makeError(-errno, errnoMessage("capture: open " + mp, -errno));
+	{
+		struct {
+			file_handle fh;
+			unsigned char bytes[MAX_HANDLE_SZ];
+		} rootHandle;
+		rootHandle.fh.handle_bytes = MAX_HANDLE_SZ;
+		if (name_to_handle_at(fd, "", &rootHandle.fh, &rootMountId_, AT_EMPTY_PATH) < 0)
+			rootMountId_ = -1;
+	}
 
 	fuse_args args = FUSE_ARGS_INIT(0, nullptr);
 	/* default_permissions: the kernel checks access from our attributes (we run
@@ -2033,13 +2057,13 @@ Status CaptureFs::Impl::stop()
 		return Status::success();
 	Status status;
 	const std::string &mp = options_.mountpoint;
+	/* Stopped now, joined after the unmount: a notification it has under way may
+	 * wait for a directory lock that a stuck request holds until the abort. */
 	{
 		std::lock_guard lock(prunerMutex_);
 		prunerStop_ = true;
 		prunerCv_.notify_all();
 	}
-	if (pruner_.joinable())
-		pruner_.join();
 	fuse_session_exit(se_);
 	if (mounted_) {
 		/* Lazy: files the app still holds keep working until closed; with none
@@ -2065,6 +2089,8 @@ Status CaptureFs::Impl::stop()
 	}
 	if (loop_.joinable())
 		loop_.join();
+	if (pruner_.joinable())
+		pruner_.join();
 	fuse_session_destroy(se_);
 	se_ = nullptr;
 	logInfo(kLog, "{}: capture unmounted", mp);
