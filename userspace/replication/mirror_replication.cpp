@@ -49,6 +49,30 @@ constexpr int kMaxRounds = 5;
 /* How often an in-sync source rotates its dirty log (drops acked records). */
 constexpr auto kRotateInterval = 5s;
 
+/* Publishes a live control channel in *slot (under mutex) until scope exit, so
+ * stop() can shut it down from another thread. */
+class PublishedChannel
+{
+public:
+	PublishedChannel(std::mutex &mutex, ControlChannel **slot, ControlChannel *channel)
+		: mutex_(mutex), slot_(slot)
+	{
+		std::lock_guard<std::mutex> g(mutex_);
+		*slot_ = channel;
+	}
+	~PublishedChannel()
+	{
+		std::lock_guard<std::mutex> g(mutex_);
+		*slot_ = nullptr;
+	}
+	PublishedChannel(const PublishedChannel &) = delete;
+	PublishedChannel &operator=(const PublishedChannel &) = delete;
+
+private:
+	std::mutex &mutex_;
+	ControlChannel **slot_;
+};
+
 uint64_t nowMs()
 {
 	return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -276,6 +300,13 @@ private:
 			  const std::function<Status(ControlChannel *)> &session);
 	Status verifySourceSession(SourceDir *d, ControlChannel *ch);
 	Result<nlohmann::json> verifyTargetDir(TargetDir *d);
+	/* A connection to the source's port of dir index (TLS-wrapped with "tls"), tried
+	 * `attempts` times a second apart (fewer once stopping). */
+	Result<int> dialSource(size_t index, int attempts);
+	/* Runs fn on a new thread unless one of its kind is busy (then closes fd and
+	 * says so); the previous thread of that kind is joined and claimed() runs first. */
+	void startSession(SourceDir *d, std::atomic<bool> &busy, std::thread &thread, const char *what, int fd,
+			  std::function<void()> fn, const std::function<void()> &claimed = nullptr);
 	std::unique_ptr<repl::DirtyLog> openLog(size_t index);
 	/* Block size, include/exclude of dir index; cancelled by stop(). */
 	repl::ScanOptions scanOptions(size_t index) const
@@ -454,35 +485,16 @@ void SyncReplication::acceptMain(SourceDir *d)
 		}
 		uint8_t hello = repl::peekControlHello(fd, 5000ms);
 		if (hello == static_cast<uint8_t>(ControlFrame::VerifyHello)) {
-			if (d->verifyBusy.exchange(true)) {
-				logWarn(kLog, "module {}: second verify connection for {} refused", ctx_.module->name,
-					d->path);
-				close(fd);
-				continue;
-			}
-			if (d->verifyThread.joinable())
-				d->verifyThread.join();
-			d->verifyThread = std::thread([this, d, fd] {
+			startSession(d, d->verifyBusy, d->verifyThread, "verify", fd, [this, d, fd] {
 				serveControl(d, fd, &d->verifyChannel, "verify",
 					     [&](ControlChannel *ch) { return verifySourceSession(d, ch); });
-				d->verifyBusy = false;
 			});
 			continue;
 		}
 		if (hello) {
-			if (d->resyncBusy.exchange(true)) {
-				logWarn(kLog, "module {}: second resync connection for {} refused", ctx_.module->name,
-					d->path);
-				close(fd);
-				continue;
-			}
-			if (d->resyncThread.joinable())
-				d->resyncThread.join();
-			d->streamAllowed = false;
-			d->resyncThread = std::thread([this, d, fd] {
-				resyncMain(d, fd);
-				d->resyncBusy = false;
-			});
+			/* Its stream waits for the namespace pass (see below). */
+			startSession(d, d->resyncBusy, d->resyncThread, "resync", fd, [this, d, fd] { resyncMain(d, fd); },
+				     [d] { d->streamAllowed = false; });
 			continue;
 		}
 		/* The target dials its stream right after its manifest: hold it until the
@@ -496,24 +508,37 @@ void SyncReplication::acceptMain(SourceDir *d)
 	}
 }
 
+void SyncReplication::startSession(SourceDir *d, std::atomic<bool> &busy, std::thread &thread, const char *what,
+				   int fd, std::function<void()> fn, const std::function<void()> &claimed)
+{
+	if (busy.exchange(true)) {
+		logWarn(kLog, "module {}: second {} connection for {} refused", ctx_.module->name, what, d->path);
+		close(fd);
+		return;
+	}
+	if (thread.joinable())
+		thread.join();
+	if (claimed)
+		claimed();
+	thread = std::thread([&busy, fn = std::move(fn)] {
+		fn();
+		busy = false;
+	});
+}
+
 void SyncReplication::serveControl(SourceDir *d, int fd, ControlChannel **slot, const char *what,
 				   const std::function<Status(ControlChannel *)> &session)
 {
 	auto ch = ControlChannel::create(fd, key_, clusterId_, ctx_.module->name, ctx_.self->id);
 	if (!ch)
 		return;
-	{
-		std::lock_guard<std::mutex> g(d->chMutex);
-		*slot = ch->get();
-	}
+	PublishedChannel published(d->chMutex, slot, ch->get());
 	Status s = session(ch->get());
 	if (!s) {
 		logWarn(kLog, "module {}: {} of {} failed: {}", ctx_.module->name, what, d->path, s.error().message);
 		std::string msg = s.error().message;
 		(void)(*ch)->send(ControlFrame::Fail, { reinterpret_cast<const uint8_t *>(msg.data()), msg.size() });
 	}
-	std::lock_guard<std::mutex> g(d->chMutex);
-	*slot = nullptr;
 }
 
 void SyncReplication::resyncMain(SourceDir *d, int fd)
@@ -913,43 +938,34 @@ void SyncReplication::maybeReportDone()
 	});
 }
 
+Result<int> SyncReplication::dialSource(size_t index, int attempts)
+{
+	std::string peer = peerAddress();
+	Error last{ -ECONNREFUSED, "no attempt" };
+	for (int i = 0; i < attempts && !stopping_; i++) {
+		if (i)
+			std::this_thread::sleep_for(1000ms);
+		auto c = repl::connectTcp(peer, port(index));
+		if (c)
+			c = secure(*c, false);
+		if (c)
+			return *c;
+		last = c.error();
+	}
+	return makeError(last.code, fmt::format("cannot reach the source {}:{}: {}", peer, port(index), last.message));
+}
+
 Status SyncReplication::targetSession(TargetDir *d, ResyncMode mode, bool quarantine,
 				      const std::string &quarantineDir)
 {
-	std::string peer = peerAddress();
-	auto dial = [&]() -> Result<int> {
-		Error last{ -ECONNREFUSED, "no attempt" };
-		for (int i = 0; i < kConnectAttempts && !stopping_; i++) {
-			auto c = repl::connectTcp(peer, port(d->index));
-			if (c)
-				c = secure(*c, false);
-			if (c)
-				return *c;
-			last = c.error();
-			std::this_thread::sleep_for(1000ms);
-		}
-		return makeError(last.code, fmt::format("cannot reach the source {}:{}: {}", peer, port(d->index),
-							 last.message));
-	};
-	auto cfd = dial();
+	auto cfd = dialSource(d->index, kConnectAttempts);
 	if (!cfd)
 		return cfd.error();
 	auto chr = ControlChannel::create(*cfd, key_, clusterId_, ctx_.module->name, ctx_.self->id);
 	if (!chr)
 		return chr.error();
 	std::unique_ptr<ControlChannel> ch = std::move(*chr);
-	{
-		std::lock_guard<std::mutex> g(d->chMutex);
-		d->channel = ch.get();
-	}
-	struct Unpublish {
-		TargetDir *d;
-		~Unpublish()
-		{
-			std::lock_guard<std::mutex> g(d->chMutex);
-			d->channel = nullptr;
-		}
-	} unpublish{ d };
+	PublishedChannel published(d->chMutex, &d->channel, ch.get());
 	if (auto s = ch->handshakeTarget(10000ms); !s)
 		return s;
 	repl::BlockSelection want;
@@ -1015,7 +1031,7 @@ Status SyncReplication::targetSession(TargetDir *d, ResyncMode mode, bool quaran
 			return s;
 	}
 
-	auto sfd = dial();
+	auto sfd = dialSource(d->index, kConnectAttempts);
 	if (!sfd)
 		return sfd.error();
 	{
@@ -1216,28 +1232,14 @@ Status SyncReplication::verifySourceSession(SourceDir *d, ControlChannel *ch)
 Result<nlohmann::json> SyncReplication::verifyTargetDir(TargetDir *d)
 {
 	auto started = std::chrono::steady_clock::now();
-	auto cfd = repl::connectTcp(peerAddress(), port(d->index));
-	if (cfd)
-		cfd = secure(*cfd, false);
+	auto cfd = dialSource(d->index, 1);
 	if (!cfd)
-		return makeError(cfd.error().code, fmt::format("cannot reach the source {}:{}: {}", peerAddress(),
-							       port(d->index), cfd.error().message));
+		return cfd.error();
 	auto chr = ControlChannel::create(*cfd, key_, clusterId_, ctx_.module->name, ctx_.self->id);
 	if (!chr)
 		return chr.error();
 	std::unique_ptr<ControlChannel> ch = std::move(*chr);
-	{
-		std::lock_guard<std::mutex> g(verifyMutex_);
-		verifyChannel_ = ch.get();
-	}
-	struct Unpublish {
-		SyncReplication *self;
-		~Unpublish()
-		{
-			std::lock_guard<std::mutex> g(self->verifyMutex_);
-			self->verifyChannel_ = nullptr;
-		}
-	} unpublish{ this };
+	PublishedChannel published(verifyMutex_, &verifyChannel_, ch.get());
 	if (auto s = ch->handshakeTarget(10000ms, ControlFrame::VerifyHello); !s)
 		return s.error();
 	repl::ScanOptions so = scanOptions(d->index);

@@ -1060,11 +1060,10 @@ uint8_t peekControlHello(int fd, std::chrono::milliseconds timeout)
 	auto deadline = std::chrono::steady_clock::now() + timeout;
 	for (;;) {
 		ssize_t n = ::recv(fd, hdr, sizeof(hdr), MSG_PEEK | MSG_DONTWAIT);
-		if (n >= 6)
-			return hdr[5] == static_cast<uint8_t>(ControlFrame::Hello) ||
-					       hdr[5] == static_cast<uint8_t>(ControlFrame::VerifyHello)
-				       ? hdr[5]
-				       : 0;
+		if (n >= 6) {
+			auto type = static_cast<ControlFrame>(hdr[5]);
+			return type == ControlFrame::Hello || type == ControlFrame::VerifyHello ? hdr[5] : 0;
+		}
 		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
 			return 0;
 		auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline -

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -114,7 +115,7 @@ bool sameEntry(const ManifestEntry &a, const ManifestEntry &b)
 }
 
 std::map<std::string, const ManifestEntry *> byPath(const std::vector<ManifestEntry> &entries,
-						    const std::map<std::string, bool> &wanted)
+						    const std::set<std::string> &wanted)
 {
 	std::map<std::string, const ManifestEntry *> out;
 	for (const auto &e : entries)
@@ -129,34 +130,32 @@ VerifyReport confirmDifferences(const VerifyReport &first, const std::vector<Man
 				const std::vector<ManifestEntry> &source2, const std::vector<ManifestEntry> &target2,
 				uint32_t blockSize)
 {
-	std::map<std::string, bool> wanted;
+	std::set<std::string> wanted;
 	for (const auto &d : first.differences)
-		wanted[d.path] = true;
+		wanted.insert(d.path);
 	auto s1 = byPath(source1, wanted), s2 = byPath(source2, wanted);
-	std::vector<ManifestEntry> src, tgt;
 	VerifyReport rep;
 	rep.sourceEntries = first.sourceEntries;
 	rep.targetEntries = first.targetEntries;
-	for (const auto &[path, unused] : wanted) {
+	/* Judged: every path the source left alone between the passes (present in
+	 * both, the same, or gone in both: then the target's leftover is judged). */
+	std::set<std::string> judged;
+	std::vector<ManifestEntry> src, tgt;
+	for (const std::string &path : wanted) {
 		auto a = s1.find(path), b = s2.find(path);
 		bool inA = a != s1.end(), inB = b != s2.end();
-		if (inA != inB || (inA && !sameEntry(*a->second, *b->second)))
+		if (inA != inB || (inA && !sameEntry(*a->second, *b->second))) {
 			rep.changing.push_back(path);
-		else if (inB)
+			continue;
+		}
+		judged.insert(path);
+		if (inB)
 			src.push_back(*b->second);
 	}
-	std::map<std::string, bool> judged;
-	for (const auto &e : src)
-		judged[e.path] = true;
-	/* Gone from the source in both passes: judge the target's leftovers too. */
-	for (const auto &[path, unused] : wanted)
-		if (!s1.count(path) && !s2.count(path))
-			judged[path] = true;
 	for (const auto &e : target2)
 		if (judged.count(e.path))
 			tgt.push_back(e);
-	VerifyReport cmp = compareManifests(src, tgt, blockSize);
-	rep.differences = std::move(cmp.differences);
+	rep.differences = compareManifests(src, tgt, blockSize).differences;
 	return rep;
 }
 

@@ -352,6 +352,16 @@ public:
 		auto it = inodes_.find({ dev, ino });
 		return it == inodes_.end() ? nullptr : it->second.get();
 	}
+	/* Takes a new Inode of the object st describes into the table. */
+	Inode *insertLocked(std::unique_ptr<Inode> owned, const struct stat &st)
+	{
+		owned->dev = st.st_dev;
+		owned->ino = st.st_ino;
+		owned->dir = S_ISDIR(st.st_mode);
+		Inode *inode = owned.get();
+		inodes_[{ inode->dev, inode->ino }] = std::move(owned);
+		return inode;
+	}
 	void addAliasLocked(Inode *inode, Inode *parent, const std::string &name);
 	void removeAliasLocked(Inode *inode, Inode *parent, const std::string &name);
 	void maybeEraseLocked(Inode *inode);
@@ -504,13 +514,9 @@ int CaptureFs::Impl::doLookup(Inode *parent, const char *name, fuse_entry_param 
 			if (fd >= 0)
 				close(fd);
 		} else {
-			auto owned = fd >= 0 ? std::make_unique<Inode>(fd) : std::make_unique<Inode>(std::move(handle));
 			handleOnly_ += fd < 0;
-			owned->dev = e->attr.st_dev;
-			owned->ino = e->attr.st_ino;
-			owned->dir = S_ISDIR(e->attr.st_mode);
-			inode = owned.get();
-			inodes_[{ inode->dev, inode->ino }] = std::move(owned);
+			inode = insertLocked(fd >= 0 ? std::make_unique<Inode>(fd) : std::make_unique<Inode>(std::move(handle)),
+					     e->attr);
 			added = true;
 		}
 		inode->nlookup++;
@@ -525,9 +531,8 @@ int CaptureFs::Impl::doLookup(Inode *parent, const char *name, fuse_entry_param 
 }
 
 /*
- * Picks this mount's share of the excess (least recently looked up first, files
- * before directories; only entries nothing else in the table names) and asks the
- * kernel to drop their dentries. Never from a request thread: the kernel takes
+ * Picks this mount's share of the excess (least recently looked up files that
+ * nothing else in the table names) and asks the kernel to drop their dentries. Never from a request thread: the kernel takes
  * the parent directory's lock, which a request under way may hold.
  */
 size_t CaptureFs::Impl::pruneOnce()
@@ -668,12 +673,7 @@ void CaptureFs::Impl::recoverAlias(Inode *inode)
 			close(fd);
 		} else {
 			/* nlookup 0: kept alive only by the child alias below. */
-			auto owned = std::make_unique<Inode>(fd);
-			owned->dev = dst.st_dev;
-			owned->ino = dst.st_ino;
-			owned->dir = S_ISDIR(dst.st_mode);
-			dir = owned.get();
-			inodes_[{ dir->dev, dir->ino }] = std::move(owned);
+			dir = insertLocked(std::make_unique<Inode>(fd), dst);
 		}
 		addAliasLocked(dir, cur, path[i]);
 		cur = dir;
@@ -1979,12 +1979,8 @@ Status CaptureFs::Impl::start()
 	struct stat st;
 	if (fstat(fd, &st) < 0)
 		return makeError(-errno, errnoMessage("capture: stat " + mp, -errno));
-	root->dev = st.st_dev;
-	root->ino = st.st_ino;
-	root->dir = true;
 	root->nlookup = 1;
-	root_ = root.get();
-	inodes_[{ root->dev, root->ino }] = std::move(root);
+	root_ = insertLocked(std::move(root), st);	/* no request yet: nothing to lock against */
 
 	fdBudget_ = options_.inodeFdBudget ? options_.inodeFdBudget : inodeFdBudget();
 	fdCap_ = fdBudget_ + fdBudget_ / 2;
