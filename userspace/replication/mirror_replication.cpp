@@ -411,6 +411,7 @@ void SyncReplication::startSource()
 		co.sink = d->gate.get();
 		co.writebackCache = !rc.perWrite;
 		co.perWrite = rc.perWrite;
+		co.ackDurable = rc.ack == AckLevel::Durable;
 		co.exclude = rc.dirs[i].exclude;
 		co.include = rc.dirs[i].include;
 		co.dirtyLog = d->log.get();

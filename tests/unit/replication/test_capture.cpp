@@ -105,6 +105,30 @@ TEST_CASE("capture: create, write, fsync produce Create, Write, durable Barrier 
 	CHECK(c.barriers >= 1);
 }
 
+TEST_CASE("capture: with ack = applied, fsync and O_DSYNC writes submit barriers the peer need not fsync")
+{
+	SKIP_UNLESS_ROOT();
+	CaptureOptions o;
+	o.ackDurable = false;
+	Mounted m(o);
+	int fd = open(m.mnt("a.txt").c_str(), O_WRONLY | O_CREAT | O_EXCL, 0640);
+	REQUIRE(fd >= 0);
+	REQUIRE(write(fd, "hello", 5) == 5);
+	REQUIRE(fdatasync(fd) == 0);
+	close(fd);
+	fd = open(m.mnt("b.txt").c_str(), O_WRONLY | O_CREAT | O_DSYNC, 0640);
+	REQUIRE(fd >= 0);
+	REQUIRE(write(fd, "world", 5) == 5);
+	close(fd);
+
+	CHECK(readAll(m.back("a.txt")) == "hello");
+	CHECK(writtenContent(m.sink, "b.txt") == "world");
+	auto barriers = opsOfType(m.sink, OpType::Barrier);
+	CHECK(barriers.size() >= 2);
+	for (const Op &b : barriers)
+		CHECK_FALSE(b.durable);
+}
+
 TEST_CASE("capture: fsync blocks until the peer acknowledges")
 {
 	SKIP_UNLESS_ROOT();

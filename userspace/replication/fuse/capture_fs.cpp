@@ -861,7 +861,7 @@ int CaptureFs::Impl::durabilityPoint(bool durable, int (*local)(int), int fd)
 {
 	if (!local && fd >= 0 && options_.sink->acksLocal())
 		local = fdatasync;
-	uint64_t seq = options_.sink->submitBarrier(durable);
+	uint64_t seq = options_.sink->submitBarrier(durable && options_.ackDurable);
 	barriers_++;
 	int err = 0;
 	if (local && local(fd) < 0)

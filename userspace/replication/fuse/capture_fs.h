@@ -25,6 +25,9 @@ struct CaptureOptions {
 	OpSink *sink = nullptr;		/* borrowed; null = plain passthrough, no ops */
 	bool writebackCache = true;	/* false when per_write */
 	bool perWrite = false;		/* every write() waits for the peer's ack */
+	/* The peer acks a durability point once it fsynced it ("ack": "durable"), or once
+	 * applied ("applied"). */
+	bool ackDurable = true;
 	bool readOnly = false;		/* SECOND side: every mutation fails with EROFS, no caching */
 	/*
 	 * fnmatch(3) patterns (flags 0: '*' also matches '/') on the path relative to
