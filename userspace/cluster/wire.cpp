@@ -167,17 +167,109 @@ Result<std::unique_ptr<WireCodec>> WireCodec::create(const ClusterKey &key, uint
 WireCodec::~WireCodec()
 {
 	EVP_MAC_CTX_free(ctx_);
+	EVP_CIPHER_CTX_free(sealCtx_);
+	EVP_CIPHER_CTX_free(openCtx_);
 }
 
-int WireCodec::mac(std::span<const uint8_t> data, uint8_t *out)
+namespace {
+
+constexpr std::string_view kSessionLabel = "sk stream session v1";
+constexpr size_t kGmacTagSize = 16;
+
+} /* namespace */
+
+int WireCodec::startSession(uint64_t localNonce, uint64_t peerNonce)
+{
+	if (sealCtx_ || localNonce == peerNonce)
+		return -EINVAL;
+	EVP_CIPHER_CTX *ctxs[2] = { EVP_CIPHER_CTX_new(), EVP_CIPHER_CTX_new() };
+	int ret = 0;
+	for (int i = 0; i < 2 && ret == 0; i++) {
+		/* [0] seals what we send: sender = us; [1] checks what the peer sends. */
+		uint8_t input[kSessionLabel.size() + 16];
+		memcpy(input, kSessionLabel.data(), kSessionLabel.size());
+		putU64(input + kSessionLabel.size(), i == 0 ? localNonce : peerNonce);
+		putU64(input + kSessionLabel.size() + 8, i == 0 ? peerNonce : localNonce);
+		uint8_t key[kWireMacSize];
+		if (!ctxs[i] || mac({ input, sizeof(input) }, {}, key) < 0 ||
+		    EVP_EncryptInit_ex(ctxs[i], EVP_aes_256_gcm(), nullptr, key, nullptr) != 1)
+			ret = -EIO;
+		OPENSSL_cleanse(key, sizeof(key));
+	}
+	if (ret < 0) {
+		EVP_CIPHER_CTX_free(ctxs[0]);
+		EVP_CIPHER_CTX_free(ctxs[1]);
+		return ret;
+	}
+	sealCtx_ = ctxs[0];
+	openCtx_ = ctxs[1];
+	return 0;
+}
+
+/* The GMAC tag of head followed by parts, in the first 16 bytes of out (the rest zero). */
+int WireCodec::gmac(EVP_CIPHER_CTX *ctx, uint64_t sequence, std::span<const uint8_t> head,
+		    std::span<const std::span<const uint8_t>> parts, uint8_t *out)
+{
+	uint8_t iv[12] = {};
+	putU64(iv, sequence);
+	int len = 0;
+	if (EVP_EncryptInit_ex(ctx, nullptr, nullptr, nullptr, iv) != 1 ||
+	    EVP_EncryptUpdate(ctx, nullptr, &len, head.data(), static_cast<int>(head.size())) != 1)
+		return -EIO;
+	for (std::span<const uint8_t> part : parts)
+		if (!part.empty() &&
+		    EVP_EncryptUpdate(ctx, nullptr, &len, part.data(), static_cast<int>(part.size())) != 1)
+			return -EIO;
+	memset(out, 0, kWireMacSize);
+	if (EVP_EncryptFinal_ex(ctx, out, &len) != 1 ||
+	    EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, kGmacTagSize, out) != 1)
+		return -EIO;
+	return 0;
+}
+
+/* The MAC field for a frame with this sequence number, sent (sealing) or received. */
+int WireCodec::macFor(bool sealing, uint64_t sequence, std::span<const uint8_t> head,
+		      std::span<const std::span<const uint8_t>> parts, uint8_t *out)
+{
+	if (sequence == 0 || !sealCtx_)
+		return mac(head, parts, out);
+	if (!sealing)
+		return gmac(openCtx_, sequence, head, parts, out);
+	if (sequence <= lastSealed_)
+		return -EINVAL;
+	lastSealed_ = sequence;
+	return gmac(sealCtx_, sequence, head, parts, out);
+}
+
+/* The MAC of head followed by parts. */
+int WireCodec::mac(std::span<const uint8_t> head, std::span<const std::span<const uint8_t>> parts, uint8_t *out)
 {
 	/* A NULL key re-initialises with the key set in create(): no per-frame key schedule. */
 	size_t len = 0;
-	if (EVP_MAC_init(ctx_, nullptr, 0, nullptr) != 1 ||
-	    EVP_MAC_update(ctx_, data.data(), data.size()) != 1 ||
-	    EVP_MAC_final(ctx_, out, &len, kWireMacSize) != 1 || len != kWireMacSize)
+	if (EVP_MAC_init(ctx_, nullptr, 0, nullptr) != 1 || EVP_MAC_update(ctx_, head.data(), head.size()) != 1)
+		return -EIO;
+	for (std::span<const uint8_t> part : parts)
+		if (!part.empty() && EVP_MAC_update(ctx_, part.data(), part.size()) != 1)
+			return -EIO;
+	if (EVP_MAC_final(ctx_, out, &len, kWireMacSize) != 1 || len != kWireMacSize)
 		return -EIO;
 	return 0;
+}
+
+void WireCodec::putHeader(const FrameHeader &header, size_t payloadLen, uint8_t *p) const
+{
+	memcpy(p + kOffMagic, kWireMagic.data(), kWireMagic.size());
+	p[kOffVersion] = kWireVersion;
+	p[kOffType] = header.type;
+	p[kOffModuleLen] = static_cast<uint8_t>(header.module.size());
+	p[kOffReserved] = 0;
+	putU64(p + kOffCluster, clusterId_);
+	putU32(p + kOffSender, header.sender);
+	putU32(p + kOffPayloadLen, static_cast<uint32_t>(payloadLen));
+	putU64(p + kOffIncarnation, header.incarnation);
+	putU64(p + kOffSequence, header.sequence);
+	memset(p + kOffModule, 0, kMaxModuleName);
+	memcpy(p + kOffModule, header.module.data(), header.module.size());
 }
 
 int WireCodec::encode(const FrameHeader &header, std::span<const uint8_t> payload,
@@ -189,28 +281,32 @@ int WireCodec::encode(const FrameHeader &header, std::span<const uint8_t> payloa
 		return -EMSGSIZE;
 
 	size_t start = out->size();
-	out->resize(start + kWireOverhead + payload.size(), 0);
+	out->reserve(start + kWireOverhead + payload.size());
+	out->resize(start + kWireHeaderSize);
+	putHeader(header, payload.size(), out->data() + start);
+	out->insert(out->end(), payload.begin(), payload.end());
+	out->resize(out->size() + kWireMacSize);
 	uint8_t *p = out->data() + start;
-	memcpy(p + kOffMagic, kWireMagic.data(), kWireMagic.size());
-	p[kOffVersion] = kWireVersion;
-	p[kOffType] = header.type;
-	p[kOffModuleLen] = static_cast<uint8_t>(header.module.size());
-	p[kOffReserved] = 0;
-	putU64(p + kOffCluster, clusterId_);
-	putU32(p + kOffSender, header.sender);
-	putU32(p + kOffPayloadLen, static_cast<uint32_t>(payload.size()));
-	putU64(p + kOffIncarnation, header.incarnation);
-	putU64(p + kOffSequence, header.sequence);
-	memcpy(p + kOffModule, header.module.data(), header.module.size());
-	if (!payload.empty())
-		memcpy(p + kWireHeaderSize, payload.data(), payload.size());
-
 	size_t macOffset = kWireHeaderSize + payload.size();
-	if (mac({ p, macOffset }, p + macOffset) < 0) {
+	if (int ret = macFor(true, header.sequence, { p, macOffset }, {}, p + macOffset); ret < 0) {
 		out->resize(start);
-		return -EIO;
+		return ret;
 	}
 	return 0;
+}
+
+int WireCodec::seal(const FrameHeader &header, std::span<const std::span<const uint8_t>> parts,
+		    uint8_t *headerOut, uint8_t *macOut, size_t maxPayload)
+{
+	if (header.module.size() > kMaxModuleName)
+		return -EINVAL;
+	size_t payloadLen = 0;
+	for (std::span<const uint8_t> part : parts)
+		payloadLen += part.size();
+	if (payloadLen > maxPayload || payloadLen > kMaxStreamPayload)
+		return -EMSGSIZE;
+	putHeader(header, payloadLen, headerOut);
+	return macFor(true, header.sequence, { headerOut, kWireHeaderSize }, parts, macOut);
 }
 
 DropReason WireCodec::frameSize(std::span<const uint8_t> prefix, size_t *size, size_t maxPayload)
@@ -250,7 +346,7 @@ DropReason WireCodec::decode(std::span<const uint8_t> in, DecodedFrame *out, siz
 
 	uint8_t expected[kWireMacSize];
 	size_t macOffset = total - kWireMacSize;
-	if (mac({ p, macOffset }, expected) < 0)
+	if (macFor(false, getU64(p + kOffSequence), { p, macOffset }, {}, expected) < 0)
 		return DropReason::BadHmac;
 	if (CRYPTO_memcmp(expected, p + macOffset, kWireMacSize) != 0)
 		return DropReason::BadHmac;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -62,6 +63,15 @@ public:
 		if (in_.size() - pos_ < n)
 			return false;
 		s->assign(reinterpret_cast<const char *>(in_.data() + pos_), n);
+		pos_ += n;
+		return true;
+	}
+	/* n bytes in place: *out points into the input. */
+	bool view(std::string_view *out, size_t n)
+	{
+		if (in_.size() - pos_ < n)
+			return false;
+		*out = { reinterpret_cast<const char *>(in_.data() + pos_), n };
 		pos_ += n;
 		return true;
 	}

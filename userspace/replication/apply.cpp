@@ -476,15 +476,15 @@ int Applier::doRemovexattr(const Op &op)
 	return 0;
 }
 
-int Applier::doWrite(const Op &op)
+int Applier::doWrite(const Op &op, std::string_view data)
 {
 	int err = 0;
 	int fd = cachedFd(op.path, &err);
 	if (fd < 0)
 		return err;
 	size_t done = 0;
-	while (done < op.data.size()) {
-		ssize_t n = pwrite(fd, op.data.data() + done, op.data.size() - done,
+	while (done < data.size()) {
+		ssize_t n = pwrite(fd, data.data() + done, data.size() - done,
 				   static_cast<off_t>(op.offset + done));
 		if (n < 0) {
 			if (errno == EINTR)
@@ -577,7 +577,7 @@ Status Applier::flush()
 	return {};
 }
 
-Status Applier::apply(const Op &op)
+Status Applier::apply(const Op &op, std::string_view data)
 {
 	int ret = 0;
 	switch (op.type) {
@@ -591,7 +591,7 @@ Status Applier::apply(const Op &op)
 	case OpType::Setattr: ret = doSetattr(op); break;
 	case OpType::Setxattr: ret = doSetxattr(op); break;
 	case OpType::Removexattr: ret = doRemovexattr(op); break;
-	case OpType::Write: ret = doWrite(op); break;
+	case OpType::Write: ret = doWrite(op, data); break;
 	case OpType::Fallocate: ret = doFallocate(op); break;
 	case OpType::Mknod: ret = doMknod(op); break;
 	case OpType::Barrier:

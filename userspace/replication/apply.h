@@ -92,7 +92,9 @@ public:
 	 * errno; the target is then unchanged by this op or partially changed (a Write
 	 * may have written a prefix): the caller must not continue the stream.
 	 */
-	Status apply(const Op &op);
+	Status apply(const Op &op) { return apply(op, op.data); }
+	/* With a Write's bytes apart from op (decodeOp's writeData: no copy). */
+	Status apply(const Op &op, std::string_view data);
 
 	/* Makes everything applied so far durable (what a durable Barrier does). */
 	Status flush();
@@ -133,7 +135,7 @@ private:
 	int doSetattr(const Op &op);
 	int doSetxattr(const Op &op);
 	int doRemovexattr(const Op &op);
-	int doWrite(const Op &op);
+	int doWrite(const Op &op, std::string_view data);
 	int doFallocate(const Op &op);
 	int doMknod(const Op &op);
 	int setOwner(int dirFd, const std::string &leaf, uint32_t uid, uint32_t gid);

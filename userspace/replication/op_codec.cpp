@@ -76,7 +76,12 @@ public:
 	void u16(uint16_t v) { le(v, 2); }
 	void u32(uint32_t v) { le(v, 4); }
 	void u64(uint64_t v) { le(v, 8); }
-	void bytes(std::string_view s) { out_->insert(out_->end(), s.begin(), s.end()); }
+	void bytes(std::string_view s)
+	{
+		/* As bytes: inserting chars into a byte vector would convert one at a time. */
+		const auto *p = reinterpret_cast<const uint8_t *>(s.data());
+		out_->insert(out_->end(), p, p + s.size());
+	}
 
 private:
 	void le(uint64_t v, int n)
@@ -126,7 +131,8 @@ bool knownType(uint8_t t)
 }
 
 /* Field checks shared by encode and decode, after the strings have been read. */
-OpDecodeError checkOp(const Op &op)
+/* data: the op's bytes (op.data, or a view of them on decode). */
+OpDecodeError checkOp(const Op &op, std::string_view data)
 {
 	if (op.seq == 0)
 		return OpDecodeError::BadField;
@@ -166,7 +172,7 @@ OpDecodeError checkOp(const Op &op)
 	case OpType::Setxattr:
 		if (!validName(op.name))
 			return OpDecodeError::BadName;
-		if (op.data.size() > kMaxXattrValue)
+		if (data.size() > kMaxXattrValue)
 			return OpDecodeError::BadData;
 		if ((op.flags & ~kValidXattrFlags) != 0 || op.flags == kValidXattrFlags)
 			return OpDecodeError::BadField;
@@ -176,9 +182,9 @@ OpDecodeError checkOp(const Op &op)
 			return OpDecodeError::BadName;
 		break;
 	case OpType::Write:
-		if (op.data.size() > kMaxWriteData)
+		if (data.size() > kMaxWriteData)
 			return OpDecodeError::BadData;
-		if (op.offset > kMaxFileOffset || op.data.size() > kMaxFileOffset - op.offset)
+		if (op.offset > kMaxFileOffset || data.size() > kMaxFileOffset - op.offset)
 			return OpDecodeError::BadField;
 		break;
 	case OpType::Fallocate:
@@ -228,9 +234,11 @@ int encodeOp(const Op &op, std::vector<uint8_t> *out)
 	    (op.type == OpType::Setxattr && op.data.size() > kMaxXattrValue) ||
 	    (op.type == OpType::Write && op.data.size() > kMaxWriteData))
 		return -EMSGSIZE;
-	if (!knownType(static_cast<uint8_t>(op.type)) || checkOp(op) != OpDecodeError::None)
+	if (!knownType(static_cast<uint8_t>(op.type)) || checkOp(op, op.data) != OpDecodeError::None)
 		return -EINVAL;
 
+	out->reserve(out->size() + 64 + op.path.size() + op.path2.size() + op.name.size() + op.target.size() +
+		     op.data.size());
 	Writer w(out);
 	w.u8(static_cast<uint8_t>(op.type));
 	w.u8(op.durable ? kOpFlagDurable : 0);
@@ -285,7 +293,7 @@ int encodeOp(const Op &op, std::vector<uint8_t> *out)
 	return 0;
 }
 
-OpDecodeError decodeOp(std::span<const uint8_t> in, Op *op, size_t *consumed)
+OpDecodeError decodeOp(std::span<const uint8_t> in, Op *op, size_t *consumed, std::string_view *writeData)
 {
 	le::Reader r(in);
 	*op = Op{};
@@ -302,6 +310,7 @@ OpDecodeError decodeOp(std::span<const uint8_t> in, Op *op, size_t *consumed)
 
 	/* Lengths are checked against their limit before any bytes are copied. */
 	bool overLimit = false;
+	std::string_view view;
 	auto str16 = [&](std::string *s, size_t limit) {
 		uint16_t n;
 		if (!r.u16(&n))
@@ -316,6 +325,7 @@ OpDecodeError decodeOp(std::span<const uint8_t> in, Op *op, size_t *consumed)
 		uint8_t n;
 		return r.u8(&n) && r.bytes(s, n);
 	};
+	/* Into *s, or with no s into view. */
 	auto str32 = [&](std::string *s, size_t limit) {
 		uint32_t n;
 		if (!r.u32(&n))
@@ -324,7 +334,7 @@ OpDecodeError decodeOp(std::span<const uint8_t> in, Op *op, size_t *consumed)
 			overLimit = true;
 			return false;
 		}
-		return r.bytes(s, n);
+		return s ? r.bytes(s, n) : r.view(&view, n);
 	};
 	auto time = [&](Timespec *t) {
 		uint64_t sec;
@@ -377,7 +387,7 @@ OpDecodeError decodeOp(std::span<const uint8_t> in, Op *op, size_t *consumed)
 		ok = str16(&op->path, kMaxOpPath) && r.u64(&op->offset);
 		if (ok) {
 			limitError = OpDecodeError::BadData;
-			ok = str32(&op->data, kMaxWriteData);
+			ok = writeData ? str32(nullptr, kMaxWriteData) : str32(&op->data, kMaxWriteData);
 		}
 		break;
 	case OpType::Fallocate:
@@ -394,9 +404,13 @@ OpDecodeError decodeOp(std::span<const uint8_t> in, Op *op, size_t *consumed)
 	if (!ok)
 		return overLimit ? limitError : OpDecodeError::Truncated;
 
-	OpDecodeError err = checkOp(*op);
+	if (!writeData || op->type != OpType::Write)
+		view = op->data;
+	OpDecodeError err = checkOp(*op, view);
 	if (err != OpDecodeError::None)
 		return err;
+	if (writeData)
+		*writeData = view;
 	*consumed = r.pos();
 	return OpDecodeError::None;
 }

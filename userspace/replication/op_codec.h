@@ -66,9 +66,11 @@ int encodeOp(const Op &op, std::vector<uint8_t> *out);
 /*
  * Decodes one op from the start of in. On success fills *op and *consumed and
  * returns None; in may hold more ops after it (a batch). On failure *op is
- * unspecified.
+ * unspecified. With writeData, a Write's bytes are not copied into op->data:
+ * *writeData views them inside in (for every other op it is set to op->data).
  */
-OpDecodeError decodeOp(std::span<const uint8_t> in, Op *op, size_t *consumed);
+OpDecodeError decodeOp(std::span<const uint8_t> in, Op *op, size_t *consumed,
+		       std::string_view *writeData = nullptr);
 
 /* The checks decode applies to a path ("." = the root, allowed only where rootOk). */
 bool isValidOpPath(std::string_view path, bool rootOk);

@@ -809,14 +809,16 @@ Result<ResyncStats> runResyncRound(int rootFd, uint16_t dirIndex, const ScanOpti
 Result<std::unique_ptr<ControlChannel>> ControlChannel::create(int fd, const ClusterKey &key, uint64_t clusterId,
 								const std::string &module, NodeId self)
 {
-	auto codec = WireCodec::create(key, clusterId);
-	if (!codec) {
+	auto sendCodec = WireCodec::create(key, clusterId);
+	auto recvCodec = WireCodec::create(key, clusterId);
+	if (!sendCodec || !recvCodec) {
 		close(fd);
-		return codec.error();
+		return sendCodec ? recvCodec.error() : sendCodec.error();
 	}
 	std::unique_ptr<ControlChannel> ch(new ControlChannel());
 	ch->fd_ = fd;
-	ch->codec_ = std::move(*codec);
+	ch->sendCodec_ = std::move(*sendCodec);
+	ch->recvCodec_ = std::move(*recvCodec);
 	ch->module_ = module;
 	ch->self_ = self;
 	if (RAND_bytes(reinterpret_cast<unsigned char *>(&ch->localNonce_), sizeof(ch->localNonce_)) != 1)
@@ -896,7 +898,7 @@ Status ControlChannel::send(ControlFrame type, std::span<const uint8_t> payload)
 		h.sequence = ++sendSeq_;
 	}
 	std::vector<uint8_t> out;
-	if (int r = codec_->encode(h, payload, &out, kMaxStreamPayload); r < 0)
+	if (int r = sendCodec_->encode(h, payload, &out, kMaxStreamPayload); r < 0)
 		return makeError(r, "control frame could not be encoded");
 	size_t off = 0;
 	while (off < out.size()) {
@@ -923,7 +925,7 @@ Status ControlChannel::recv(ControlFrame *type, std::vector<uint8_t> *payload, s
 	if (auto s = readExact(buf.data() + kWireHeaderSize, size - kWireHeaderSize, timeout); !s)
 		return s;
 	DecodedFrame f;
-	if (DropReason d = codec_->decode(buf, &f, kMaxStreamPayload); d != DropReason::None)
+	if (DropReason d = recvCodec_->decode(buf, &f, kMaxStreamPayload); d != DropReason::None)
 		return makeError(-EPROTO, std::string("control frame refused: ") + dropReasonName(d));
 	if (f.header.module != module_)
 		return makeError(-EPROTO, "control frame for another module");
@@ -931,6 +933,14 @@ Status ControlChannel::recv(ControlFrame *type, std::vector<uint8_t> *payload, s
 		if (f.header.sequence != 0 || peerNonce_ != 0)
 			return makeError(-EPROTO, "control hello out of place");
 		peerNonce_ = f.header.incarnation;
+		/* Both nonces known: later frames use this connection's session keys. */
+		int ret = recvCodec_->startSession(localNonce_, peerNonce_);
+		if (ret == 0) {
+			std::lock_guard<std::mutex> g(sendMutex_);
+			ret = sendCodec_->startSession(localNonce_, peerNonce_);
+		}
+		if (ret < 0)
+			return makeError(-EPROTO, "control hello with our own nonce");
 	} else if (f.header.incarnation != localNonce_ || f.header.sequence != recvSeq_ + 1) {
 		return makeError(-EPROTO, "control frame replayed or from another connection");
 	} else {

@@ -279,7 +279,9 @@ private:
 	Status readExact(uint8_t *buf, size_t len, std::chrono::milliseconds timeout);
 
 	int fd_ = -1;
-	std::unique_ptr<WireCodec> codec_;
+	/* One each way: send() and recv() may run in two threads. */
+	std::unique_ptr<WireCodec> sendCodec_;
+	std::unique_ptr<WireCodec> recvCodec_;
 	std::mutex sendMutex_;
 	std::string module_;
 	NodeId self_ = 0;

@@ -13,9 +13,11 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <cerrno>
 #include <cstring>
 
@@ -50,17 +52,34 @@ uint64_t randomU64()
 	return v;
 }
 
-int sendAll(int fd, const uint8_t *data, size_t size)
+/* Sends every byte of iov[0..count), which it consumes (IOV_MAX at a time). */
+int sendAllv(int fd, struct iovec *iov, size_t count)
 {
-	while (size > 0) {
-		ssize_t n = send(fd, data, size, MSG_NOSIGNAL);
+	while (count > 0) {
+		if (iov->iov_len == 0) {
+			iov++;
+			count--;
+			continue;
+		}
+		struct msghdr msg = {};
+		msg.msg_iov = iov;
+		msg.msg_iovlen = std::min<size_t>(count, IOV_MAX);
+		ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
 			return -errno;
 		}
-		data += n;
-		size -= static_cast<size_t>(n);
+		size_t left = static_cast<size_t>(n);
+		while (left > 0 && left >= iov->iov_len) {
+			left -= iov->iov_len;
+			iov++;
+			count--;
+		}
+		if (left > 0) {
+			iov->iov_base = static_cast<uint8_t *>(iov->iov_base) + left;
+			iov->iov_len -= left;
+		}
 	}
 	return 0;
 }
@@ -89,8 +108,13 @@ public:
 	FrameIo(int fd, std::unique_ptr<WireCodec> codec, const StreamConfig &cfg)
 		: fd_(fd), codec_(std::move(codec)), cfg_(cfg) {}
 
-	/* Hello frames carry our own nonce and sequence 0; all others the peer's nonce. */
-	int send(StreamFrame type, std::span<const uint8_t> payload)
+	int send(StreamFrame type, std::span<const uint8_t> payload) { return send(type, { &payload, 1 }); }
+
+	/*
+	 * One frame whose payload is parts, concatenated: sent as they are (no copy).
+	 * Hello frames carry our own nonce and sequence 0; all others the peer's nonce.
+	 */
+	int send(StreamFrame type, std::span<const std::span<const uint8_t>> parts)
 	{
 		FrameHeader h;
 		h.type = static_cast<uint8_t>(type);
@@ -100,14 +124,20 @@ public:
 			h.incarnation = myNonce;
 			h.sequence = 0;
 		} else {
-			h.incarnation = peerNonce;
+			h.incarnation = peerNonce_;
 			h.sequence = ++sendSeq_;
 		}
-		buf_.clear();
-		int ret = codec_->encode(h, payload, &buf_, kMaxFramePayload);
+		uint8_t header[kWireHeaderSize];
+		uint8_t mac[kWireMacSize];
+		int ret = codec_->seal(h, parts, header, mac, kMaxFramePayload);
 		if (ret < 0)
 			return ret;
-		return sendAll(fd_, buf_.data(), buf_.size());
+		iov_.clear();
+		iov_.push_back({ header, sizeof(header) });
+		for (std::span<const uint8_t> part : parts)
+			iov_.push_back({ const_cast<uint8_t *>(part.data()), part.size() });
+		iov_.push_back({ mac, sizeof(mac) });
+		return sendAllv(fd_, iov_.data(), iov_.size());
 	}
 
 	/*
@@ -116,7 +146,9 @@ public:
 	 */
 	int receive(StreamFrame *type, std::string *reason)
 	{
-		rbuf_.resize(kWireHeaderSize);
+		/* Grown, never shrunk: no zero-filling of every frame. */
+		if (rbuf_.size() < kWireHeaderSize)
+			rbuf_.resize(kWireHeaderSize);
 		int ret = recvAll(fd_, rbuf_.data(), kWireHeaderSize);
 		if (ret < 0) {
 			*reason = ret == -ECONNRESET ? "peer closed the connection" : fmt::format("recv: {}", strerror(-ret));
@@ -128,14 +160,15 @@ public:
 			*reason = fmt::format("bad frame header: {}", dropReasonName(d));
 			return -EBADMSG;
 		}
-		rbuf_.resize(size);
+		if (rbuf_.size() < size)
+			rbuf_.resize(size);
 		ret = recvAll(fd_, rbuf_.data() + kWireHeaderSize, size - kWireHeaderSize);
 		if (ret < 0) {
 			*reason = fmt::format("connection lost inside a frame: {}", strerror(-ret));
 			return ret;
 		}
 		DecodedFrame f;
-		d = codec_->decode(rbuf_, &f, kMaxFramePayload);
+		d = codec_->decode({ rbuf_.data(), size }, &f, kMaxFramePayload);
 		if (d != DropReason::None) {
 			*reason = fmt::format("frame refused: {}", dropReasonName(d));
 			return -EBADMSG;
@@ -160,7 +193,10 @@ public:
 				return -EBADMSG;
 			}
 			gotHello_ = true;
-			peerNonce = f.header.incarnation;
+			if (setPeerNonce(f.header.incarnation) < 0) {
+				*reason = "hello with our own nonce";
+				return -EBADMSG;
+			}
 		} else if (!gotHello_ || f.header.incarnation != myNonce || f.header.sequence != recvSeq_ + 1) {
 			*reason = fmt::format("frame not bound to this connection (nonce {:#x}, seq {}; expected {:#x}, {})",
 					      f.header.incarnation, f.header.sequence, myNonce, recvSeq_ + 1);
@@ -174,16 +210,24 @@ public:
 
 	std::span<const uint8_t> payload() const { return payload_; }
 
+	/* Both nonces known: later frames use this connection's session keys. */
+	int setPeerNonce(uint64_t nonce)
+	{
+		peerNonce_ = nonce;
+		return codec_->startSession(myNonce, peerNonce_);
+	}
+	uint64_t peerNonce() const { return peerNonce_; }
+
 	uint64_t myNonce = randomU64();
-	uint64_t peerNonce = 0;
 
 private:
 	int fd_;
 	std::unique_ptr<WireCodec> codec_;
 	StreamConfig cfg_;
-	std::vector<uint8_t> buf_;
+	std::vector<struct iovec> iov_;
 	std::vector<uint8_t> rbuf_;
 	std::span<const uint8_t> payload_;
+	uint64_t peerNonce_ = 0;
 	uint64_t sendSeq_ = 0;
 	uint64_t recvSeq_ = 0;
 	bool gotHello_ = false;
@@ -621,15 +665,19 @@ void ReplicationSender::writerMain(Conn *conn)
 		return;
 	}
 
-	uint64_t startSeq, epoch;
+	uint64_t startSeq, epoch, peerNonce;
 	{
 		std::unique_lock<std::mutex> lock(mutex_);
 		cv_.wait(lock, [&] { return conn->streaming || conn->dead || stopping_; });
 		if (conn->dead || stopping_)
 			return;
-		io.peerNonce = conn->in->peerNonce;
+		peerNonce = conn->in->peerNonce();
 		startSeq = sendCursor_;
 		epoch = epoch_;
+	}
+	if (io.setPeerNonce(peerNonce) < 0) {
+		connDead(conn, "cannot start the session keys");
+		return;
 	}
 	std::vector<uint8_t> start;
 	le::append<uint64_t>(&start, epoch);
@@ -641,7 +689,7 @@ void ReplicationSender::writerMain(Conn *conn)
 	}
 
 	std::vector<std::shared_ptr<const std::vector<uint8_t>>> batch;
-	std::vector<uint8_t> payload;
+	std::vector<std::span<const uint8_t>> parts;
 	for (;;) {
 		batch.clear();
 		{
@@ -664,10 +712,10 @@ void ReplicationSender::writerMain(Conn *conn)
 			sendCursor_ += batch.size();
 			counters_.frames++;
 		}
-		payload.clear();
+		parts.clear();
 		for (const auto &b : batch)
-			payload.insert(payload.end(), b->begin(), b->end());
-		ret = io.send(StreamFrame::Ops, payload);
+			parts.emplace_back(*b);
+		ret = io.send(StreamFrame::Ops, parts);
 		if (ret < 0) {
 			connDead(conn, fmt::format("sending ops: {}", strerror(-ret)));
 			return;
@@ -717,7 +765,7 @@ void ReplicationSender::readerMain(Conn *conn)
 		counters_.rejectedFrames += reason.rfind("peer closed", 0) == 0 ? 0 : 1;
 	}
 	Hello peer;
-	if (!reason.empty() || !decodeHello(io.payload(), kRoleReceiver, io.peerNonce, &peer, &reason)) {
+	if (!reason.empty() || !decodeHello(io.payload(), kRoleReceiver, io.peerNonce(), &peer, &reason)) {
 		connDead(conn, reason);
 		return;
 	}
@@ -939,7 +987,7 @@ std::string ReplicationReceiver::serveConn(int fd)
 		return reason.rfind("peer closed", 0) == 0 ? reason : reject(reason);
 	if (type != StreamFrame::Hello)
 		return reject("first frame is not a hello");
-	if (!decodeHello(io.payload(), kRoleSender, io.peerNonce, &peer, &reason))
+	if (!decodeHello(io.payload(), kRoleSender, io.peerNonce(), &peer, &reason))
 		return reject(reason);
 	if (io.receive(&type, &reason) < 0)
 		return reason.rfind("peer closed", 0) == 0 ? reason : reject(reason);
@@ -985,13 +1033,14 @@ std::string ReplicationReceiver::serveConn(int fd)
 		while (!rest.empty()) {
 			Op op;
 			size_t used = 0;
-			OpDecodeError e = decodeOp(rest, &op, &used);
+			std::string_view data;
+			OpDecodeError e = decodeOp(rest, &op, &used, &data);
 			if (e != OpDecodeError::None)
 				return reject(fmt::format("undecodable op after seq {}: {}", last, opDecodeErrorName(e)));
 			if (op.seq != last + 1)
 				return reject(fmt::format("op seq {} out of order (expected {})", op.seq, last + 1));
 			rest = rest.subspan(used);
-			Status s = applier_->apply(op);
+			Status s = applier_->apply(op, data);
 			if (!s) {
 				std::string msg = s.error().message.substr(0, kMaxErrorMessage);
 				std::vector<uint8_t> p;

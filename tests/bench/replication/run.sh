@@ -212,7 +212,7 @@ wl_seq() { # sys runner dir
 wl_lat() { # sys runner dir
 	local sys=$1 run=$2 dir=$3 j bare=$BD/trash/bare-lat-$1
 	mkdir -p "$bare"
-	j=$($run $WL fsync-lat "$dir" --ops "$LAT_OPS" --keep --bare "$bare")
+	j=$($run $WL fsync-lat "$dir" --ops "$LAT_OPS" --keep --bare "$bare" --pair)
 	result "$(jq -c --arg s "$sys" '.bare + {k: "lat", sys: "bare", for: $s}' <<<"$j")"
 	result "$(jq -c --arg s "$sys" 'del(.bare) + {k: "lat", sys: $s}' <<<"$j")"
 	log "lat   $sys: $(jq -r '"median \(.median_us | floor) us p99 \(.p99_us | floor) us \(.ops_per_s | floor) ops/s; bare interleaved: median \(.bare.median_us | floor) us p99 \(.bare.p99_us | floor) us"' <<<"$j")"

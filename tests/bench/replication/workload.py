@@ -66,6 +66,50 @@ class FsyncLat:
         return out
 
 
+class FsyncPair:
+    """Two FsyncLat on two directories of the same disk, one op each at the same time
+    (two threads); times each op until both are durable. This is what a durable ack
+    costs when, as on this rig, the primary and the replica share one disk: the two
+    fsyncs meet in one device queue (and one file system journal)."""
+
+    def __init__(self, d):
+        import threading
+        self.a = FsyncLat(os.path.join(d, "a"))
+        self.b = FsyncLat(os.path.join(d, "b"))
+        self.go = threading.Barrier(2)
+        self.stop = False
+        self.thread = threading.Thread(target=self._peer, daemon=True)
+        self.thread.start()
+        self.lat = []
+
+    def _peer(self):
+        while True:
+            self.go.wait()
+            if self.stop:
+                return
+            self.b.run(1, record=False)
+            self.go.wait()
+
+    def run(self, ops, record=True):
+        for _ in range(ops):
+            t0 = time.perf_counter_ns()
+            self.go.wait()
+            self.a.run(1, record=False)
+            self.go.wait()
+            if record:
+                self.lat.append(time.perf_counter_ns() - t0)
+
+    def close(self, keep):
+        self.stop = True
+        self.go.wait()
+        self.thread.join()
+        self.a.close(keep)
+        self.b.close(keep)
+
+    def summary(self):
+        return FsyncLat.summary(self)
+
+
 class SmallFiles:
     """create + write + fsync + close of new files in DIR/smallfiles."""
 
@@ -94,19 +138,19 @@ class SmallFiles:
         return out
 
 
-def interleaved(sut, bare, total, chunk):
-    """Runs total ops on sut and, with --bare, as many on bare, in alternating chunks
-    (ABBA order): this machine's disk latency moves 10x in phases of seconds, so
-    back-to-back runs would compare different phases."""
+def interleaved(sut, bare, total, chunk, extra=None):
+    """Runs total ops on sut and, with --bare, as many on bare (and extra), in
+    alternating chunks (ABBA order): this machine's disk latency moves 10x in phases
+    of seconds, so back-to-back runs would compare different phases."""
     if bare is None:
         sut.run(total)
         return
+    order = [w for w in (bare, extra, sut) if w is not None]
     done = 0
     i = 0
     while done < total:
         n = min(chunk, total - done)
-        pair = (bare, sut) if i % 2 == 0 else (sut, bare)
-        for w in pair:
+        for w in (order if i % 2 == 0 else order[::-1]):
             w.run(n)
         done += n
         i += 1
@@ -115,15 +159,23 @@ def interleaved(sut, bare, total, chunk):
 def cmd_fsync_lat(a):
     sut = FsyncLat(a.dir)
     bare = FsyncLat(a.bare) if a.bare else None
-    for w in (sut, bare):
+    pair = None
+    if a.bare and a.pair:
+        os.makedirs(os.path.join(a.bare, "pair", "a"), exist_ok=True)
+        os.makedirs(os.path.join(a.bare, "pair", "b"), exist_ok=True)
+        pair = FsyncPair(os.path.join(a.bare, "pair"))
+    for w in (sut, bare, pair):
         if w:
             w.run(a.warmup, record=False)
-    interleaved(sut, bare, a.ops, a.chunk)
+    interleaved(sut, bare, a.ops, a.chunk, pair)
     out = sut.summary()
     sut.close(a.keep)
     if bare:
         out["bare"] = bare.summary()
         bare.close(a.keep)
+    if pair:
+        out["bare"]["pair"] = pair.summary()
+        pair.close(a.keep)
     print(json.dumps(out))
 
 
@@ -312,6 +364,8 @@ def main():
     p.add_argument("--keep", action="store_true")
     p.add_argument("--bare", help="also run on this directory, interleaved in chunks")
     p.add_argument("--chunk", type=int, default=50)
+    p.add_argument("--pair", action="store_true",
+                   help="with --bare, also two fsyncs at once on the bare disk (FsyncPair)")
     p.set_defaults(fn=cmd_fsync_lat)
     p = sub.add_parser("smallfiles")
     p.add_argument("dir")

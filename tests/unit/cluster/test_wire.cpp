@@ -92,6 +92,86 @@ TEST_CASE("encode then decode gives back header and payload")
 	CHECK(d.header.module == h.module);
 }
 
+TEST_CASE("seal gives the header and MAC of the frame encode makes, for a payload in parts")
+{
+	auto codec = makeCodec();
+	FrameHeader h = sampleHeader();
+	std::vector<uint8_t> a(1000, 0xa1), b(3, 0xb2), c(70000, 0xc3);
+	std::vector<uint8_t> whole = a;
+	whole.insert(whole.end(), b.begin(), b.end());
+	whole.insert(whole.end(), c.begin(), c.end());
+	std::vector<uint8_t> frame;
+	REQUIRE(codec->encode(h, whole, &frame, kMaxStreamPayload) == 0);
+
+	std::vector<std::span<const uint8_t>> parts = { a, {}, b, c };
+	uint8_t header[kWireHeaderSize], mac[kWireMacSize];
+	REQUIRE(codec->seal(h, parts, header, mac) == 0);
+	std::vector<uint8_t> sealed(header, header + kWireHeaderSize);
+	sealed.insert(sealed.end(), whole.begin(), whole.end());
+	sealed.insert(sealed.end(), mac, mac + kWireMacSize);
+	CHECK(sealed == frame);
+
+	/* A header-only frame, and the same limits as encode. */
+	REQUIRE(codec->seal(h, {}, header, mac) == 0);
+	std::vector<uint8_t> empty(header, header + kWireHeaderSize);
+	empty.insert(empty.end(), mac, mac + kWireMacSize);
+	CHECK(empty == encodeFrame(*codec, h, {}));
+	CHECK(codec->seal(h, parts, header, mac, whole.size() - 1) == -EMSGSIZE);
+	h.module = std::string(kMaxModuleName + 1, 'm');
+	CHECK(codec->seal(h, parts, header, mac) == -EINVAL);
+}
+
+TEST_CASE("session keys: per connection and direction, GMAC after the hellos, no IV twice")
+{
+	auto a = makeCodec(), b = makeCodec(), plain = makeCodec();
+	REQUIRE(a->startSession(1, 2) == 0);
+	REQUIRE(b->startSession(2, 1) == 0);
+	CHECK(a->inSession());
+	CHECK(a->startSession(1, 2) == -EINVAL);
+	CHECK(makeCodec()->startSession(5, 5) == -EINVAL);
+
+	FrameHeader h = sampleHeader();
+	std::vector<uint8_t> payload(3000, 0x5a);
+	h.sequence = 1;
+	std::vector<uint8_t> frame;
+	REQUIRE(a->encode(h, payload, &frame, kMaxStreamPayload) == 0);
+	DecodedFrame d;
+	CHECK(b->decode(frame, &d, kMaxStreamPayload) == DropReason::None);
+	CHECK(d.header.sequence == 1);
+	/* Not the cluster key's HMAC; not the other direction's key; not another connection's. */
+	CHECK(plain->decode(frame, &d, kMaxStreamPayload) == DropReason::BadHmac);
+	CHECK(a->decode(frame, &d, kMaxStreamPayload) == DropReason::BadHmac);
+	auto other = makeCodec();
+	REQUIRE(other->startSession(3, 1) == 0);
+	CHECK(other->decode(frame, &d, kMaxStreamPayload) == DropReason::BadHmac);
+	/* The tag is 16 bytes, then 16 zero bytes, all checked. */
+	for (size_t i = 16; i < kWireMacSize; i++)
+		CHECK(frame[frame.size() - kWireMacSize + i] == 0);
+	for (size_t at : { size_t{ 33 }, kWireHeaderSize + 100, frame.size() - 1, frame.size() - 20 }) {
+		auto bad = frame;
+		bad[at] ^= 1;
+		CAPTURE(at);
+		CHECK(b->decode(bad, &d, kMaxStreamPayload) != DropReason::None);
+	}
+
+	/* The IV is the sequence: never sealed twice, never backwards. */
+	std::vector<uint8_t> again;
+	CHECK(a->encode(h, payload, &again, kMaxStreamPayload) == -EINVAL);
+	h.sequence = 0x100000000ull;
+	uint8_t header[kWireHeaderSize], mac[kWireMacSize];
+	std::vector<std::span<const uint8_t>> parts = { payload };
+	REQUIRE(a->seal(h, parts, header, mac) == 0);
+	h.sequence = 7;
+	CHECK(a->seal(h, parts, header, mac) == -EINVAL);
+
+	/* Hellos (sequence 0) stay HMAC with the cluster key, in a session or not. */
+	h.sequence = 0;
+	std::vector<uint8_t> hello;
+	REQUIRE(a->encode(h, payload, &hello, kMaxStreamPayload) == 0);
+	CHECK(plain->decode(hello, &d, kMaxStreamPayload) == DropReason::None);
+	CHECK(b->decode(hello, &d, kMaxStreamPayload) == DropReason::None);
+}
+
 TEST_CASE("the byte layout is fixed and little-endian, and the MAC is HMAC-SHA256")
 {
 	auto codec = makeCodec();

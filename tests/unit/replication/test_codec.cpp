@@ -72,11 +72,15 @@ std::vector<uint8_t> encodeOk(const Op &op)
 	return out;
 }
 
+/* Decodes both ways (a Write's bytes copied, or viewed in place): same verdict. */
 OpDecodeError decodeBytes(const std::vector<uint8_t> &bytes, Op *op = nullptr)
 {
-	Op tmp;
-	size_t consumed = 0;
-	return decodeOp(bytes, op ? op : &tmp, &consumed);
+	Op tmp, viewed;
+	size_t consumed = 0, viewedConsumed = 0;
+	std::string_view data;
+	OpDecodeError err = decodeOp(bytes, op ? op : &tmp, &consumed);
+	CHECK(decodeOp(bytes, &viewed, &viewedConsumed, &data) == err);
+	return err;
 }
 
 /* Encodes a valid op then patches it, to produce inputs encodeOp refuses to make. */
@@ -100,6 +104,21 @@ TEST_CASE("every op type round-trips with all its fields")
 		CHECK(decodeOp(bytes, &got, &consumed) == OpDecodeError::None);
 		CHECK(consumed == bytes.size());
 		CHECK(got == op);
+
+		/* A Write's bytes viewed inside the input instead of copied. */
+		Op viewed;
+		std::string_view data;
+		consumed = 0;
+		CHECK(decodeOp(bytes, &viewed, &consumed, &data) == OpDecodeError::None);
+		CHECK(consumed == bytes.size());
+		CHECK(data == op.data);
+		if (op.type == OpType::Write) {
+			CHECK(viewed.data.empty());
+			CHECK(reinterpret_cast<const uint8_t *>(data.data()) >= bytes.data());
+			CHECK(reinterpret_cast<const uint8_t *>(data.data() + data.size()) <= bytes.data() + bytes.size());
+			viewed.data = data;
+		}
+		CHECK(viewed == op);
 	}
 }
 
