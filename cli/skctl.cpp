@@ -522,7 +522,8 @@ int main(int argc, char **argv)
 	bool verifyJson = false;
 	CLI::App *verifyCmd = app.add_subcommand(
 		"verify", "Compare both copies of a mirror module's directories by block hashes while the application "
-			  "runs (on the secondary); lists differing files and byte ranges. Exit 1 when they differ");
+			  "runs (on the primary or the secondary); lists differing files and byte ranges. Exit 1 "
+			  "when they differ");
 	verifyCmd->add_option("-m,--module", moduleName, "Module name")->required();
 	verifyCmd->add_flag("--json", verifyJson, "Print the report as JSON");
 	verifyCmd->callback([&] {
@@ -540,10 +541,11 @@ int main(int argc, char **argv)
 				continue;
 			for (const json &d : m.value("dirs", json::array())) {
 				const json diffs = d.value("differences", json::array());
-				fmt::print("{}: {}: {} ({} entries here, {} on the primary, {:.1f} s)\n", m.value("module", "?"),
+				size_t total = d.value("differences_total", diffs.size());
+				fmt::print("{}: {}: {} ({} entries on the secondary, {} on the primary, {:.1f} s)\n",
+					   m.value("module", "?"),
 					   d.value("dir", "?"),
-					   diffs.empty() ? std::string("identical")
-							 : fmt::format("{} difference(s)", diffs.size()),
+					   total == 0 ? std::string("identical") : fmt::format("{} difference(s)", total),
 					   d.value("target_entries", 0), d.value("source_entries", 0), d.value("seconds", 0.0));
 				for (const json &x : diffs) {
 					std::string ranges;
@@ -553,6 +555,9 @@ int main(int argc, char **argv)
 				}
 				for (const json &c : d.value("changing", json::array()))
 					fmt::print("  {}: written during the verify, not judged\n", c.get<std::string>());
+				if (d.value("truncated", false))
+					fmt::print("  (list cut to fit the report sent to the primary: run verify on the "
+						   "secondary for all of it)\n");
 			}
 		}
 		if (verifyJson)

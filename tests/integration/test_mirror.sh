@@ -286,8 +286,11 @@ test_verify_compares_both_copies_online() {
 	local out
 	out=$(rig_skctl n2 verify -m web 2>&1) || rig_fail "verify of identical copies failed: $out"
 	echo "$out" | grep -q ': identical (' || rig_fail "verify output: $out"
-	out=$(rig_skctl n1 verify -m web 2>&1) && rig_fail "verify on the primary should be refused: $out"
-	echo "$out" | grep -q 'secondary' || rig_fail "refusal does not say where to run it: $out"
+	# From the primary too: it asks the secondary over the stream and prints its report.
+	out=$(rig_skctl n1 verify -m web 2>&1) || rig_fail "verify on the primary failed: $out"
+	echo "$out" | grep -q ': identical (' || rig_fail "verify output on the primary: $out"
+	grep -q "verify of .* asked for by the primary" "$RIG_DIR/n2/skd.log" ||
+		rig_fail "the secondary did not log the asked verify"
 	# A writer on the primary during the verify.
 	local wpid; wpid=$(_start_writer 1000000)
 	sleep 0.5
@@ -304,6 +307,18 @@ test_verify_compares_both_copies_online() {
 	[ "$got" = "initial.bin content 196608+65536
 sub/small2 missing on target " ] || rig_fail "differences reported: '$got' (full: $json)"
 	rig_log "verify under writes: $(echo "$json" | jq -c '.[0].dirs[0] | {source_entries, changing, seconds}')"
+	# The primary sees the same differences (and exits 1).
+	rc=0
+	json=$(rig_skctl n1 verify -m web --json 2>&1) || rc=$?
+	[ "$rc" = 1 ] || rig_fail "verify on the primary with differences exited $rc: $json"
+	got=$(echo "$json" | jq -r '.[0].dirs[0].differences[] | "\(.path) \(.what)"')
+	[ "$got" = "initial.bin content
+sub/small2 missing on target" ] || rig_fail "differences reported on the primary: '$got' (full: $json)"
+	# Not in a state with a pair to compare: refused with the reason.
+	rig_skctl n2 stop -m web >/dev/null
+	rig_wait_label n1 web 'ALONE/running' 100
+	out=$(rig_skctl n1 verify -m web 2>&1) && rig_fail "verify without a secondary should fail: $out"
+	echo "$out" | grep -q 'compares a primary with its secondary' || rig_fail "refusal without a secondary: $out"
 }
 
 rig_main "$@"

@@ -633,10 +633,9 @@ void MirrorModule::command(const std::string &cmd, const nlohmann::json &, Contr
 		return;
 	}
 	if (cmd == "verify") {
-		if (sm_->state() != MirrorState::Second) {
-			reply(makeError(-EINVAL, config_.name + ": verify runs on the secondary (this node is " +
-							 stateLabel(sm_->state(), sm_->phase()) +
-							 "): run it on the peer"));
+		if (sm_->state() != MirrorState::Second && sm_->state() != MirrorState::Prim) {
+			reply(makeError(-EINVAL, config_.name + ": verify compares a primary with its secondary (this "
+							 "node is " + stateLabel(sm_->state(), sm_->phase()) + ")"));
 			return;
 		}
 		moduleLog("admin: verify started");

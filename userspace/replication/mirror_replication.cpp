@@ -13,6 +13,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <mutex>
+#include <optional>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mount.h>
@@ -244,6 +245,12 @@ private:
 		std::thread verifyThread;
 		std::atomic<bool> verifyBusy{ false };
 		ControlChannel *verifyChannel = nullptr;	/* under chMutex */
+		/* A verify asked for from here (on the PRIM): the target's report. */
+		std::mutex askMutex;
+		std::condition_variable askCv;
+		bool askWaiting = false;	/* under askMutex, as the two below */
+		bool askSessionStarted = false;
+		std::optional<Result<nlohmann::json>> askResult;
 		std::atomic<uint64_t> read{ 0 }, rotations{ 0 };
 		std::atomic<bool> partial{ false };	/* last resync used the dirty logs */
 		std::atomic<bool> resyncBusy{ false };
@@ -299,7 +306,16 @@ private:
 	void serveControl(SourceDir *d, int fd, ControlChannel **slot, const char *what,
 			  const std::function<Status(ControlChannel *)> &session);
 	Status verifySourceSession(SourceDir *d, ControlChannel *ch);
+	Status verifySourcePasses(SourceDir *d, ControlChannel *ch);
 	Result<nlohmann::json> verifyTargetDir(TargetDir *d);
+	/* PRIM: asks the target of d for a verify over the stream, waits for its report. */
+	Result<nlohmann::json> askPeerVerify(SourceDir *d);
+	/* SECOND: a verify of dir index asked for by the source (event loop thread). */
+	void startAskedVerify(size_t index);
+	/* Runs steps (one per directory) on verifyThread_, then done on the event loop
+	 * with {module, dirs, identical}; mutex_ held. */
+	void launchVerify(std::vector<std::function<Result<nlohmann::json>()>> steps,
+			  std::function<void(Result<nlohmann::json>)> done);
 	/* A connection to the source's port of dir index (TLS-wrapped with "tls"), tried
 	 * `attempts` times a second apart (fewer once stopping). */
 	Result<int> dialSource(size_t index, int attempts);
@@ -878,6 +894,13 @@ void SyncReplication::startTarget(ResyncMode mode, bool quarantine)
 			return;
 		}
 		d->receiver = std::move(*rx);
+		/* On the receiver thread: hand over to the event loop (it owns verifyThread_). */
+		d->receiver->setOnVerifyAsked([this, index = d->index, alive = alive_] {
+			ctx_.loop->post([this, index, alive] {
+				if (*alive)
+					startAskedVerify(index);
+			});
+		});
 	}
 	for (auto &d : targets_) {
 		TargetDir *raw = d.get();
@@ -1192,6 +1215,41 @@ void keepSelected(std::vector<repl::ManifestEntry> *entries, const repl::BlockSe
  */
 Status SyncReplication::verifySourceSession(SourceDir *d, ControlChannel *ch)
 {
+	{
+		std::lock_guard<std::mutex> g(d->askMutex);
+		d->askSessionStarted = true;
+	}
+	/* Then the target's report, whoever asked: a verify asked for here waits for it. */
+	Result<nlohmann::json> report = makeError(-EPROTO, "no verify report");
+	if (Status s = verifySourcePasses(d, ch); !s) {
+		report = s.error();
+	} else {
+		ControlFrame type;
+		std::vector<uint8_t> payload;
+		if (Status r = ch->recv(&type, &payload, 0ms); !r) {
+			report = r.error();
+		} else if (type == ControlFrame::VerifyReport) {
+			auto j = nlohmann::json::parse(payload.begin(), payload.end(), nullptr, false);
+			if (j.is_object())
+				report = std::move(j);
+			else
+				report = makeError(-EPROTO, "the verify report is not a JSON object");
+		}
+	}
+	{
+		std::lock_guard<std::mutex> g(d->askMutex);
+		if (d->askWaiting && !d->askResult) {
+			d->askResult = report;
+			d->askCv.notify_all();
+		}
+	}
+	if (!report)
+		return report.error();
+	return {};
+}
+
+Status SyncReplication::verifySourcePasses(SourceDir *d, ControlChannel *ch)
+{
 	if (auto s = ch->handshakeSource(10000ms, ControlFrame::VerifyHello); !s)
 		return s;
 	for (int pass = 0; pass < 2; pass++) {
@@ -1285,50 +1343,138 @@ Result<nlohmann::json> SyncReplication::verifyTargetDir(TargetDir *d)
 	j["dir"] = d->path;
 	j["index"] = d->index;
 	j["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+	/* The source gets the report too (a verify asked for on the PRIM waits for it),
+	 * cut to what one frame carries. */
+	nlohmann::json sent = j;
+	std::string text = sent.dump();
+	while (text.size() > repl::kMaxVerifyReport) {
+		auto &list = !sent["differences"].empty() ? sent["differences"] : sent["changing"];
+		if (list.empty())
+			break;
+		sent["differences_total"] = j["differences"].size();
+		sent["truncated"] = true;
+		list.erase(list.begin() + static_cast<std::ptrdiff_t>(list.size() / 2), list.end());
+		text = sent.dump();
+	}
+	if (auto s = ch->send(ControlFrame::VerifyReport, { reinterpret_cast<const uint8_t *>(text.data()), text.size() });
+	    !s)
+		logWarn(kLog, "module {}: verify report of {} not sent to the primary: {}", ctx_.module->name, d->path,
+			s.error().message);
 	return j;
+}
+
+Result<nlohmann::json> SyncReplication::askPeerVerify(SourceDir *d)
+{
+	{
+		std::lock_guard<std::mutex> g(d->askMutex);
+		d->askWaiting = true;
+		/* A verify session already under way (asked for on the secondary) answers too. */
+		d->askSessionStarted = d->verifyBusy.load();
+		d->askResult.reset();
+	}
+	Result<nlohmann::json> out = makeError(-ECANCELED, "replication stopping");
+	if (int r = d->sender->requestVerify(); r < 0) {
+		out = makeError(r, "the stream to the secondary is down");
+	} else {
+		/* The target dials its verify connection at once: bound that part only (a
+		 * lost request, a target that went away); the passes have bounds of their own. */
+		auto asked = std::chrono::steady_clock::now();
+		std::unique_lock<std::mutex> l(d->askMutex);
+		while (!d->askResult && !stopping_) {
+			if (!d->askSessionStarted && std::chrono::steady_clock::now() - asked > 30s) {
+				d->askResult = makeError(-ETIMEDOUT, "the secondary did not start the verify within 30 s");
+				break;
+			}
+			d->askCv.wait_for(l, 200ms);
+		}
+		if (d->askResult)
+			out = std::move(*d->askResult);
+	}
+	std::lock_guard<std::mutex> g(d->askMutex);
+	d->askWaiting = false;
+	d->askResult.reset();
+	return out;
+}
+
+void SyncReplication::startAskedVerify(size_t index)
+{
+	std::lock_guard<std::mutex> lock(mutex_);
+	if (role_ != Role::Target || stopping_)
+		return;
+	TargetDir *d = nullptr;
+	for (auto &t : targets_)
+		if (t->index == index && t->done)
+			d = t.get();
+	if (!d)
+		return;
+	if (verifyBusy_) {
+		logInfo(kLog, "module {}: verify asked for by the primary while one runs: its report answers",
+			ctx_.module->name);
+		return;
+	}
+	logInfo(kLog, "module {}: verify of {} asked for by the primary", ctx_.module->name, d->path);
+	launchVerify({ [this, d] { return verifyTargetDir(d); } }, [this](Result<nlohmann::json> r) {
+		if (!r)
+			logWarn(kLog, "module {}: verify asked for by the primary failed: {}", ctx_.module->name,
+				r.error().message);
+	});
 }
 
 void SyncReplication::verify(std::function<void(Result<nlohmann::json>)> done)
 {
-	std::vector<TargetDir *> dirs;
-	{
-		std::lock_guard<std::mutex> lock(mutex_);
-		if (role_ != Role::Target)
-			return done(makeError(-EINVAL, "verify runs on the secondary; this node replicates as the source"));
+	std::lock_guard<std::mutex> lock(mutex_);
+	std::vector<std::function<Result<nlohmann::json>()>> steps;
+	if (role_ == Role::Target) {
 		for (auto &d : targets_) {
 			if (!d->done)
 				return done(makeError(-EAGAIN, "the resync of " + d->path + " is not finished: verify after it"));
-			dirs.push_back(d.get());
+			steps.push_back([this, d = d.get()] { return verifyTargetDir(d); });
 		}
-		if (verifyBusy_.exchange(true))
-			return done(makeError(-EBUSY, "a verify of this module is already running"));
-		if (verifyThread_.joinable())
-			verifyThread_.join();
-		verifyThread_ = std::thread([this, dirs, done = std::move(done)]() mutable {
-			Result<nlohmann::json> result = nlohmann::json{ { "module", ctx_.module->name } };
-			nlohmann::json list = nlohmann::json::array();
-			bool identical = true;
-			for (TargetDir *d : dirs) {
-				auto r = verifyTargetDir(d);
-				if (!r) {
-					result = makeError(r.error().code, "verify of " + d->path + ": " + r.error().message);
-					break;
-				}
-				identical = identical && r->value("identical", false);
-				list.push_back(std::move(*r));
-			}
-			if (result) {
-				(*result)["dirs"] = std::move(list);
-				(*result)["identical"] = identical;
-			}
-			verifyBusy_ = false;
-			auto alive = alive_;
-			ctx_.loop->post([alive, done = std::move(done), result = std::move(result)]() mutable {
-				if (*alive)
-					done(std::move(result));
-			});
-		});
+	} else if (role_ == Role::Source) {
+		for (auto &d : sources_) {
+			if (!d->inSync || !d->sender || !d->sender->streaming())
+				return done(makeError(-EAGAIN, "the secondary is not in sync for " + d->path +
+								       " (resync under way or peer away): verify after it"));
+			steps.push_back([this, d = d.get()] { return askPeerVerify(d); });
+		}
+	} else {
+		return done(makeError(-EINVAL, "replication is not running"));
 	}
+	if (verifyBusy_)
+		return done(makeError(-EBUSY, "a verify of this module is already running"));
+	launchVerify(std::move(steps), std::move(done));
+}
+
+void SyncReplication::launchVerify(std::vector<std::function<Result<nlohmann::json>()>> steps,
+				   std::function<void(Result<nlohmann::json>)> done)
+{
+	verifyBusy_ = true;
+	if (verifyThread_.joinable())
+		verifyThread_.join();
+	verifyThread_ = std::thread([this, steps = std::move(steps), done = std::move(done)]() mutable {
+		Result<nlohmann::json> result = nlohmann::json{ { "module", ctx_.module->name } };
+		nlohmann::json list = nlohmann::json::array();
+		bool identical = true;
+		for (auto &step : steps) {
+			auto r = step();
+			if (!r) {
+				result = makeError(r.error().code, "verify: " + r.error().message);
+				break;
+			}
+			identical = identical && r->value("identical", false);
+			list.push_back(std::move(*r));
+		}
+		if (result) {
+			(*result)["dirs"] = std::move(list);
+			(*result)["identical"] = identical;
+		}
+		verifyBusy_ = false;
+		auto alive = alive_;
+		ctx_.loop->post([alive, done = std::move(done), result = std::move(result)]() mutable {
+			if (*alive)
+				done(std::move(result));
+		});
+	});
 }
 
 void SyncReplication::stop()
@@ -1366,6 +1512,10 @@ void SyncReplication::stopLocked()
 		}
 		if (d->sender)
 			d->sender->goneAlone();
+		{
+			std::lock_guard<std::mutex> g(d->askMutex);
+			d->askCv.notify_all();
+		}
 		/* A rename held back by a resync must not keep the unmount below waiting. */
 		if (d->gate)
 			d->gate->lowerRenameFence();

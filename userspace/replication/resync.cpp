@@ -947,7 +947,7 @@ Status ControlChannel::recv(ControlFrame *type, std::vector<uint8_t> *payload, s
 		recvSeq_++;
 	}
 	if (f.header.type < static_cast<uint8_t>(ControlFrame::Hello) ||
-	    f.header.type > static_cast<uint8_t>(ControlFrame::VerifyHello))
+	    f.header.type > static_cast<uint8_t>(ControlFrame::VerifyReport))
 		return makeError(-EPROTO, "unknown control frame");
 	*type = static_cast<ControlFrame>(f.header.type);
 	payload->assign(f.payload.begin(), f.payload.end());

@@ -243,6 +243,7 @@ enum class ControlFrame : uint8_t {
 	HashRequest = 0x2a,	/* source -> target: paths to hash whole */
 	HashRequestEnd = 0x2b,
 	VerifyHello = 0x2c,	/* target -> source: an online verify instead of a resync */
+	VerifyReport = 0x2d,	/* target -> source, last: the verify's JSON report */
 };
 
 class ControlChannel

@@ -174,7 +174,7 @@ public:
 			return -EBADMSG;
 		}
 		uint8_t t = f.header.type;
-		if (t < static_cast<uint8_t>(StreamFrame::Hello) || t > static_cast<uint8_t>(StreamFrame::Error)) {
+		if (t < static_cast<uint8_t>(StreamFrame::Hello) || t > static_cast<uint8_t>(StreamFrame::VerifyAsk)) {
 			*reason = fmt::format("unexpected frame type {:#x}", t);
 			return -EBADMSG;
 		}
@@ -295,6 +295,7 @@ struct ReplicationSender::Conn {
 	int fd = -1;
 	bool dead = false;
 	bool streaming = false;
+	bool verifyAsk = false;		/* a VerifyAsk for the writer to send */
 	std::unique_ptr<FrameIo> out;	/* writer thread */
 	std::unique_ptr<FrameIo> in;	/* reader thread */
 	std::thread writer;
@@ -540,6 +541,18 @@ bool ReplicationSender::streaming() const
 	return conn_ && conn_->streaming && !conn_->dead;
 }
 
+int ReplicationSender::requestVerify()
+{
+	{
+		std::lock_guard<std::mutex> lock(mutex_);
+		if (!conn_ || !conn_->streaming || conn_->dead || alone_)
+			return -ENOTCONN;
+		conn_->verifyAsk = true;
+	}
+	cv_.notify_all();
+	return 0;
+}
+
 uint64_t ReplicationSender::epoch() const
 {
 	std::lock_guard<std::mutex> lock(mutex_);
@@ -690,28 +703,39 @@ void ReplicationSender::writerMain(Conn *conn)
 
 	std::vector<std::shared_ptr<const std::vector<uint8_t>>> batch;
 	std::vector<std::span<const uint8_t>> parts;
+	bool verifyAsk = false;
 	for (;;) {
 		batch.clear();
 		{
 			std::unique_lock<std::mutex> lock(mutex_);
 			cv_.wait(lock, [&] {
-				return conn->dead || stopping_ || alone_ ||
+				return conn->dead || stopping_ || alone_ || conn->verifyAsk ||
 				       (!queue_.empty() && sendCursor_ <= queue_.back().seq);
 			});
 			if (conn->dead || stopping_ || alone_)
 				return;
+			verifyAsk = std::exchange(conn->verifyAsk, false);
 			/* Acks only remove sent entries, so the cursor is never before the front. */
-			sendCursor_ = std::max(sendCursor_, queue_.front().seq);
-			size_t idx = sendCursor_ - queue_.front().seq;
-			size_t bytes = 0;
-			while (idx < queue_.size() && (batch.empty() || bytes + queue_[idx].bytes->size() <= options_.batchBytes)) {
-				bytes += queue_[idx].bytes->size();
-				batch.push_back(queue_[idx].bytes);
-				idx++;
+			if (!queue_.empty()) {
+				sendCursor_ = std::max(sendCursor_, queue_.front().seq);
+				size_t idx = sendCursor_ - queue_.front().seq;
+				size_t bytes = 0;
+				while (idx < queue_.size() &&
+				       (batch.empty() || bytes + queue_[idx].bytes->size() <= options_.batchBytes)) {
+					bytes += queue_[idx].bytes->size();
+					batch.push_back(queue_[idx].bytes);
+					idx++;
+				}
+				sendCursor_ += batch.size();
+				counters_.frames += batch.empty() ? 0 : 1;
 			}
-			sendCursor_ += batch.size();
-			counters_.frames++;
 		}
+		if (verifyAsk && (ret = io.send(StreamFrame::VerifyAsk, std::span<const uint8_t>{})) < 0) {
+			connDead(conn, fmt::format("sending a verify request: {}", strerror(-ret)));
+			return;
+		}
+		if (batch.empty())
+			continue;
 		parts.clear();
 		for (const auto &b : batch)
 			parts.emplace_back(*b);
@@ -1014,6 +1038,13 @@ std::string ReplicationReceiver::serveConn(int fd)
 	for (;;) {
 		if (io.receive(&type, &reason) < 0)
 			return reason.rfind("peer closed", 0) == 0 || reason.rfind("recv", 0) == 0 ? reason : reject(reason);
+		if (type == StreamFrame::VerifyAsk) {
+			if (!io.payload().empty())
+				return reject("verify request with a payload");
+			if (onVerifyAsked_)
+				onVerifyAsked_();
+			continue;
+		}
 		if (type != StreamFrame::Ops)
 			return reject(fmt::format("unexpected frame {:#x} from the sender", static_cast<unsigned>(type)));
 		std::span<const uint8_t> rest = io.payload();

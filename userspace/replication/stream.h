@@ -41,6 +41,8 @@ namespace sk::repl {
  *          (advanced by durable Barriers).
  *   Error  (receiver, then it closes)  u64 seq, i32 errno, u16 length, message: the
  *          op the target could not apply.
+ *   VerifyAsk  (sender, any time after Start, no payload): the receiver's owner is
+ *          asked to run an online verify (it dials the sender for it).
  * Connection binding: each side's Hello carries a random nonce (also in its header
  * incarnation, sequence 0). Every later frame carries the PEER's nonce as its
  * incarnation and a per-connection sequence 1, 2, 3...: a frame recorded from
@@ -64,6 +66,7 @@ enum class StreamFrame : uint8_t {
 	Ops = 0x12,
 	Ack = 0x13,
 	Error = 0x14,
+	VerifyAsk = 0x15,
 };
 constexpr uint16_t kStreamVersion = 1;
 
@@ -131,6 +134,9 @@ public:
 	/* Breaks the current connection (peer unreachable); waiters keep waiting. */
 	void detach();
 	bool streaming() const;
+	/* Sends VerifyAsk on the live stream (soon, by the writer thread); -ENOTCONN
+	 * while not streaming. */
+	int requestVerify();
 
 	/*
 	 * The node went ALONE: pending and future waits complete with 0, the queue is
@@ -241,6 +247,8 @@ public:
 	/* Why the last connection was closed ("" while none was). */
 	std::string lastCloseReason() const;
 	Counters counters() const;
+	/* Called on the serving thread for each VerifyAsk: must not block. Set before start(). */
+	void setOnVerifyAsked(std::function<void()> cb) { onVerifyAsked_ = std::move(cb); }
 
 private:
 	ReplicationReceiver(ClusterKey key, const Options &options, std::unique_ptr<Applier> applier);
@@ -262,6 +270,7 @@ private:
 	uint64_t durable_ = 0;
 	std::string lastCloseReason_;
 	Counters counters_;
+	std::function<void()> onVerifyAsked_;
 };
 
 /* Loopback/test helpers: a listening TCP socket on addr:port (port 0 = any) and a dialer. */

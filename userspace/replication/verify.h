@@ -18,6 +18,10 @@
 
 namespace sk::repl {
 
+/* The largest verify report a target sends its source (one control frame, under
+ * kMaxStreamPayload); longer lists are cut and say so. */
+constexpr size_t kMaxVerifyReport = 3u << 20;
+
 struct VerifyDifference {
 	std::string path;
 	std::string what;	/* "missing on target", "size 10 != 12", "content", ... */

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <future>
 #include <random>
 #include <string>
@@ -76,7 +77,7 @@ struct ReceiverSide {
 	uint16_t port = 0;
 	std::unique_ptr<ReplicationReceiver> receiver;
 
-	explicit ReceiverSide(std::chrono::milliseconds handshakeTimeout = 10s)
+	explicit ReceiverSide(std::chrono::milliseconds handshakeTimeout = 10s, std::function<void()> onVerifyAsked = {})
 	{
 		auto l = listenTcp("127.0.0.1", 0, &port);
 		REQUIRE(l.ok());
@@ -89,6 +90,8 @@ struct ReceiverSide {
 		auto r = ReplicationReceiver::create(testKey(), o, std::move(a.value()));
 		REQUIRE(r.ok());
 		receiver = std::move(r.value());
+		if (onVerifyAsked)
+			receiver->setOnVerifyAsked(std::move(onVerifyAsked));
 		REQUIRE(receiver->start(listenFd) == 0);
 	}
 	~ReceiverSide()
@@ -554,6 +557,36 @@ TEST_CASE("forged, unbound and garbage frames close the connection")
 	CHECK(sender->waitAckedFor(sender->submitBarrier(false), 10s) == 0);
 	struct stat st;
 	CHECK(stat((rx.dir / "ok").c_str(), &st) == 0);
+}
+
+TEST_CASE("a verify request reaches the receiver's owner between ops, only while streaming")
+{
+	std::atomic<int> asked{ 0 };
+	ReceiverSide rx(10s, [&] { asked++; });
+	auto sender = makeSender();
+	CHECK(sender->requestVerify() == -ENOTCONN);
+	REQUIRE(sender->attach(rx.dial()) == 0);
+	REQUIRE(eventually([&] { return sender->streaming(); }));
+	Op m;
+	m.type = OpType::Mkdir;
+	m.path = "before";
+	m.mode = 0755;
+	sender->submit(std::move(m));
+	REQUIRE(sender->requestVerify() == 0);
+	CHECK(eventually([&] { return asked.load() == 1; }));
+	/* The stream goes on: later ops are applied and acked. */
+	m = Op{};
+	m.type = OpType::Mkdir;
+	m.path = "after";
+	m.mode = 0755;
+	sender->submit(std::move(m));
+	CHECK(sender->waitAckedFor(sender->submitBarrier(false), 10s) == 0);
+	struct stat st;
+	CHECK(stat((rx.dir / "after").c_str(), &st) == 0);
+	CHECK(asked.load() == 1);
+	CHECK(rx.receiver->counters().rejectedFrames == 0);
+	sender->goneAlone();
+	CHECK(sender->requestVerify() == -ENOTCONN);
 }
 
 TEST_CASE("an op the target cannot apply is reported to the sender, not skipped")
