@@ -12,6 +12,7 @@
 #include <ctime>
 #include <dirent.h>
 #include <fcntl.h>
+#include <list>
 #include <mutex>
 #include <optional>
 #include <poll.h>
@@ -47,6 +48,8 @@ using repl::ControlFrame;
 
 constexpr int kConnectAttempts = 5;
 constexpr int kMaxRounds = 5;
+/* Accepted connections of one dir still in their TLS handshake or first frame. */
+constexpr size_t kMaxHandshakes = 16;
 /* How often an in-sync source rotates its dirty log (drops acked records). */
 constexpr auto kRotateInterval = 5s;
 
@@ -298,6 +301,8 @@ private:
 	}
 	void stopLocked();
 	void acceptMain(SourceDir *d);
+	/* One accepted connection: TLS, then by its first frame a resync, verify or stream. */
+	void serveConnection(SourceDir *d, int fd);
 	void resyncMain(SourceDir *d, int fd);
 	Status resyncSession(SourceDir *d, ControlChannel *ch);
 	void rotateMain(SourceDir *d);
@@ -480,49 +485,86 @@ void SyncReplication::onSourceDisconnected(SourceDir *d, const std::string &reas
 	}
 }
 
+/*
+ * Accepts the target's connections. Each one's TLS handshake and first frame (up to
+ * 5 s each) run on a thread of its own, a few at a time, so a client that connects
+ * and says nothing never holds back the target's next connection.
+ */
 void SyncReplication::acceptMain(SourceDir *d)
 {
+	struct Pending {
+		std::thread thread;
+		std::atomic<bool> finished{ false };
+	};
+	std::list<Pending> pending;
+	auto reap = [&](bool all) {
+		for (auto it = pending.begin(); it != pending.end();) {
+			if (all || it->finished) {
+				it->thread.join();
+				it = pending.erase(it);
+			} else {
+				++it;
+			}
+		}
+	};
 	for (;;) {
 		pollfd fds[2] = { { d->listenFd, POLLIN, 0 }, { d->wakeFd, POLLIN, 0 } };
-		if (poll(fds, 2, -1) < 0 && errno != EINTR)
-			return;
+		int n = poll(fds, 2, pending.empty() ? -1 : 200);
+		if (n < 0 && errno != EINTR)
+			break;
+		reap(false);
 		if (stopping_ || (fds[1].revents & POLLIN))
-			return;
+			break;
 		if (!(fds[0].revents & POLLIN))
 			continue;
 		int fd = accept4(d->listenFd, nullptr, nullptr, SOCK_CLOEXEC);
 		if (fd < 0)
 			continue;
-		if (auto w = secure(fd, true); w) {
-			fd = *w;
-		} else {
-			logWarn(kLog, "module {}: connection for {} refused: {}", ctx_.module->name, d->path,
-				w.error().message);
+		if (pending.size() >= kMaxHandshakes) {
+			logWarn(kLog, "module {}: connection for {} refused: {} others still in their handshake",
+				ctx_.module->name, d->path, pending.size());
+			close(fd);
 			continue;
 		}
-		uint8_t hello = repl::peekControlHello(fd, 5000ms);
-		if (hello == static_cast<uint8_t>(ControlFrame::VerifyHello)) {
-			startSession(d, d->verifyBusy, d->verifyThread, "verify", fd, [this, d, fd] {
-				serveControl(d, fd, &d->verifyChannel, "verify",
-					     [&](ControlChannel *ch) { return verifySourceSession(d, ch); });
-			});
-			continue;
-		}
-		if (hello) {
-			/* Its stream waits for the namespace pass (see below). */
-			startSession(d, d->resyncBusy, d->resyncThread, "resync", fd, [this, d, fd] { resyncMain(d, fd); },
-				     [d] { d->streamAllowed = false; });
-			continue;
-		}
-		/* The target dials its stream right after its manifest: hold it until the
-		 * resync's namespace pass has started (see resyncSession). Bounded: 20 s. */
-		for (int i = 0; !d->streamAllowed && d->resyncBusy && !stopping_ && i < 400; i++)
-			std::this_thread::sleep_for(50ms);
-		int r = d->streamAllowed ? d->sender->attach(fd) : (close(fd), -EAGAIN);
-		if (r < 0)
-			logWarn(kLog, "module {}: stream connection for {} refused: {}", ctx_.module->name, d->path,
-				strerror(-r));
+		Pending &p = pending.emplace_back();
+		p.thread = std::thread([this, d, fd, &p] {
+			serveConnection(d, fd);
+			p.finished = true;
+		});
 	}
+	reap(true);
+}
+
+void SyncReplication::serveConnection(SourceDir *d, int fd)
+{
+	if (auto w = secure(fd, true); w) {
+		fd = *w;
+	} else {
+		logWarn(kLog, "module {}: connection for {} refused: {}", ctx_.module->name, d->path, w.error().message);
+		return;
+	}
+	uint8_t hello = repl::peekControlHello(fd, 5000ms);
+	if (hello == static_cast<uint8_t>(ControlFrame::VerifyHello)) {
+		startSession(d, d->verifyBusy, d->verifyThread, "verify", fd, [this, d, fd] {
+			serveControl(d, fd, &d->verifyChannel, "verify",
+				     [&](ControlChannel *ch) { return verifySourceSession(d, ch); });
+		});
+		return;
+	}
+	if (hello) {
+		/* Its stream waits for the namespace pass (see below). */
+		startSession(d, d->resyncBusy, d->resyncThread, "resync", fd, [this, d, fd] { resyncMain(d, fd); },
+			     [d] { d->streamAllowed = false; });
+		return;
+	}
+	/* The target dials its stream right after its manifest: hold it until the
+	 * resync's namespace pass has started (see resyncSession). Bounded: 20 s. */
+	for (int i = 0; !d->streamAllowed && d->resyncBusy && !stopping_ && i < 400; i++)
+		std::this_thread::sleep_for(50ms);
+	int r = d->streamAllowed ? d->sender->attach(fd) : (close(fd), -EAGAIN);
+	if (r < 0)
+		logWarn(kLog, "module {}: stream connection for {} refused: {}", ctx_.module->name, d->path,
+			strerror(-r));
 }
 
 void SyncReplication::startSession(SourceDir *d, std::atomic<bool> &busy, std::thread &thread, const char *what,

@@ -20,6 +20,7 @@
 
 #include "core/event_loop.h"
 #include "replication/mirror_replication.h"
+#include "replication/stream.h"
 #include "test_apply_util.h"
 
 using namespace std::chrono_literals;
@@ -224,6 +225,31 @@ TEST_CASE("sync replication: initial sync, live writes, fsync waits for the targ
 	syncer.join();
 	CHECK(rc.load() == 0);
 	close(fd);
+}
+
+TEST_CASE("sync replication: clients that connect and say nothing do not hold the target back")
+{
+	Rig r;
+	writeFile(r.src / "f", pattern(100000, 1));
+	r.start();
+	r.source->startSource();
+	/* Each silent client would hold a serial accept loop for its 5 s first-frame wait. */
+	std::vector<int> silent;
+	for (int i = 0; i < 8; i++) {
+		auto c = sk::repl::connectTcp("127.0.0.1", r.cluster.ports.replication);
+		REQUIRE(c.ok());
+		silent.push_back(*c);
+	}
+	std::this_thread::sleep_for(200ms);
+	auto t0 = std::chrono::steady_clock::now();
+	r.target->startTarget(sk::ResyncMode::Full, false);
+	r.waitDone();
+	auto took = std::chrono::steady_clock::now() - t0;
+	MESSAGE("resync with 8 silent clients: " << std::chrono::duration<double>(took).count() << " s");
+	CHECK(took < 4s);
+	CHECK(treeDifferences(r.src.path(), r.dst.path()) == std::vector<std::string>{});
+	for (int fd : silent)
+		close(fd);
 }
 
 TEST_CASE("sync replication: a quarantined target keeps its differing files")
