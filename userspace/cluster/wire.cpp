@@ -231,8 +231,11 @@ int WireCodec::gmac(EVP_CIPHER_CTX *ctx, uint64_t sequence, std::span<const uint
 int WireCodec::macFor(bool sealing, uint64_t sequence, std::span<const uint8_t> head,
 		      std::span<const std::span<const uint8_t>> parts, uint8_t *out)
 {
-	if (sequence == 0 || !sealCtx_)
+	if (!sealCtx_ || (sequence == 0 && sealing))
 		return mac(head, parts, out);
+	/* A hello after the session started is never genuine: the peer sent its one before. */
+	if (sequence == 0)
+		return -EPROTO;
 	if (!sealing)
 		return gmac(openCtx_, sequence, head, parts, out);
 	if (sequence <= lastSealed_)

@@ -170,7 +170,8 @@ public:
 	 * direction. The IV is the frame's sequence number, so encode()/seal() refuse a
 	 * sequence not above the last one they sealed (an IV is never used twice with a
 	 * key, and both nonces make the keys new on every connection even if a peer's
-	 * hello is replayed). -EINVAL: equal nonces or a session already started.
+	 * hello is replayed). Frames with sequence 0 (hellos) are still sealed with the
+	 * HMAC but no longer accepted. -EINVAL: equal nonces or a session already started.
 	 */
 	int startSession(uint64_t localNonce, uint64_t peerNonce);
 	bool inSession() const { return sealCtx_ != nullptr; }

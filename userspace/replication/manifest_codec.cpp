@@ -20,6 +20,10 @@ constexpr size_t kMaxBlocksPerEntry = 32768;
 constexpr uint8_t kEntryContinues = 1;
 constexpr uint8_t kEntrySparse = 2;	/* Coverage::Some: u64 block index before each hash */
 constexpr uint8_t kEntryUnhashed = 4;	/* Coverage::None */
+/* With kEntrySparse: u16 pieces per block after the block count, and that many
+ * sub-block hashes after each block's hash. */
+constexpr uint8_t kEntrySubBlocks = 8;
+constexpr uint32_t kMaxPiecesPerBlock = (16u << 20) / kSubBlockSize;
 constexpr uint32_t kMaxRangesPerPath = 1u << 16;
 
 } /* namespace */
@@ -80,54 +84,85 @@ uint64_t BlockRanges::blocks() const
 void encodeManifestEntry(const ManifestEntry &e, std::vector<uint8_t> *out)
 {
 	size_t first = 0;
-	do {
-		size_t n = std::min(kMaxBlocksPerEntry, e.blocks.size() - first);
-		bool more = first + n < e.blocks.size();
-		uint8_t flags = more ? kEntryContinues : 0;
+	while (encodeManifestChunk(e, &first, out)) {
+	}
+}
+
+bool encodeManifestChunk(const ManifestEntry &e, size_t *firstBlock, std::vector<uint8_t> *out)
+{
+	/* Pieces per block (0: none); a chunk then carries fewer blocks, so its size stays put. */
+	size_t pieces = e.coverage == Coverage::Some && !e.blocks.empty() && !e.subBlocks.empty()
+				? e.subBlocks.size() / e.blocks.size()
+				: 0;
+	if (pieces < 2 || pieces > kMaxPiecesPerBlock || e.subBlocks.size() != e.blocks.size() * pieces)
+		pieces = 0;	/* none, or not a whole number per block: sent without */
+	size_t perChunk = pieces ? std::max<size_t>(1, kMaxBlocksPerEntry / pieces) : kMaxBlocksPerEntry;
+	size_t first = *firstBlock;
+	size_t n = std::min(perChunk, e.blocks.size() - first);
+	bool more = first + n < e.blocks.size();
+	uint8_t flags = more ? kEntryContinues : 0;
+	if (e.coverage == Coverage::Some)
+		flags |= kEntrySparse | (pieces ? kEntrySubBlocks : 0);
+	else if (e.coverage == Coverage::None)
+		flags |= kEntryUnhashed;
+	out->push_back(flags);
+	out->push_back(static_cast<uint8_t>(e.type));
+	le::append<uint16_t>(out, static_cast<uint16_t>(e.path.size()));
+	out->insert(out->end(), e.path.begin(), e.path.end());
+	le::append<uint32_t>(out, e.mode);
+	le::append<uint32_t>(out, e.uid);
+	le::append<uint32_t>(out, e.gid);
+	le::append<uint64_t>(out, e.size);
+	le::append<uint64_t>(out, static_cast<uint64_t>(e.mtime.sec));
+	le::append<uint32_t>(out, e.mtime.nsec);
+	le::append<uint64_t>(out, e.rdev);
+	le::append<uint16_t>(out, static_cast<uint16_t>(e.target.size()));
+	out->insert(out->end(), e.target.begin(), e.target.end());
+	le::append<uint32_t>(out, static_cast<uint32_t>(n));
+	if (pieces)
+		le::append<uint16_t>(out, static_cast<uint16_t>(pieces));
+	for (size_t i = first; i < first + n; i++) {
 		if (e.coverage == Coverage::Some)
-			flags |= kEntrySparse;
-		else if (e.coverage == Coverage::None)
-			flags |= kEntryUnhashed;
-		out->push_back(flags);
-		out->push_back(static_cast<uint8_t>(e.type));
-		le::append<uint16_t>(out, static_cast<uint16_t>(e.path.size()));
-		out->insert(out->end(), e.path.begin(), e.path.end());
-		le::append<uint32_t>(out, e.mode);
-		le::append<uint32_t>(out, e.uid);
-		le::append<uint32_t>(out, e.gid);
-		le::append<uint64_t>(out, e.size);
-		le::append<uint64_t>(out, static_cast<uint64_t>(e.mtime.sec));
-		le::append<uint32_t>(out, e.mtime.nsec);
-		le::append<uint64_t>(out, e.rdev);
-		le::append<uint16_t>(out, static_cast<uint16_t>(e.target.size()));
-		out->insert(out->end(), e.target.begin(), e.target.end());
-		le::append<uint32_t>(out, static_cast<uint32_t>(n));
-		for (size_t i = first; i < first + n; i++) {
-			if (e.coverage == Coverage::Some)
-				le::append<uint64_t>(out, e.blockIndex[i]);
-			le::append<uint64_t>(out, e.blocks[i].lo);
-			le::append<uint64_t>(out, e.blocks[i].hi);
+			le::append<uint64_t>(out, e.blockIndex[i]);
+		le::append<uint64_t>(out, e.blocks[i].lo);
+		le::append<uint64_t>(out, e.blocks[i].hi);
+		for (size_t j = i * pieces; j < (i + 1) * pieces; j++) {
+			le::append<uint64_t>(out, e.subBlocks[j].lo);
+			le::append<uint64_t>(out, e.subBlocks[j].hi);
 		}
-		first += n;
-	} while (first < e.blocks.size());
+	}
+	*firstBlock = first + n;
+	return more;
 }
 
 bool decodeManifestEntries(std::span<const uint8_t> in, std::vector<ManifestEntry> *out)
 {
-	le::Reader r(in);
 	bool continuing = false;
+	return decodeManifestEntries(in, out, &continuing) && !continuing;
+}
+
+bool decodeManifestEntries(std::span<const uint8_t> in, std::vector<ManifestEntry> *out, bool *continues)
+{
+	le::Reader r(in);
+	bool &continuing = *continues;
 	while (!r.done()) {
 		uint8_t flags = 0, type = 0;
 		uint16_t plen = 0, tlen = 0;
 		uint32_t nblocks = 0;
+		uint16_t pieces = 0;
 		uint64_t sec = 0;
 		ManifestEntry e;
-		if (!r.u8(&flags) || (flags & ~(kEntryContinues | kEntrySparse | kEntryUnhashed)) ||
-		    (flags & kEntrySparse && flags & kEntryUnhashed) || !r.u8(&type) || type < 1 || type > 4 ||
+		if (!r.u8(&flags) || (flags & ~(kEntryContinues | kEntrySparse | kEntryUnhashed | kEntrySubBlocks)) ||
+		    (flags & kEntrySparse && flags & kEntryUnhashed) ||
+		    (flags & kEntrySubBlocks && !(flags & kEntrySparse)) || !r.u8(&type) || type < 1 || type > 4 ||
 		    !r.u16(&plen) || !r.bytes(&e.path, plen) || !isValidOpPath(e.path, false) || !r.u32(&e.mode) ||
 		    !r.u32(&e.uid) || !r.u32(&e.gid) || !r.u64(&e.size) || !r.u64(&sec) ||
 		    !r.u32(&e.mtime.nsec) || !r.u64(&e.rdev) || !r.u16(&tlen) || !r.bytes(&e.target, tlen) ||
 		    !r.u32(&nblocks) || nblocks > kMaxBlocksPerEntry)
+			return false;
+		if (flags & kEntrySubBlocks &&
+		    (!r.u16(&pieces) || pieces < 2 || pieces > kMaxPiecesPerBlock ||
+		     nblocks > std::max<uint32_t>(1, kMaxBlocksPerEntry / pieces)))
 			return false;
 		e.type = static_cast<EntryType>(type);
 		e.mtime.sec = static_cast<int64_t>(sec);
@@ -146,23 +181,32 @@ bool decodeManifestEntries(std::span<const uint8_t> in, std::vector<ManifestEntr
 			}
 			if (!r.u64(&b.lo) || !r.u64(&b.hi))
 				return false;
+			for (uint16_t j = 0; j < pieces; j++) {
+				Hash128 h;
+				if (!r.u64(&h.lo) || !r.u64(&h.hi))
+					return false;
+				e.subBlocks.push_back(h);
+			}
 		}
 		if (continuing) {
 			if (out->empty())
 				return false;
 			auto &prev = out->back();
+			/* Pieces per block must stay what the first chunk said. */
 			if (prev.path != e.path || prev.coverage != e.coverage ||
 			    (!e.blockIndex.empty() && !prev.blockIndex.empty() &&
-			     e.blockIndex.front() <= prev.blockIndex.back()))
+			     e.blockIndex.front() <= prev.blockIndex.back()) ||
+			    prev.subBlocks.size() != prev.blocks.size() * pieces)
 				return false;
 			prev.blocks.insert(prev.blocks.end(), e.blocks.begin(), e.blocks.end());
 			prev.blockIndex.insert(prev.blockIndex.end(), e.blockIndex.begin(), e.blockIndex.end());
+			prev.subBlocks.insert(prev.subBlocks.end(), e.subBlocks.begin(), e.subBlocks.end());
 		} else {
 			out->push_back(std::move(e));
 		}
 		continuing = flags & kEntryContinues;
 	}
-	return !continuing;
+	return true;
 }
 
 void encodePathSelection(const std::string &path, const BlockRanges &ranges, std::vector<uint8_t> *out)

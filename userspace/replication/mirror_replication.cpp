@@ -46,6 +46,8 @@ using namespace std::chrono_literals;
 using repl::ControlChannel;
 using repl::ControlFrame;
 
+static_assert(static_cast<uint8_t>(repl::StreamFrame::Hello) == repl::kStreamHello);
+
 constexpr int kConnectAttempts = 5;
 constexpr int kMaxRounds = 5;
 /* Accepted connections of one dir still in their TLS handshake or first frame. */
@@ -251,9 +253,11 @@ private:
 		/* A verify asked for from here (on the PRIM): the target's report. */
 		std::mutex askMutex;
 		std::condition_variable askCv;
-		bool askWaiting = false;	/* under askMutex, as the two below */
+		bool askWaiting = false;	/* under askMutex, as the three below */
 		bool askSessionStarted = false;
+		int askSessions = 0;		/* authenticated verify sessions without a result yet */
 		std::optional<Result<nlohmann::json>> askResult;
+		std::mutex sessionMutex;	/* startSession(): busy flags and session threads */
 		std::atomic<uint64_t> read{ 0 }, rotations{ 0 };
 		std::atomic<bool> partial{ false };	/* last resync used the dirty logs */
 		std::atomic<bool> resyncBusy{ false };
@@ -370,6 +374,7 @@ private:
 	/* Target side of an online verify (one at a time). */
 	std::thread verifyThread_;
 	std::atomic<bool> verifyBusy_{ false };
+	std::vector<size_t> askedQueue_;	/* dir indices the primary asked for while busy; under mutex_ */
 	std::mutex verifyMutex_;
 	ControlChannel *verifyChannel_ = nullptr;	/* under verifyMutex_ */
 };
@@ -470,6 +475,12 @@ void SyncReplication::onSourceDisconnected(SourceDir *d, const std::string &reas
 		return;
 	logWarn(kLog, "module {}: replication of {} lost: {}", ctx_.module->name, d->path, reason);
 	bool wasInSync = d->inSync.exchange(false);
+	{
+		/* A verify needs the stream (its barriers): end one under way. */
+		std::lock_guard<std::mutex> g(d->chMutex);
+		if (d->verifyChannel)
+			d->verifyChannel->shutdown();
+	}
 	if (tracking_) {
 		/* The machine already serves alone (maybe we left ALONE only for this resync):
 		 * release the waiters now, the dirty log covers what follows. */
@@ -526,11 +537,18 @@ void SyncReplication::acceptMain(SourceDir *d)
 			close(fd);
 			continue;
 		}
+		repl::tuneSocket(fd);	/* keepalive: a peer that vanishes ends our reads */
 		Pending &p = pending.emplace_back();
-		p.thread = std::thread([this, d, fd, &p] {
-			serveConnection(d, fd);
-			p.finished = true;
-		});
+		try {
+			p.thread = std::thread([this, d, fd, &p] {
+				serveConnection(d, fd);
+				p.finished = true;
+			});
+		} catch (const std::system_error &e) {
+			logWarn(kLog, "module {}: connection for {} refused: {}", ctx_.module->name, d->path, e.what());
+			close(fd);
+			pending.pop_back();
+		}
 	}
 	reap(true);
 }
@@ -543,7 +561,12 @@ void SyncReplication::serveConnection(SourceDir *d, int fd)
 		logWarn(kLog, "module {}: connection for {} refused: {}", ctx_.module->name, d->path, w.error().message);
 		return;
 	}
-	uint8_t hello = repl::peekControlHello(fd, 5000ms);
+	uint8_t hello = repl::peekHello(fd, 5000ms);
+	if (!hello) {
+		logWarn(kLog, "module {}: connection for {} closed: no hello within 5 s", ctx_.module->name, d->path);
+		close(fd);
+		return;
+	}
 	if (hello == static_cast<uint8_t>(ControlFrame::VerifyHello)) {
 		startSession(d, d->verifyBusy, d->verifyThread, "verify", fd, [this, d, fd] {
 			serveControl(d, fd, &d->verifyChannel, "verify",
@@ -551,7 +574,7 @@ void SyncReplication::serveConnection(SourceDir *d, int fd)
 		});
 		return;
 	}
-	if (hello) {
+	if (hello == static_cast<uint8_t>(ControlFrame::Hello)) {
 		/* Its stream waits for the namespace pass (see below). */
 		startSession(d, d->resyncBusy, d->resyncThread, "resync", fd, [this, d, fd] { resyncMain(d, fd); },
 			     [d] { d->streamAllowed = false; });
@@ -570,6 +593,8 @@ void SyncReplication::serveConnection(SourceDir *d, int fd)
 void SyncReplication::startSession(SourceDir *d, std::atomic<bool> &busy, std::thread &thread, const char *what,
 				   int fd, std::function<void()> fn, const std::function<void()> &claimed)
 {
+	/* Connections arrive on threads of their own: one of them at a time here. */
+	std::lock_guard<std::mutex> serial(d->sessionMutex);
 	if (busy.exchange(true)) {
 		logWarn(kLog, "module {}: second {} connection for {} refused", ctx_.module->name, what, d->path);
 		close(fd);
@@ -592,6 +617,9 @@ void SyncReplication::serveControl(SourceDir *d, int fd, ControlChannel **slot, 
 	if (!ch)
 		return;
 	PublishedChannel published(d->chMutex, slot, ch->get());
+	/* stop() shuts down the channels it finds published: one published after it is ours to drop. */
+	if (stopping_)
+		return;
 	Status s = session(ch->get());
 	if (!s) {
 		logWarn(kLog, "module {}: {} of {} failed: {}", ctx_.module->name, what, d->path, s.error().message);
@@ -1012,8 +1040,10 @@ Result<int> SyncReplication::dialSource(size_t index, int attempts)
 		if (i)
 			std::this_thread::sleep_for(1000ms);
 		auto c = repl::connectTcp(peer, port(index));
-		if (c)
+		if (c) {
+			repl::tuneSocket(*c);	/* keepalive: a vanished source ends our reads */
 			c = secure(*c, false);
+		}
 		if (c)
 			return *c;
 		last = c.error();
@@ -1069,6 +1099,7 @@ Status SyncReplication::targetSession(TargetDir *d, ResyncMode mode, bool quaran
 
 	repl::ScanOptions so = scanOptions(d->index);
 	so.select = fullWhy.empty() ? &select : nullptr;
+	so.subBlocks = true;	/* for blocks the logs name: the source sends only changed pieces */
 	auto manifest = repl::scanTree(d->rootFd, so);
 	if (!manifest)
 		return manifest.error();
@@ -1257,9 +1288,12 @@ void keepSelected(std::vector<repl::ManifestEntry> *entries, const repl::BlockSe
  */
 Status SyncReplication::verifySourceSession(SourceDir *d, ControlChannel *ch)
 {
+	if (auto s = ch->handshakeSource(10000ms, ControlFrame::VerifyHello); !s)
+		return s;
 	{
 		std::lock_guard<std::mutex> g(d->askMutex);
 		d->askSessionStarted = true;
+		d->askSessions++;
 	}
 	/* Then the target's report, whoever asked: a verify asked for here waits for it. */
 	Result<nlohmann::json> report = makeError(-EPROTO, "no verify report");
@@ -1280,20 +1314,19 @@ Status SyncReplication::verifySourceSession(SourceDir *d, ControlChannel *ch)
 	}
 	{
 		std::lock_guard<std::mutex> g(d->askMutex);
-		if (d->askWaiting && !d->askResult) {
+		d->askSessions--;
+		if (d->askWaiting && !d->askResult)
 			d->askResult = report;
-			d->askCv.notify_all();
-		}
+		d->askCv.notify_all();
 	}
 	if (!report)
 		return report.error();
 	return {};
 }
 
+/* After the handshake: the target's two passes. */
 Status SyncReplication::verifySourcePasses(SourceDir *d, ControlChannel *ch)
 {
-	if (auto s = ch->handshakeSource(10000ms, ControlFrame::VerifyHello); !s)
-		return s;
 	for (int pass = 0; pass < 2; pass++) {
 		repl::BlockSelection sel;
 		bool all = false;
@@ -1410,21 +1443,28 @@ Result<nlohmann::json> SyncReplication::askPeerVerify(SourceDir *d)
 	{
 		std::lock_guard<std::mutex> g(d->askMutex);
 		d->askWaiting = true;
-		/* A verify session already under way (asked for on the secondary) answers too. */
-		d->askSessionStarted = d->verifyBusy.load();
+		/* A verify session under way (asked for on the secondary) answers too. */
+		d->askSessionStarted = d->askSessions > 0;
 		d->askResult.reset();
 	}
 	Result<nlohmann::json> out = makeError(-ECANCELED, "replication stopping");
 	if (int r = d->sender->requestVerify(); r < 0) {
 		out = makeError(r, "the stream to the secondary is down");
 	} else {
-		/* The target dials its verify connection at once: bound that part only (a
-		 * lost request, a target that went away); the passes have bounds of their own. */
+		/*
+		 * The target dials its verify connection at once: bound that part (a lost
+		 * request); then the session's own bounds apply, and a lost stream (which
+		 * also shuts the verify connection) ends the wait.
+		 */
 		auto asked = std::chrono::steady_clock::now();
 		std::unique_lock<std::mutex> l(d->askMutex);
 		while (!d->askResult && !stopping_) {
 			if (!d->askSessionStarted && std::chrono::steady_clock::now() - asked > 30s) {
 				d->askResult = makeError(-ETIMEDOUT, "the secondary did not start the verify within 30 s");
+				break;
+			}
+			if (!d->sender->streaming() && d->askSessions == 0) {
+				d->askResult = makeError(-ECONNRESET, "the stream to the secondary was lost");
 				break;
 			}
 			d->askCv.wait_for(l, 200ms);
@@ -1450,8 +1490,9 @@ void SyncReplication::startAskedVerify(size_t index)
 	if (!d)
 		return;
 	if (verifyBusy_) {
-		logInfo(kLog, "module {}: verify asked for by the primary while one runs: its report answers",
-			ctx_.module->name);
+		/* After the one running (the primary verifies its directories one by one). */
+		if (std::find(askedQueue_.begin(), askedQueue_.end(), index) == askedQueue_.end())
+			askedQueue_.push_back(index);
 		return;
 	}
 	logInfo(kLog, "module {}: verify of {} asked for by the primary", ctx_.module->name, d->path);
@@ -1512,9 +1553,20 @@ void SyncReplication::launchVerify(std::vector<std::function<Result<nlohmann::js
 		}
 		verifyBusy_ = false;
 		auto alive = alive_;
-		ctx_.loop->post([alive, done = std::move(done), result = std::move(result)]() mutable {
-			if (*alive)
-				done(std::move(result));
+		ctx_.loop->post([this, alive, done = std::move(done), result = std::move(result)]() mutable {
+			if (!*alive)
+				return;
+			done(std::move(result));
+			/* Then a verify the primary asked for meanwhile. */
+			size_t next;
+			{
+				std::lock_guard<std::mutex> lock(mutex_);
+				if (askedQueue_.empty())
+					return;
+				next = askedQueue_.front();
+				askedQueue_.erase(askedQueue_.begin());
+			}
+			startAskedVerify(next);
 		});
 	});
 }
@@ -1576,6 +1628,7 @@ void SyncReplication::stopLocked()
 	}
 	if (verifyThread_.joinable())
 		verifyThread_.join();
+	askedQueue_.clear();
 	for (auto &d : sources_) {
 		if (d->capture) {
 			if (auto s = d->capture->unmount(); !s)

@@ -55,12 +55,23 @@ std::string joinPath(const std::string &dir, const char *name)
 struct ScanState {
 	const ScanOptions &options;
 	std::vector<ManifestEntry> *out;
+	uint64_t subBudget = kMaxSubBlocks;
 };
 
-/* Hashes every block, or only those in ranges (then indices go to *index). */
+/* The kSubBlockSize pieces of a block of blockSize bytes, data being its first part. */
+void hashPieces(std::span<const uint8_t> data, uint32_t blockSize, std::vector<Hash128> *out)
+{
+	for (size_t at = 0; at < blockSize; at += kSubBlockSize) {
+		size_t from = std::min(at, data.size());
+		out->push_back(hashBlock(data.subspan(from, std::min(data.size(), at + kSubBlockSize) - from)));
+	}
+}
+
+/* Hashes every block, or only those in ranges (then indices go to *index, and with
+ * subs the pieces of each block to *subs). */
 int hashFile(int fd, uint32_t blockSize, uint64_t size, std::vector<Hash128> *blocks,
 	     const std::atomic<bool> *stop, const BlockRanges *ranges = nullptr,
-	     std::vector<uint64_t> *index = nullptr)
+	     std::vector<uint64_t> *index = nullptr, std::vector<Hash128> *subs = nullptr)
 {
 	std::vector<uint8_t> buf(blockSize);
 	for (uint64_t off = 0; off < size; off += blockSize) {
@@ -87,6 +98,8 @@ int hashFile(int fd, uint32_t blockSize, uint64_t size, std::vector<Hash128> *bl
 		blocks->push_back(hashBlock({ buf.data(), static_cast<size_t>(n) }));
 		if (index)
 			index->push_back(off / blockSize);
+		if (subs)
+			hashPieces({ buf.data(), static_cast<size_t>(n) }, blockSize, subs);
 	}
 	return 0;
 }
@@ -179,9 +192,15 @@ int scanDir(ScanState &st, int dirFd, const std::string &rel, int depth)
 					return -errno;
 				}
 				e.coverage = all ? Coverage::All : Coverage::Some;
+				/* Sub-blocks for the whole file or not at all, within the scan's budget. */
+				uint64_t pieces = picked.blocks() * (st.options.blockSize / kSubBlockSize);
+				bool subs = !all && st.options.subBlocks && st.options.blockSize > kSubBlockSize &&
+					    pieces <= st.subBudget;
+				if (subs)
+					st.subBudget -= pieces;
 				int r = all ? hashFile(fd, st.options.blockSize, e.size, &e.blocks, st.options.stop)
 					    : hashFile(fd, st.options.blockSize, e.size, &e.blocks, st.options.stop,
-						       &picked, &e.blockIndex);
+						       &picked, &e.blockIndex, subs ? &e.subBlocks : nullptr);
 				close(fd);
 				if (r < 0)
 					return r;
@@ -708,7 +727,13 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 			unhashed = &it->second;
 	}
 	const uint64_t tailFrom = full || size == t->size ? UINT64_MAX : std::min(size, t->size) / bs;
-	auto targetHash = [&](uint64_t i) -> const Hash128 * {
+	/* Sub-block hashes: blockSize / kSubBlockSize per hashed block, if the target sent them. */
+	const size_t perBlock = bs / kSubBlockSize;
+	const bool withSubs = !full && perBlock > 1 && t->coverage == Coverage::Some &&
+			      t->subBlocks.size() == t->blocks.size() * perBlock;
+	/* The target's hash of block i (null: not hashed there), and its pieces' in *subs. */
+	auto targetHash = [&](uint64_t i, const Hash128 **subs) -> const Hash128 * {
+		*subs = nullptr;
 		if (full)
 			return nullptr;
 		if (t->coverage == Coverage::All)
@@ -716,12 +741,28 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 		auto it = std::lower_bound(t->blockIndex.begin(), t->blockIndex.end(), i);
 		if (it == t->blockIndex.end() || *it != i)
 			return nullptr;
-		return &t->blocks[static_cast<size_t>(it - t->blockIndex.begin())];
+		size_t pos = static_cast<size_t>(it - t->blockIndex.begin());
+		if (withSubs)
+			*subs = &t->subBlocks[pos * perBlock];
+		return &t->blocks[pos];
 	};
+	/* Writes [from, to) of the block at off (bytes from buf). */
+	auto send = [&](uint64_t off, size_t from, size_t to) {
+		Op op;
+		op.type = OpType::Write;
+		op.path = e.path;
+		op.offset = off + from;
+		op.data.assign(reinterpret_cast<const char *>(buf.data() + from), to - from);
+		stats_.blocksSent++;
+		stats_.bytesSent += to - from;
+		return put(std::move(op));
+	};
+	std::vector<Hash128> pieces;
 	for (uint64_t off = 0, i = 0; off < size; off += bs, i++) {
 		if (stopped())
 			return -ECANCELED;
-		const Hash128 *th = targetHash(i);
+		const Hash128 *subs = nullptr;
+		const Hash128 *th = targetHash(i, &subs);
 		if (partial && !th && i < tailFrom && !(unhashed && unhashed->contains(i))) {
 			/* Skip to the next hashed or unhashed-named block, or the tail. */
 			uint64_t next = tailFrom;
@@ -754,16 +795,31 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 			stats_.blocksSkipped++;
 			continue;
 		}
-		Op op;
-		op.type = OpType::Write;
-		op.path = e.path;
-		op.offset = off;
-		op.data.assign(reinterpret_cast<const char *>(buf.data()), static_cast<size_t>(n));
-		if (int r = put(std::move(op)); r < 0)
-			return r;
-		stats_.blocksSent++;
-		stats_.bytesSent += static_cast<uint64_t>(n);
 		wrote = true;
+		if (!subs) {
+			if (int r = send(off, 0, static_cast<size_t>(n)); r < 0)
+				return r;
+			continue;
+		}
+		/* Only the runs of pieces that differ (or lie past the target's size). */
+		pieces.clear();
+		hashPieces({ buf.data(), static_cast<size_t>(n) }, bs, &pieces);
+		size_t runFrom = SIZE_MAX;
+		for (size_t j = 0; j <= perBlock; j++) {
+			size_t from = std::min(j * kSubBlockSize, static_cast<size_t>(n));
+			size_t to = std::min(from + kSubBlockSize, static_cast<size_t>(n));
+			bool differs = j < perBlock && from < to &&
+				       (pieces[j] != subs[j] || off + to > t->size);
+			if (differs && runFrom == SIZE_MAX) {
+				runFrom = from;
+			} else if (!differs && runFrom != SIZE_MAX) {
+				if (int r = send(off, runFrom, from); r < 0)
+					return r;
+				runFrom = SIZE_MAX;
+			}
+			if (!differs && j < perBlock && from < to)
+				stats_.piecesSkipped++;
+		}
 	}
 
 	auto gate = sink_->hold();
@@ -930,17 +986,19 @@ Status ControlChannel::recv(ControlFrame *type, std::vector<uint8_t> *payload, s
 	if (f.header.module != module_)
 		return makeError(-EPROTO, "control frame for another module");
 	if (isHello(static_cast<ControlFrame>(f.header.type))) {
-		if (f.header.sequence != 0 || peerNonce_ != 0)
+		if (f.header.sequence != 0 || recvCodec_->inSession() || f.header.incarnation == 0)
 			return makeError(-EPROTO, "control hello out of place");
-		peerNonce_ = f.header.incarnation;
 		/* Both nonces known: later frames use this connection's session keys. */
-		int ret = recvCodec_->startSession(localNonce_, peerNonce_);
+		int ret = recvCodec_->startSession(localNonce_, f.header.incarnation);
 		if (ret == 0) {
 			std::lock_guard<std::mutex> g(sendMutex_);
-			ret = sendCodec_->startSession(localNonce_, peerNonce_);
+			ret = sendCodec_->startSession(localNonce_, f.header.incarnation);
+			peerNonce_ = f.header.incarnation;
 		}
 		if (ret < 0)
 			return makeError(-EPROTO, "control hello with our own nonce");
+	} else if (!recvCodec_->inSession()) {
+		return makeError(-EPROTO, "control frame before the hello");
 	} else if (f.header.incarnation != localNonce_ || f.header.sequence != recvSeq_ + 1) {
 		return makeError(-EPROTO, "control frame replayed or from another connection");
 	} else {
@@ -985,12 +1043,16 @@ Status ControlChannel::sendManifest(const std::vector<ManifestEntry> &entries, u
 {
 	std::vector<uint8_t> frame;
 	for (const auto &e : entries) {
-		encodeManifestEntry(e, &frame);
-		if (frame.size() >= kManifestFrameBytes) {
-			if (auto s = send(ControlFrame::Manifest, frame); !s)
-				return s;
-			frame.clear();
-		}
+		size_t first = 0;
+		bool more;
+		do {
+			more = encodeManifestChunk(e, &first, &frame);
+			if (frame.size() >= kManifestFrameBytes) {
+				if (auto s = send(ControlFrame::Manifest, frame); !s)
+					return s;
+				frame.clear();
+			}
+		} while (more);
 	}
 	if (!frame.empty())
 		if (auto s = send(ControlFrame::Manifest, frame); !s)
@@ -1046,6 +1108,7 @@ Status ControlChannel::recvManifest(std::vector<ManifestEntry> *entries, uint64_
 				    std::chrono::milliseconds timeout)
 {
 	entries->clear();
+	bool continuing = false;	/* an entry's hashes go on in the next frame */
 	for (;;) {
 		ControlFrame type;
 		std::vector<uint8_t> payload;
@@ -1053,18 +1116,18 @@ Status ControlChannel::recvManifest(std::vector<ManifestEntry> *entries, uint64_
 			return s;
 		if (type == ControlFrame::ManifestEnd) {
 			le::Reader r(payload);
-			if (!r.u64(lastApplied) || !r.done())
+			if (!r.u64(lastApplied) || !r.done() || continuing)
 				return makeError(-EPROTO, "malformed manifest end");
 			return {};
 		}
 		if (type != ControlFrame::Manifest)
 			return makeError(-EPROTO, "control: expected a manifest");
-		if (!decodeManifestEntries(payload, entries))
+		if (!decodeManifestEntries(payload, entries, &continuing))
 			return makeError(-EPROTO, "malformed manifest");
 	}
 }
 
-uint8_t peekControlHello(int fd, std::chrono::milliseconds timeout)
+uint8_t peekHello(int fd, std::chrono::milliseconds timeout)
 {
 	uint8_t hdr[8];
 	auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -1072,7 +1135,9 @@ uint8_t peekControlHello(int fd, std::chrono::milliseconds timeout)
 		ssize_t n = ::recv(fd, hdr, sizeof(hdr), MSG_PEEK | MSG_DONTWAIT);
 		if (n >= 6) {
 			auto type = static_cast<ControlFrame>(hdr[5]);
-			return type == ControlFrame::Hello || type == ControlFrame::VerifyHello ? hdr[5] : 0;
+			return type == ControlFrame::Hello || type == ControlFrame::VerifyHello || hdr[5] == kStreamHello
+				       ? hdr[5]
+				       : 0;
 		}
 		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
 			return 0;

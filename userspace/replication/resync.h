@@ -34,6 +34,16 @@ struct Hash128 {
 
 Hash128 hashBlock(std::span<const uint8_t> data);
 
+/*
+ * Sub-block hashes (ScanOptions::subBlocks): where the dirty logs name blocks, the
+ * target also hashes each kSubBlockSize piece of them, and the source sends only the
+ * pieces of a differing block that differ (a 4 KiB write costs 4 KiB, not a whole
+ * block). At most kMaxSubBlocks of them per scan (64 MiB of hashes for 16 GiB named);
+ * past that, files are compared by whole blocks.
+ */
+constexpr uint32_t kSubBlockSize = 4096;
+constexpr uint64_t kMaxSubBlocks = 4u << 20;
+
 enum class EntryType : uint8_t { File = 1, Dir = 2, Symlink = 3, Other = 4 };
 
 /*
@@ -58,6 +68,9 @@ struct ManifestEntry {
 	std::vector<Hash128> blocks;	/* File, when hashed: see Coverage */
 	Coverage coverage = Coverage::All;
 	std::vector<uint64_t> blockIndex;	/* Some */
+	/* Some, with ScanOptions::subBlocks: blockSize / kSubBlockSize hashes per hashed
+	 * block, in order (pieces past the end of the data hash as empty); or none. */
+	std::vector<Hash128> subBlocks;
 	bool operator==(const ManifestEntry &) const = default;
 };
 
@@ -67,6 +80,8 @@ struct ScanOptions {
 	/* With hashes: null hashes every block; else only the selected blocks of a file
 	 * (by inode or path; a path with no ranges means the whole file) are hashed. */
 	const BlockSelection *select = nullptr;
+	/* With select: also the sub-block hashes of what is hashed by block ranges. */
+	bool subBlocks = false;
 	/* Called for every regular file listed, with its inode (maps dirty logs to paths). */
 	std::function<void(const std::string &path, uint64_t ino)> onFile;
 	std::vector<std::string> include;	/* capture patterns (captureExcluded) */
@@ -94,8 +109,15 @@ void mergeManifest(std::vector<ManifestEntry> *base, std::vector<ManifestEntry> 
 
 /* Appends one entry's encoding (little-endian, bounded) to *out. */
 void encodeManifestEntry(const ManifestEntry &entry, std::vector<uint8_t> *out);
-/* Decodes entries back to back; false on malformed input. */
+/* One chunk of it (at most ~1 MiB), from block *first on, which it advances: true
+ * while chunks remain. A frame may end between chunks (a file's hashes can exceed
+ * one frame: 16 GiB of 64 KiB blocks). */
+bool encodeManifestChunk(const ManifestEntry &entry, size_t *first, std::vector<uint8_t> *out);
+/* Decodes entries back to back; false on malformed input or an entry cut short. */
 bool decodeManifestEntries(std::span<const uint8_t> in, std::vector<ManifestEntry> *out);
+/* The same over several inputs (frames): *continuing, false at the start, says
+ * whether out->back() continues in the next one. */
+bool decodeManifestEntries(std::span<const uint8_t> in, std::vector<ManifestEntry> *out, bool *continuing);
 
 /*
  * The OpSink capture writes into on the source, in front of the stream. Live
@@ -178,6 +200,7 @@ struct ResyncStats {
 	uint64_t bytesSent = 0;		/* Write payload submitted */
 	uint64_t blocksSent = 0;
 	uint64_t blocksSkipped = 0;	/* hash matched the target's */
+	uint64_t piecesSkipped = 0;	/* sub-blocks of sent blocks that matched (not sent) */
 	uint64_t ops = 0;
 	uint64_t removed = 0;		/* target paths absent (or of another type) on the source */
 	uint64_t lastSeq = 0;		/* seq of the last op submitted (0: none) */
@@ -292,8 +315,10 @@ private:
 	uint64_t recvSeq_ = 0;
 };
 
-/* The type of the first frame waiting on fd (MSG_PEEK) when it is a control Hello or
- * VerifyHello; 0 otherwise (a stream connection, or nothing in time). */
-uint8_t peekControlHello(int fd, std::chrono::milliseconds timeout);
+/* The type of the first frame waiting on fd (MSG_PEEK) when it opens a connection:
+ * a control Hello or VerifyHello, or the stream's Hello (kStreamHello); 0 for
+ * anything else or nothing in time. */
+constexpr uint8_t kStreamHello = 0x10;	/* StreamFrame::Hello (stream.h) */
+uint8_t peekHello(int fd, std::chrono::milliseconds timeout);
 
 } /* namespace sk::repl */

@@ -40,6 +40,8 @@ constexpr size_t kHelloSize = 28;
 constexpr size_t kMaxErrorMessage = 512;
 /* One frame holds a batch, or at least one maximal op. */
 constexpr size_t kMaxFramePayload = kMaxStreamPayload;
+/* The sender's bound for the receiver's hello (the receiver has Options::handshakeTimeout). */
+constexpr std::chrono::milliseconds kHandshakeTimeout{ 10000 };
 static_assert(kMaxEncodedOp < kMaxFramePayload);
 
 uint64_t randomU64()
@@ -572,6 +574,8 @@ ReplicationSender::Counters ReplicationSender::counters() const
 
 int ReplicationSender::attach(int fd)
 {
+	/* One attach at a time: callers on several threads (the source's connections). */
+	std::lock_guard<std::mutex> serial(attachMutex_);
 	std::unique_ptr<Conn> old;
 	std::vector<std::unique_ptr<Conn>> graveyard;
 	{
@@ -595,6 +599,11 @@ int ReplicationSender::attach(int fd)
 		return -EIO;
 	}
 	tuneSocket(fd);
+	/* Until the peer's hello is in (readerMain lifts it): a client that connects and
+	 * says nothing does not hold the one connection slot. */
+	auto ms = std::max<long>(1, static_cast<long>(kHandshakeTimeout.count()));
+	struct timeval handshake = { ms / 1000, (ms % 1000) * 1000 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &handshake, sizeof(handshake));
 	auto conn = std::make_unique<Conn>();
 	conn->fd = fd;
 	conn->out = std::make_unique<FrameIo>(fd, std::move(out.value()), options_.stream);
@@ -603,6 +612,10 @@ int ReplicationSender::attach(int fd)
 	conn->in->myNonce = conn->out->myNonce;
 
 	std::lock_guard<std::mutex> lock(mutex_);
+	if (stopping_ || alone_) {
+		close(fd);
+		return stopping_ ? -ESHUTDOWN : -EPERM;
+	}
 	counters_.connections++;
 	Conn *c = conn.get();
 	conn_ = std::move(conn);
@@ -793,6 +806,9 @@ void ReplicationSender::readerMain(Conn *conn)
 		connDead(conn, reason);
 		return;
 	}
+	/* Authenticated: an idle stream is normal from here on (keepalive finds dead peers). */
+	struct timeval noTimeout = { 0, 0 };
+	setsockopt(conn->fd, SOL_SOCKET, SO_RCVTIMEO, &noTimeout, sizeof(noTimeout));
 
 	bool resync = false;
 	uint64_t start;

@@ -68,7 +68,8 @@ enum class StreamFrame : uint8_t {
 	Error = 0x14,
 	VerifyAsk = 0x15,
 };
-constexpr uint16_t kStreamVersion = 1;
+/* 2: GMAC session keys after the hellos, VerifyAsk. */
+constexpr uint16_t kStreamVersion = 2;
 
 struct StreamConfig {
 	uint64_t clusterId = 0;		/* clusterIdFromName() */
@@ -180,7 +181,9 @@ private:
 	ClusterKey key_;
 	Options options_;
 
-	/* Lock order: mutex_ only; hooks are called with it released. */
+	/* Lock order: attachMutex_ (serialises attach()), then mutex_; hooks are called
+	 * with mutex_ released. */
+	std::mutex attachMutex_;
 	mutable std::mutex mutex_;
 	std::condition_variable cv_;
 	bool stopping_ = false;

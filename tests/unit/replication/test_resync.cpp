@@ -136,11 +136,12 @@ struct Pair {
 
 	/* select: what both dirty logs name (null: compare everything). As SyncReplication
 	 * does, target files changed outside the logs are hashed whole on request. */
-	ResyncStats resync(uint32_t blockSize = 65536, const BlockSelection *select = nullptr)
+	ResyncStats resync(uint32_t blockSize = 65536, const BlockSelection *select = nullptr, bool subBlocks = false)
 	{
 		ScanOptions o;
 		o.blockSize = blockSize;
 		o.select = select;
+		o.subBlocks = subBlocks;
 		auto manifest = scanTree(dst.fd(), o);
 		REQUIRE(manifest.ok());
 		if (select) {
@@ -307,6 +308,54 @@ TEST_CASE("a tree with 1% of its blocks changed sends 1% of the bytes")
 	CHECK(treeDifferences(p.src.path(), p.dst.path()) == std::vector<std::string>{});
 }
 
+TEST_CASE("sub-block hashes round-trip across continued entries; inconsistent ones are refused")
+{
+	ManifestEntry a;
+	a.path = "db/table";
+	a.size = 1ull << 40;
+	a.coverage = Coverage::Some;
+	for (uint64_t i = 0; i < 5000; i++) {	/* over one chunk of 2048 blocks of 16 pieces */
+		a.blockIndex.push_back(i * 5);
+		a.blocks.push_back({ i, ~i });
+		for (uint64_t j = 0; j < 16; j++)
+			a.subBlocks.push_back({ i * 16 + j, j });
+	}
+	std::vector<uint8_t> buf;
+	encodeManifestEntry(a, &buf);
+	std::vector<ManifestEntry> out;
+	REQUIRE(decodeManifestEntries(buf, &out));
+	REQUIRE(out.size() == 1);
+	CHECK(out[0] == a);
+	/* Chunk by chunk, as frames: the entry continues across them. */
+	out.clear();
+	size_t first = 0;
+	bool more = true, continuing = false;
+	int chunks = 0;
+	while (more) {
+		std::vector<uint8_t> chunk;
+		more = encodeManifestChunk(a, &first, &chunk);
+		REQUIRE(decodeManifestEntries(chunk, &out, &continuing));
+		CHECK(continuing == more);
+		chunks++;
+	}
+	CHECK(chunks == 3);
+	REQUIRE(out.size() == 1);
+	CHECK(out[0] == a);
+	/* A piece count that is not whole per block is left out, not sent wrong. */
+	ManifestEntry odd = a;
+	odd.subBlocks.pop_back();
+	buf.clear();
+	encodeManifestEntry(odd, &buf);
+	out.clear();
+	REQUIRE(decodeManifestEntries(buf, &out));
+	CHECK(out[0].subBlocks.empty());
+	/* An entry cut short is refused by the one-input decoder. */
+	std::vector<uint8_t> half;
+	first = 0;
+	encodeManifestChunk(a, &first, &half);
+	CHECK_FALSE(decodeManifestEntries(half, &out));
+}
+
 TEST_CASE("sparse and unhashed manifest entries round-trip; bad index order is refused")
 {
 	ManifestEntry a;
@@ -364,6 +413,50 @@ TEST_CASE("sparse and unhashed manifest entries round-trip; bad index order is r
 	std::vector<uint8_t> evil;
 	encodePathSelection("../x", r, &evil);
 	CHECK_FALSE(decodePathSelection(evil, &decoded));
+}
+
+TEST_CASE("with sub-block hashes a dirty-log resync sends the changed 4 KiB pieces only")
+{
+	Pair p;
+	constexpr uint32_t kBlock = 65536;
+	constexpr int kFiles = 8, kBlocksPerFile = 16;
+	for (int i = 0; i < kFiles; i++) {
+		std::string data = pattern(kBlock * kBlocksPerFile + 1000, static_cast<uint32_t>(i));
+		writeFile(p.src / ("f" + std::to_string(i)), data);
+		writeFile(p.dst / ("f" + std::to_string(i)), data);
+	}
+	p.resync(kBlock);
+	/* Per file: 4 KiB at a piece boundary, 2 bytes across two pieces, and the last
+	 * (short) block changed in its tail piece; the logs name those blocks. */
+	BlockSelection sel;
+	uint64_t changed = 0;
+	auto poke = [&](int file, uint64_t off, const std::string &bytes) {
+		int fd = open((p.src / ("f" + std::to_string(file))).c_str(), O_WRONLY);
+		REQUIRE(fd >= 0);
+		REQUIRE(pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(off)) == ssize_t(bytes.size()));
+		close(fd);
+		sel.byPath["f" + std::to_string(file)].add(off / kBlock, (off + bytes.size() - 1) / kBlock - off / kBlock + 1);
+	};
+	for (int i = 0; i < kFiles; i++) {
+		poke(i, 3 * kBlock + 5 * kSubBlockSize, pattern(kSubBlockSize, 100 + i));
+		poke(i, 9 * kBlock + 2 * kSubBlockSize - 1, "ab");
+		poke(i, 16 * kBlock + 900, "z");
+		changed += kSubBlockSize + 2 * kSubBlockSize + 1000;	/* pieces that differ */
+	}
+	ResyncStats s = p.resync(kBlock, &sel, true);
+	MESSAGE("sub-block resync: sent " << s.bytesSent << " bytes in " << s.blocksSent << " writes, "
+					  << s.piecesSkipped << " pieces skipped");
+	CHECK(treeDifferences(p.src.path(), p.dst.path()) == std::vector<std::string>{});
+	CHECK(s.bytesSent == changed);
+	CHECK(s.blocksSent == 3 * kFiles);
+	CHECK(s.piecesSkipped == uint64_t(kFiles) * (15 + 14));	/* the tail block has one piece */
+
+	/* Without them: whole blocks. */
+	for (int i = 0; i < kFiles; i++)
+		poke(i, 3 * kBlock + 5 * kSubBlockSize, pattern(kSubBlockSize, 200 + i));
+	s = p.resync(kBlock, &sel, false);
+	CHECK(s.bytesSent >= uint64_t(kFiles) * kBlock);
+	CHECK(treeDifferences(p.src.path(), p.dst.path()) == std::vector<std::string>{});
 }
 
 TEST_CASE("with dirty logs only the named blocks are read; changes outside them are asked for")
@@ -556,19 +649,39 @@ TEST_CASE("control channel: handshake, manifest, and frames from another connect
 	REQUIRE(t.ok());
 	REQUIRE(s.ok());
 	std::thread tgt([&] { CHECK((*t)->handshakeTarget(5000ms).ok()); });
-	CHECK(peekControlHello(sv[1], 1000ms) == static_cast<uint8_t>(ControlFrame::Hello));
+	CHECK(peekHello(sv[1], 1000ms) == static_cast<uint8_t>(ControlFrame::Hello));
 	REQUIRE((*s)->handshakeSource(5000ms).ok());
 	tgt.join();
 	ManifestEntry e;
 	e.path = "x";
 	e.blocks = { { 1, 2 } };
-	REQUIRE((*t)->sendManifest({ e }, 7).ok());
+	/* A file whose hashes need several frames (over 16 GiB of 64 KiB blocks), and
+	 * sparse hashes with sub-blocks. */
+	ManifestEntry big;
+	big.path = "big";
+	big.size = 300000ull << 16;
+	for (uint64_t i = 0; i < 300000; i++)
+		big.blocks.push_back({ i, i * 7 });
+	ManifestEntry subs;
+	subs.path = "subs";
+	subs.size = 1ull << 34;
+	subs.coverage = Coverage::Some;
+	for (uint64_t i = 0; i < 5000; i++) {
+		subs.blockIndex.push_back(i * 2);
+		subs.blocks.push_back({ i, ~i });
+		for (uint64_t j = 0; j < 16; j++)
+			subs.subBlocks.push_back({ i, j });
+	}
+	std::thread sender([&] { CHECK((*t)->sendManifest({ e, big, subs }, 7).ok()); });
 	std::vector<ManifestEntry> got;
 	uint64_t applied = 0;
 	REQUIRE((*s)->recvManifest(&got, &applied, 5000ms).ok());
+	sender.join();
 	CHECK(applied == 7);
-	REQUIRE(got.size() == 1);
+	REQUIRE(got.size() == 3);
 	CHECK(got[0] == e);
+	CHECK(got[1] == big);
+	CHECK(got[2] == subs);
 
 	/* A frame made for another connection (other nonce) is refused. */
 	auto codec = sk::WireCodec::create(testKey(), cid);

@@ -500,7 +500,7 @@ TEST_CASE("forged, unbound and garbage frames close the connection")
 		REQUIRE((*codec)->encode(h, payload, &out, sk::kMaxStreamPayload) == 0);
 		return out;
 	};
-	std::vector<uint8_t> hello = { 1, 0, 1, 0 };
+	std::vector<uint8_t> hello = { uint8_t(kStreamVersion), uint8_t(kStreamVersion >> 8), 1, 0 };
 	auto le = [](std::vector<uint8_t> *v, uint64_t x) {
 		for (int i = 0; i < 8; i++)
 			v->push_back(static_cast<uint8_t>(x >> (8 * i)));
