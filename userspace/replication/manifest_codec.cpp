@@ -20,8 +20,8 @@ constexpr size_t kMaxBlocksPerEntry = 32768;
 constexpr uint8_t kEntryContinues = 1;
 constexpr uint8_t kEntrySparse = 2;	/* Coverage::Some: u64 block index before each hash */
 constexpr uint8_t kEntryUnhashed = 4;	/* Coverage::None */
-/* With kEntrySparse: u16 pieces per block after the block count, and that many
- * sub-block hashes after each block's hash. */
+/* Hashed entries (not kEntryUnhashed): u16 pieces per block after the block count,
+ * and that many sub-block hashes after each block's hash. */
 constexpr uint8_t kEntrySubBlocks = 8;
 constexpr uint32_t kMaxPiecesPerBlock = (16u << 20) / kSubBlockSize;
 constexpr uint32_t kMaxRangesPerPath = 1u << 16;
@@ -91,7 +91,7 @@ void encodeManifestEntry(const ManifestEntry &e, std::vector<uint8_t> *out)
 bool encodeManifestChunk(const ManifestEntry &e, size_t *firstBlock, std::vector<uint8_t> *out)
 {
 	/* Pieces per block (0: none); a chunk then carries fewer blocks, so its size stays put. */
-	size_t pieces = e.coverage == Coverage::Some && !e.blocks.empty() && !e.subBlocks.empty()
+	size_t pieces = e.coverage != Coverage::None && !e.blocks.empty() && !e.subBlocks.empty()
 				? e.subBlocks.size() / e.blocks.size()
 				: 0;
 	if (pieces < 2 || pieces > kMaxPiecesPerBlock || e.subBlocks.size() != e.blocks.size() * pieces)
@@ -102,9 +102,11 @@ bool encodeManifestChunk(const ManifestEntry &e, size_t *firstBlock, std::vector
 	bool more = first + n < e.blocks.size();
 	uint8_t flags = more ? kEntryContinues : 0;
 	if (e.coverage == Coverage::Some)
-		flags |= kEntrySparse | (pieces ? kEntrySubBlocks : 0);
+		flags |= kEntrySparse;
 	else if (e.coverage == Coverage::None)
 		flags |= kEntryUnhashed;
+	if (pieces)
+		flags |= kEntrySubBlocks;
 	out->push_back(flags);
 	out->push_back(static_cast<uint8_t>(e.type));
 	le::append<uint16_t>(out, static_cast<uint16_t>(e.path.size()));
@@ -154,7 +156,7 @@ bool decodeManifestEntries(std::span<const uint8_t> in, std::vector<ManifestEntr
 		ManifestEntry e;
 		if (!r.u8(&flags) || (flags & ~(kEntryContinues | kEntrySparse | kEntryUnhashed | kEntrySubBlocks)) ||
 		    (flags & kEntrySparse && flags & kEntryUnhashed) ||
-		    (flags & kEntrySubBlocks && !(flags & kEntrySparse)) || !r.u8(&type) || type < 1 || type > 4 ||
+		    (flags & kEntrySubBlocks && flags & kEntryUnhashed) || !r.u8(&type) || type < 1 || type > 4 ||
 		    !r.u16(&plen) || !r.bytes(&e.path, plen) || !isValidOpPath(e.path, false) || !r.u32(&e.mode) ||
 		    !r.u32(&e.uid) || !r.u32(&e.gid) || !r.u64(&e.size) || !r.u64(&sec) ||
 		    !r.u32(&e.mtime.nsec) || !r.u64(&e.rdev) || !r.u16(&tlen) || !r.bytes(&e.target, tlen) ||

@@ -192,15 +192,20 @@ int scanDir(ScanState &st, int dirFd, const std::string &rel, int depth)
 					return -errno;
 				}
 				e.coverage = all ? Coverage::All : Coverage::Some;
-				/* Sub-blocks for the whole file or not at all, within the scan's budget. */
-				uint64_t pieces = picked.blocks() * (st.options.blockSize / kSubBlockSize);
-				bool subs = !all && st.options.subBlocks && st.options.blockSize > kSubBlockSize &&
+				/* Sub-blocks of what a selection names (whole file or not at all), within
+				 * the scan's budget; never in a full compare (16 times the manifest). */
+				uint64_t perBlock = st.options.blockSize / kSubBlockSize;
+				uint64_t nblocks = (e.size + st.options.blockSize - 1) / st.options.blockSize;
+				uint64_t pieces = (all ? nblocks : picked.blocks()) * perBlock;
+				bool subs = st.options.select && st.options.subBlocks && perBlock > 1 &&
 					    pieces <= st.subBudget;
 				if (subs)
 					st.subBudget -= pieces;
-				int r = all ? hashFile(fd, st.options.blockSize, e.size, &e.blocks, st.options.stop)
+				std::vector<Hash128> *subOut = subs ? &e.subBlocks : nullptr;
+				int r = all ? hashFile(fd, st.options.blockSize, e.size, &e.blocks, st.options.stop,
+						       nullptr, nullptr, subOut)
 					    : hashFile(fd, st.options.blockSize, e.size, &e.blocks, st.options.stop,
-						       &picked, &e.blockIndex, subs ? &e.subBlocks : nullptr);
+						       &picked, &e.blockIndex, subOut);
 				close(fd);
 				if (r < 0)
 					return r;
@@ -729,19 +734,23 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 	const uint64_t tailFrom = full || size == t->size ? UINT64_MAX : std::min(size, t->size) / bs;
 	/* Sub-block hashes: blockSize / kSubBlockSize per hashed block, if the target sent them. */
 	const size_t perBlock = bs / kSubBlockSize;
-	const bool withSubs = !full && perBlock > 1 && t->coverage == Coverage::Some &&
+	const bool withSubs = !full && perBlock > 1 && t->coverage != Coverage::None &&
 			      t->subBlocks.size() == t->blocks.size() * perBlock;
 	/* The target's hash of block i (null: not hashed there), and its pieces' in *subs. */
 	auto targetHash = [&](uint64_t i, const Hash128 **subs) -> const Hash128 * {
 		*subs = nullptr;
 		if (full)
 			return nullptr;
-		if (t->coverage == Coverage::All)
-			return i < t->blocks.size() ? &t->blocks[i] : nullptr;
-		auto it = std::lower_bound(t->blockIndex.begin(), t->blockIndex.end(), i);
-		if (it == t->blockIndex.end() || *it != i)
-			return nullptr;
-		size_t pos = static_cast<size_t>(it - t->blockIndex.begin());
+		size_t pos = static_cast<size_t>(i);
+		if (t->coverage == Coverage::All) {
+			if (i >= t->blocks.size())
+				return nullptr;
+		} else {
+			auto it = std::lower_bound(t->blockIndex.begin(), t->blockIndex.end(), i);
+			if (it == t->blockIndex.end() || *it != i)
+				return nullptr;
+			pos = static_cast<size_t>(it - t->blockIndex.begin());
+		}
 		if (withSubs)
 			*subs = &t->subBlocks[pos * perBlock];
 		return &t->blocks[pos];

@@ -68,8 +68,8 @@ struct ManifestEntry {
 	std::vector<Hash128> blocks;	/* File, when hashed: see Coverage */
 	Coverage coverage = Coverage::All;
 	std::vector<uint64_t> blockIndex;	/* Some */
-	/* Some, with ScanOptions::subBlocks: blockSize / kSubBlockSize hashes per hashed
-	 * block, in order (pieces past the end of the data hash as empty); or none. */
+	/* With ScanOptions::subBlocks: blockSize / kSubBlockSize hashes per hashed block,
+	 * in order (pieces past the end of the data hash as empty); or none. */
 	std::vector<Hash128> subBlocks;
 	bool operator==(const ManifestEntry &) const = default;
 };
@@ -80,7 +80,7 @@ struct ScanOptions {
 	/* With hashes: null hashes every block; else only the selected blocks of a file
 	 * (by inode or path; a path with no ranges means the whole file) are hashed. */
 	const BlockSelection *select = nullptr;
-	/* With select: also the sub-block hashes of what is hashed by block ranges. */
+	/* With select: also the sub-block hashes of what it names. */
 	bool subBlocks = false;
 	/* Called for every regular file listed, with its inode (maps dirty logs to paths). */
 	std::function<void(const std::string &path, uint64_t ino)> onFile;

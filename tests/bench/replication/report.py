@@ -185,9 +185,10 @@ def main():
         changed = max(1, c.get("bytes_changed", 1))
         tr = r["seconds"] / ref["seconds"] if ref.get("seconds") else 0.0
         init = one("initial_compare", s_)
-        p("  %-12s %7s %8.2f %12d %12d %8.2f %8.2f %9s  %s" % (
+        how = {True: "  (by dirty logs)", False: "  (compared everything)"}.get(r.get("by_dirty_logs"), "")
+        p("  %-12s %7s %8.2f %12d %12d %8.2f %8.2f %9s  %s%s" % (
             s_, r.get("block_size", "-"), r["seconds"], r["bytes_sent"], r["wire_bytes"], r["bytes_sent"] / changed, tr,
-            "%.1f s" % init["seconds"] if init else "-", r["identical"]))
+            "%.1f s" % init["seconds"] if init else "-", r["identical"], how))
         summary["resync"][s_] = {"seconds": r["seconds"], "bytes_sent": r["bytes_sent"], "wire_bytes": r["wire_bytes"],
                                  "sent_vs_changed": r["bytes_sent"] / changed, "time_vs_rsync_delta": tr,
                                  "identical": r["identical"]}

@@ -443,6 +443,14 @@ sk_resync() {
 	s=$(since "$t0")
 	result "{\"k\": \"initial_compare\", \"sys\": \"$name\", \"seconds\": $s}"
 	log "resync $name: first start over identical trees took $s s"
+	# A peer that was in sync for a while: the primary's dirty log covers (its first
+	# rotation behind a durable barrier, within 5 s), so the failback resyncs by the logs.
+	local i
+	for ((i = 0; i < 200; i++)); do
+		[ "$(sk_status n1 | jq '.replication.dirs[0].dirty_log.covers')" = true ] && break
+		sleep 0.1
+	done
+	[ "$i" -lt 200 ] || rig_fail "the dirty log of n1 does not cover after 20 s in sync"
 
 	rig_stop_skd n2
 	rig_wait_label n1 "$MOD" 'ALONE/running' 300
@@ -473,6 +481,7 @@ sk_resync() {
 		'{k: "resync", sys: $n, block_size: $bs, seconds: $s, bytes_sent: .replication.dirs[0].resync.bytes_sent,
 		  bytes_total: .replication.dirs[0].resync.bytes_total,
 		  blocks_skipped: .replication.dirs[0].resync.blocks_skipped,
+		  by_dirty_logs: .replication.dirs[0].resync.by_dirty_logs,
 		  log_bytes_sent: $logsent, wire_bytes: $w, identical: $same}' <<<"$st")"
 	log "resync $name: $s s, $sent bytes sent (module log: ${logsent:-none}), $((w1 - w0)) bytes on the wire, trees identical: $([ "$h1" = "$h2" ] && echo yes || echo NO)"
 	sk_down

@@ -341,6 +341,21 @@ TEST_CASE("sub-block hashes round-trip across continued entries; inconsistent on
 	CHECK(chunks == 3);
 	REQUIRE(out.size() == 1);
 	CHECK(out[0] == a);
+	/* Whole-file hashes carry pieces too. */
+	ManifestEntry whole;
+	whole.path = "whole";
+	whole.size = 3 * 65536;
+	for (uint64_t i = 0; i < 3; i++) {
+		whole.blocks.push_back({ i, i });
+		for (uint64_t j = 0; j < 16; j++)
+			whole.subBlocks.push_back({ j, i });
+	}
+	buf.clear();
+	encodeManifestEntry(whole, &buf);
+	out.clear();
+	REQUIRE(decodeManifestEntries(buf, &out));
+	REQUIRE(out.size() == 1);
+	CHECK(out[0] == whole);
 	/* A piece count that is not whole per block is left out, not sent wrong. */
 	ManifestEntry odd = a;
 	odd.subBlocks.pop_back();
@@ -443,13 +458,24 @@ TEST_CASE("with sub-block hashes a dirty-log resync sends the changed 4 KiB piec
 		poke(i, 16 * kBlock + 900, "z");
 		changed += kSubBlockSize + 2 * kSubBlockSize + 1000;	/* pieces that differ */
 	}
+	/* A file the logs name whole (hashed as a whole file) gets its pieces too. */
+	writeFile(p.src / "small", pattern(2 * kBlock, 7));
+	writeFile(p.dst / "small", pattern(2 * kBlock, 7));
+	{
+		int fd = open((p.src / "small").c_str(), O_WRONLY);
+		REQUIRE(fd >= 0);
+		REQUIRE(pwrite(fd, "q", 1, kBlock + 10) == 1);
+		close(fd);
+	}
+	sel.byPath["small"].add(0, 2);
+	changed += kSubBlockSize;
 	ResyncStats s = p.resync(kBlock, &sel, true);
 	MESSAGE("sub-block resync: sent " << s.bytesSent << " bytes in " << s.blocksSent << " writes, "
 					  << s.piecesSkipped << " pieces skipped");
 	CHECK(treeDifferences(p.src.path(), p.dst.path()) == std::vector<std::string>{});
 	CHECK(s.bytesSent == changed);
-	CHECK(s.blocksSent == 3 * kFiles);
-	CHECK(s.piecesSkipped == uint64_t(kFiles) * (15 + 14));	/* the tail block has one piece */
+	CHECK(s.blocksSent == 3 * kFiles + 1);
+	CHECK(s.piecesSkipped == uint64_t(kFiles) * (15 + 14) + 15);	/* the tail block has one piece */
 
 	/* Without them: whole blocks. */
 	for (int i = 0; i < kFiles; i++)
