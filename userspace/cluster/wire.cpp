@@ -178,13 +178,15 @@ constexpr size_t kGmacTagSize = 16;
 
 } /* namespace */
 
-int WireCodec::startSession(uint64_t localNonce, uint64_t peerNonce)
+int WireCodec::startSession(uint64_t localNonce, uint64_t peerNonce, Ways ways)
 {
-	if (sealCtx_ || localNonce == peerNonce)
+	if (openCtx_ || localNonce == peerNonce)
 		return -EINVAL;
-	EVP_CIPHER_CTX *ctxs[2] = { EVP_CIPHER_CTX_new(), EVP_CIPHER_CTX_new() };
+	EVP_CIPHER_CTX *ctxs[2] = { ways == Ways::Both ? EVP_CIPHER_CTX_new() : nullptr, EVP_CIPHER_CTX_new() };
 	int ret = 0;
 	for (int i = 0; i < 2 && ret == 0; i++) {
+		if (i == 0 && ways == Ways::Receive)
+			continue;
 		/* [0] seals what we send: sender = us; [1] checks what the peer sends. */
 		uint8_t input[kSessionLabel.size() + 16];
 		memcpy(input, kSessionLabel.data(), kSessionLabel.size());
@@ -231,14 +233,14 @@ int WireCodec::gmac(EVP_CIPHER_CTX *ctx, uint64_t sequence, std::span<const uint
 int WireCodec::macFor(bool sealing, uint64_t sequence, std::span<const uint8_t> head,
 		      std::span<const std::span<const uint8_t>> parts, uint8_t *out)
 {
-	if (!sealCtx_ || (sequence == 0 && sealing))
+	if (!openCtx_ || (sequence == 0 && sealing))
 		return mac(head, parts, out);
 	/* A hello after the session started is never genuine: the peer sent its one before. */
 	if (sequence == 0)
 		return -EPROTO;
 	if (!sealing)
 		return gmac(openCtx_, sequence, head, parts, out);
-	if (sequence <= lastSealed_)
+	if (!sealCtx_ || sequence <= lastSealed_)
 		return -EINVAL;
 	lastSealed_ = sequence;
 	return gmac(sealCtx_, sequence, head, parts, out);

@@ -171,10 +171,14 @@ public:
 	 * sequence not above the last one they sealed (an IV is never used twice with a
 	 * key, and both nonces make the keys new on every connection even if a peer's
 	 * hello is replayed). Frames with sequence 0 (hellos) are still sealed with the
-	 * HMAC but no longer accepted. -EINVAL: equal nonces or a session already started.
+	 * HMAC but no longer accepted. With `ways` Receive only (a codec that only reads:
+	 * the sender's ack reader, a control channel's receiving side), no sending key
+	 * exists and sealing a later frame fails (-EINVAL). -EINVAL: equal nonces or a
+	 * session already started.
 	 */
-	int startSession(uint64_t localNonce, uint64_t peerNonce);
-	bool inSession() const { return sealCtx_ != nullptr; }
+	enum class Ways { Both, Receive };
+	int startSession(uint64_t localNonce, uint64_t peerNonce, Ways ways = Ways::Both);
+	bool inSession() const { return openCtx_ != nullptr; }
 
 private:
 	WireCodec() = default;

@@ -998,7 +998,7 @@ Status ControlChannel::recv(ControlFrame *type, std::vector<uint8_t> *payload, s
 		if (f.header.sequence != 0 || recvCodec_->inSession() || f.header.incarnation == 0)
 			return makeError(-EPROTO, "control hello out of place");
 		/* Both nonces known: later frames use this connection's session keys. */
-		int ret = recvCodec_->startSession(localNonce_, f.header.incarnation);
+		int ret = recvCodec_->startSession(localNonce_, f.header.incarnation, WireCodec::Ways::Receive);
 		if (ret == 0) {
 			std::lock_guard<std::mutex> g(sendMutex_);
 			ret = sendCodec_->startSession(localNonce_, f.header.incarnation);

@@ -107,8 +107,10 @@ int recvAll(int fd, uint8_t *data, size_t size)
 class FrameIo
 {
 public:
-	FrameIo(int fd, std::unique_ptr<WireCodec> codec, const StreamConfig &cfg)
-		: fd_(fd), codec_(std::move(codec)), cfg_(cfg) {}
+	/* ways: Receive for a side that only reads (no sending key in its session). */
+	FrameIo(int fd, std::unique_ptr<WireCodec> codec, const StreamConfig &cfg,
+		WireCodec::Ways ways = WireCodec::Ways::Both)
+		: fd_(fd), codec_(std::move(codec)), cfg_(cfg), ways_(ways) {}
 
 	int send(StreamFrame type, std::span<const uint8_t> payload) { return send(type, { &payload, 1 }); }
 
@@ -216,7 +218,7 @@ public:
 	int setPeerNonce(uint64_t nonce)
 	{
 		peerNonce_ = nonce;
-		return codec_->startSession(myNonce, peerNonce_);
+		return codec_->startSession(myNonce, peerNonce_, ways_);
 	}
 	uint64_t peerNonce() const { return peerNonce_; }
 
@@ -226,6 +228,7 @@ private:
 	int fd_;
 	std::unique_ptr<WireCodec> codec_;
 	StreamConfig cfg_;
+	WireCodec::Ways ways_;
 	std::vector<struct iovec> iov_;
 	std::vector<uint8_t> rbuf_;
 	std::span<const uint8_t> payload_;
@@ -607,7 +610,7 @@ int ReplicationSender::attach(int fd)
 	auto conn = std::make_unique<Conn>();
 	conn->fd = fd;
 	conn->out = std::make_unique<FrameIo>(fd, std::move(out.value()), options_.stream);
-	conn->in = std::make_unique<FrameIo>(fd, std::move(in.value()), options_.stream);
+	conn->in = std::make_unique<FrameIo>(fd, std::move(in.value()), options_.stream, WireCodec::Ways::Receive);
 	/* Both directions share the connection's nonces. */
 	conn->in->myNonce = conn->out->myNonce;
 

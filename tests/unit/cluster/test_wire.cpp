@@ -164,6 +164,15 @@ TEST_CASE("session keys: per connection and direction, GMAC after the hellos, no
 	h.sequence = 7;
 	CHECK(a->seal(h, parts, header, mac) == -EINVAL);
 
+	/* A receive-only codec checks the peer's frames but cannot seal any. */
+	auto reader = makeCodec();
+	REQUIRE(reader->startSession(2, 1, WireCodec::Ways::Receive) == 0);
+	CHECK(reader->inSession());
+	CHECK(reader->decode(frame, &d, kMaxStreamPayload) == DropReason::None);
+	h.sequence = 1;
+	std::vector<uint8_t> none;
+	CHECK(reader->encode(h, payload, &none, kMaxStreamPayload) == -EINVAL);
+
 	/* Hellos (sequence 0) stay HMAC with the cluster key; once in a session, none is
 	 * accepted any more (the peer's one came before). */
 	h.sequence = 0;
