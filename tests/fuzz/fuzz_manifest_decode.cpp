@@ -5,6 +5,7 @@
  * target reads them. The first input byte picks the decoder. Whatever a decoder
  * accepts must hold its invariants and survive encode + decode unchanged.
  */
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -27,19 +28,33 @@ bool sameEntry(const ManifestEntry &a, const ManifestEntry &b)
 {
 	return a.path == b.path && a.type == b.type && a.mode == b.mode && a.uid == b.uid && a.gid == b.gid &&
 	       a.size == b.size && a.mtime == b.mtime && a.rdev == b.rdev && a.target == b.target &&
-	       a.coverage == b.coverage && a.blocks == b.blocks && a.blockIndex == b.blockIndex;
+	       a.coverage == b.coverage && a.blocks == b.blocks && a.blockIndex == b.blockIndex &&
+	       a.subBlocks == b.subBlocks;
 }
 
-void manifest(std::span<const uint8_t> in)
+/*
+ * The manifest as frames: `split` bytes, then the rest (an entry may continue across
+ * them, as ControlChannel::recvManifest reads it).
+ */
+void manifest(std::span<const uint8_t> in, size_t split)
 {
 	std::vector<ManifestEntry> entries;
-	if (!decodeManifestEntries(in, &entries))
+	bool continuing = false;
+	split = std::min(split, in.size());
+	if (!decodeManifestEntries(in.first(split), &entries, &continuing) ||
+	    !decodeManifestEntries(in.subspan(split), &entries, &continuing) || continuing)
 		return;
 	std::vector<uint8_t> again;
 	for (const auto &e : entries) {
 		check(!e.path.empty() && e.path[0] != '/');
 		check(e.coverage != Coverage::None || e.blocks.empty());
 		check(e.coverage != Coverage::Some || e.blockIndex.size() == e.blocks.size());
+		/* Sub-block hashes: none, or 2..4096 per block for every block. */
+		if (!e.subBlocks.empty()) {
+			check(!e.blocks.empty() && e.subBlocks.size() % e.blocks.size() == 0);
+			size_t pieces = e.subBlocks.size() / e.blocks.size();
+			check(pieces >= 2 && pieces <= 4096);
+		}
 		for (size_t i = 1; i < e.blockIndex.size(); i++)
 			check(e.blockIndex[i - 1] < e.blockIndex[i]);
 		encodeManifestEntry(e, &again);
@@ -83,6 +98,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (data[0] & 1)
 		selection(rest);
 	else
-		manifest(rest);
+		manifest(rest, data[0] >> 1 ? static_cast<size_t>(data[0] >> 1) * 8 : rest.size());	/* frame cut */
 	return 0;
 }

@@ -808,9 +808,10 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 		d->sent = sentTotal;
 		d->read = readTotal;
 		d->skipped += stats->blocksSkipped;
-		logInfo(kLog, "module {}: resync round {} of {}: {} files, {} bytes read, {} blocks sent ({} bytes), "
-			"{} skipped, {} removed", ctx_.module->name, round, d->path, stats->files, stats->bytesRead,
-			stats->blocksSent, stats->bytesSent, stats->blocksSkipped, stats->removed);
+		logInfo(kLog, "module {}: resync round {} of {}: {} files, {} bytes read, {} writes sent ({} bytes), "
+			"{} blocks equal, {} equal 4 KiB pieces of differing blocks not sent, {} removed",
+			ctx_.module->name, round, d->path, stats->files, stats->bytesRead, stats->blocksSent,
+			stats->bytesSent, stats->blocksSkipped, stats->piecesSkipped, stats->removed);
 		if (auto s = barrier(); !s)
 			return s;
 		publish(prevDone, d->total);

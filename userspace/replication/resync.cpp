@@ -19,6 +19,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include <fmt/format.h>
 #include <openssl/rand.h>
 #include <xxhash.h>
 
@@ -196,9 +197,14 @@ int scanDir(ScanState &st, int dirFd, const std::string &rel, int depth)
 				 * the scan's budget; never in a full compare (16 times the manifest). */
 				uint64_t perBlock = st.options.blockSize / kSubBlockSize;
 				uint64_t nblocks = (e.size + st.options.blockSize - 1) / st.options.blockSize;
-				uint64_t pieces = (all ? nblocks : picked.blocks()) * perBlock;
+				/* Blocks named inside the file only (the peer's ranges may run past it). */
+				uint64_t named = all ? nblocks : 0;
+				for (const auto &[from, count] : picked.ranges)
+					if (!all && from < nblocks)
+						named += std::min(count, nblocks - from);
+				uint64_t pieces = named * perBlock;
 				bool subs = st.options.select && st.options.subBlocks && perBlock > 1 &&
-					    pieces <= st.subBudget;
+					    st.options.blockSize % kSubBlockSize == 0 && pieces <= st.subBudget;
 				if (subs)
 					st.subBudget -= pieces;
 				std::vector<Hash128> *subOut = subs ? &e.subBlocks : nullptr;
@@ -734,7 +740,7 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 	const uint64_t tailFrom = full || size == t->size ? UINT64_MAX : std::min(size, t->size) / bs;
 	/* Sub-block hashes: blockSize / kSubBlockSize per hashed block, if the target sent them. */
 	const size_t perBlock = bs / kSubBlockSize;
-	const bool withSubs = !full && perBlock > 1 && t->coverage != Coverage::None &&
+	const bool withSubs = !full && perBlock > 1 && bs % kSubBlockSize == 0 && t->coverage != Coverage::None &&
 			      t->subBlocks.size() == t->blocks.size() * perBlock;
 	/* The target's hash of block i (null: not hashed there), and its pieces' in *subs. */
 	auto targetHash = [&](uint64_t i, const Hash128 **subs) -> const Hash128 * {
@@ -814,6 +820,7 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 		pieces.clear();
 		hashPieces({ buf.data(), static_cast<size_t>(n) }, bs, &pieces);
 		size_t runFrom = SIZE_MAX;
+		uint64_t sentBefore = stats_.bytesSent;
 		for (size_t j = 0; j <= perBlock; j++) {
 			size_t from = std::min(j * kSubBlockSize, static_cast<size_t>(n));
 			size_t to = std::min(from + kSubBlockSize, static_cast<size_t>(n));
@@ -829,6 +836,11 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 			if (!differs && j < perBlock && from < to)
 				stats_.piecesSkipped++;
 		}
+		/* The block differs but no piece does (not possible with a consistent peer):
+		 * send it whole rather than trust the pieces. */
+		if (stats_.bytesSent == sentBefore)
+			if (int r = send(off, 0, static_cast<size_t>(n)); r < 0)
+				return r;
 	}
 
 	auto gate = sink_->hold();
@@ -1024,9 +1036,30 @@ Status ControlChannel::recv(ControlFrame *type, std::vector<uint8_t> *payload, s
 	return {};
 }
 
+namespace {
+
+/* Hello and Challenge carry u16 kControlVersion (none before version 2). */
+std::vector<uint8_t> controlVersion()
+{
+	std::vector<uint8_t> v;
+	le::append<uint16_t>(&v, kControlVersion);
+	return v;
+}
+
+Status checkControlVersion(const std::vector<uint8_t> &payload, const char *peer)
+{
+	uint16_t v = payload.size() == 2 ? le::get<uint16_t>(payload.data()) : 1;
+	if (v != kControlVersion)
+		return makeError(-EPROTO, fmt::format("the {} runs another SK version (control protocol {}, "
+						      "we speak {}): upgrade both nodes", peer, v, kControlVersion));
+	return {};
+}
+
+} /* namespace */
+
 Status ControlChannel::handshakeTarget(std::chrono::milliseconds timeout, ControlFrame hello)
 {
-	if (auto s = send(hello, {}); !s)
+	if (auto s = send(hello, controlVersion()); !s)
 		return s;
 	ControlFrame type;
 	std::vector<uint8_t> payload;
@@ -1034,7 +1067,7 @@ Status ControlChannel::handshakeTarget(std::chrono::milliseconds timeout, Contro
 		return s;
 	if (type != ControlFrame::Challenge)
 		return makeError(-EPROTO, "control: expected a challenge");
-	return {};
+	return checkControlVersion(payload, "source");
 }
 
 Status ControlChannel::handshakeSource(std::chrono::milliseconds timeout, ControlFrame hello)
@@ -1045,7 +1078,9 @@ Status ControlChannel::handshakeSource(std::chrono::milliseconds timeout, Contro
 		return s;
 	if (type != hello)
 		return makeError(-EPROTO, "control: expected a hello");
-	return send(ControlFrame::Challenge, {});
+	if (auto s = checkControlVersion(payload, "target"); !s)
+		return s;
+	return send(ControlFrame::Challenge, controlVersion());
 }
 
 Status ControlChannel::sendManifest(const std::vector<ManifestEntry> &entries, uint64_t lastApplied)

@@ -38,8 +38,9 @@ Hash128 hashBlock(std::span<const uint8_t> data);
  * Sub-block hashes (ScanOptions::subBlocks): where the dirty logs name blocks, the
  * target also hashes each kSubBlockSize piece of them, and the source sends only the
  * pieces of a differing block that differ (a 4 KiB write costs 4 KiB, not a whole
- * block). At most kMaxSubBlocks of them per scan (64 MiB of hashes for 16 GiB named);
- * past that, files are compared by whole blocks.
+ * block). At most kMaxSubBlocks of them per scan (64 MiB of hashes for 16 GiB named;
+ * a resync runs up to three scans: by the logs, files changed outside them, renamed
+ * paths); past that, files are compared by whole blocks.
  */
 constexpr uint32_t kSubBlockSize = 4096;
 constexpr uint64_t kMaxSubBlocks = 4u << 20;
@@ -198,7 +199,7 @@ struct ResyncStats {
 	uint64_t bytesDone = 0;
 	uint64_t bytesRead = 0;		/* source bytes read and hashed */
 	uint64_t bytesSent = 0;		/* Write payload submitted */
-	uint64_t blocksSent = 0;
+	uint64_t blocksSent = 0;	/* Write ops: whole blocks, or runs of differing pieces */
 	uint64_t blocksSkipped = 0;	/* hash matched the target's */
 	uint64_t piecesSkipped = 0;	/* sub-blocks of sent blocks that matched (not sent) */
 	uint64_t ops = 0;
@@ -252,6 +253,9 @@ Result<ResyncStats> runResyncRound(int rootFd, uint16_t dirIndex, const ScanOpti
  * After the hellos each frame carries the receiving side's nonce as incarnation and a
  * per-direction sequence 1, 2, ...: a frame recorded from another connection is refused.
  */
+/* 2: session keys, sub-block hashes, VerifyReport (1: no version in the hello). */
+constexpr uint16_t kControlVersion = 2;
+
 enum class ControlFrame : uint8_t {
 	Hello = 0x20,
 	Challenge = 0x21,

@@ -469,13 +469,25 @@ TEST_CASE("with sub-block hashes a dirty-log resync sends the changed 4 KiB piec
 	}
 	sel.byPath["small"].add(0, 2);
 	changed += kSubBlockSize;
+	/* Sizes that differ inside a sub-hashed block: the source appended into the
+	 * target's partial last piece, or cut the file inside a piece. */
+	std::string base = pattern(kBlock + 30000, 8);
+	writeFile(p.dst / "grew", base);
+	writeFile(p.src / "grew", base + pattern(2048, 9));
+	sel.byPath["grew"].add(1, 1);
+	changed += (kBlock + 32048) - (kBlock + 7 * kSubBlockSize);	/* piece 7 of block 1, to the end */
+	writeFile(p.dst / "shrank", base);
+	writeFile(p.src / "shrank", base.substr(0, kBlock + 10000));
+	sel.byPath["shrank"].add(1, 1);
+	changed += 10000 - 2 * kSubBlockSize;	/* piece 2 of block 1: shorter than the target's */
 	ResyncStats s = p.resync(kBlock, &sel, true);
 	MESSAGE("sub-block resync: sent " << s.bytesSent << " bytes in " << s.blocksSent << " writes, "
 					  << s.piecesSkipped << " pieces skipped");
 	CHECK(treeDifferences(p.src.path(), p.dst.path()) == std::vector<std::string>{});
 	CHECK(s.bytesSent == changed);
-	CHECK(s.blocksSent == 3 * kFiles + 1);
-	CHECK(s.piecesSkipped == uint64_t(kFiles) * (15 + 14) + 15);	/* the tail block has one piece */
+	CHECK(s.blocksSent == 3 * kFiles + 3);
+	/* The tail block has one piece; grew: 7 equal pieces; shrank: 2. */
+	CHECK(s.piecesSkipped == uint64_t(kFiles) * (15 + 14) + 15 + 7 + 2);
 
 	/* Without them: whole blocks. */
 	for (int i = 0; i < kFiles; i++)
@@ -726,4 +738,16 @@ TEST_CASE("control channel: handshake, manifest, and frames from another connect
 	auto r = (*t)->recv(&type, &payload, 5000ms);
 	CHECK_FALSE(r.ok());
 	CHECK(r.code() == -EPROTO);
+
+	/* A peer of an older version (no version in its hello) is told so. */
+	int old[2];
+	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, old) == 0);
+	auto ot = ControlChannel::create(old[0], testKey(), cid, "mod", 2);
+	auto os = ControlChannel::create(old[1], testKey(), cid, "mod", 1);
+	REQUIRE(ot.ok());
+	REQUIRE(os.ok());
+	REQUIRE((*ot)->send(ControlFrame::Hello, {}).ok());
+	auto v = (*os)->handshakeSource(5000ms);
+	CHECK_FALSE(v.ok());
+	CHECK(v.error().message.find("another SK version (control protocol 1") != std::string::npos);
 }
