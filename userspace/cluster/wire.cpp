@@ -178,33 +178,37 @@ constexpr size_t kGmacTagSize = 16;
 
 } /* namespace */
 
+/* An AES-256-GCM context keyed for the frames `from` sends to `to` (by their nonces). */
+EVP_CIPHER_CTX *WireCodec::sessionKey(uint64_t from, uint64_t to)
+{
+	uint8_t input[kSessionLabel.size() + 16];
+	memcpy(input, kSessionLabel.data(), kSessionLabel.size());
+	putU64(input + kSessionLabel.size(), from);
+	putU64(input + kSessionLabel.size() + 8, to);
+	uint8_t key[kWireMacSize];
+	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+	if (ctx && (mac({ input, sizeof(input) }, {}, key) < 0 ||
+		    EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), nullptr, key, nullptr) != 1)) {
+		EVP_CIPHER_CTX_free(ctx);
+		ctx = nullptr;
+	}
+	OPENSSL_cleanse(key, sizeof(key));
+	return ctx;
+}
+
 int WireCodec::startSession(uint64_t localNonce, uint64_t peerNonce, Ways ways)
 {
 	if (openCtx_ || localNonce == peerNonce)
 		return -EINVAL;
-	EVP_CIPHER_CTX *ctxs[2] = { ways == Ways::Both ? EVP_CIPHER_CTX_new() : nullptr, EVP_CIPHER_CTX_new() };
-	int ret = 0;
-	for (int i = 0; i < 2 && ret == 0; i++) {
-		if (i == 0 && ways == Ways::Receive)
-			continue;
-		/* [0] seals what we send: sender = us; [1] checks what the peer sends. */
-		uint8_t input[kSessionLabel.size() + 16];
-		memcpy(input, kSessionLabel.data(), kSessionLabel.size());
-		putU64(input + kSessionLabel.size(), i == 0 ? localNonce : peerNonce);
-		putU64(input + kSessionLabel.size() + 8, i == 0 ? peerNonce : localNonce);
-		uint8_t key[kWireMacSize];
-		if (!ctxs[i] || mac({ input, sizeof(input) }, {}, key) < 0 ||
-		    EVP_EncryptInit_ex(ctxs[i], EVP_aes_256_gcm(), nullptr, key, nullptr) != 1)
-			ret = -EIO;
-		OPENSSL_cleanse(key, sizeof(key));
+	EVP_CIPHER_CTX *open = sessionKey(peerNonce, localNonce);
+	EVP_CIPHER_CTX *seal = ways == Ways::Both ? sessionKey(localNonce, peerNonce) : nullptr;
+	if (!open || (ways == Ways::Both && !seal)) {
+		EVP_CIPHER_CTX_free(open);
+		EVP_CIPHER_CTX_free(seal);
+		return -EIO;
 	}
-	if (ret < 0) {
-		EVP_CIPHER_CTX_free(ctxs[0]);
-		EVP_CIPHER_CTX_free(ctxs[1]);
-		return ret;
-	}
-	sealCtx_ = ctxs[0];
-	openCtx_ = ctxs[1];
+	openCtx_ = open;
+	sealCtx_ = seal;
 	return 0;
 }
 
@@ -280,23 +284,13 @@ void WireCodec::putHeader(const FrameHeader &header, size_t payloadLen, uint8_t 
 int WireCodec::encode(const FrameHeader &header, std::span<const uint8_t> payload,
 		      std::vector<uint8_t> *out, size_t maxPayload)
 {
-	if (header.module.size() > kMaxModuleName)
-		return -EINVAL;
-	if (payload.size() > maxPayload || payload.size() > kMaxStreamPayload)
-		return -EMSGSIZE;
-
-	size_t start = out->size();
-	out->reserve(start + kWireOverhead + payload.size());
-	out->resize(start + kWireHeaderSize);
-	putHeader(header, payload.size(), out->data() + start);
-	out->insert(out->end(), payload.begin(), payload.end());
-	out->resize(out->size() + kWireMacSize);
-	uint8_t *p = out->data() + start;
-	size_t macOffset = kWireHeaderSize + payload.size();
-	if (int ret = macFor(true, header.sequence, { p, macOffset }, {}, p + macOffset); ret < 0) {
-		out->resize(start);
+	uint8_t head[kWireHeaderSize], mac[kWireMacSize];
+	if (int ret = seal(header, { &payload, 1 }, head, mac, maxPayload); ret < 0)
 		return ret;
-	}
+	out->reserve(out->size() + kWireOverhead + payload.size());
+	out->insert(out->end(), head, head + kWireHeaderSize);
+	out->insert(out->end(), payload.begin(), payload.end());
+	out->insert(out->end(), mac, mac + kWireMacSize);
 	return 0;
 }
 

@@ -185,6 +185,7 @@ private:
 	int mac(std::span<const uint8_t> head, std::span<const std::span<const uint8_t>> parts, uint8_t *out);
 	void putHeader(const FrameHeader &header, size_t payloadLen, uint8_t *p) const;
 
+	struct evp_cipher_ctx_st *sessionKey(uint64_t from, uint64_t to);
 	int gmac(struct evp_cipher_ctx_st *ctx, uint64_t sequence, std::span<const uint8_t> head,
 		 std::span<const std::span<const uint8_t>> parts, uint8_t *out);
 	int macFor(bool sealing, uint64_t sequence, std::span<const uint8_t> head,

@@ -820,25 +820,26 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 		pieces.clear();
 		hashPieces({ buf.data(), static_cast<size_t>(n) }, bs, &pieces);
 		size_t runFrom = SIZE_MAX;
-		uint64_t sentBefore = stats_.bytesSent;
+		bool sent = false;
 		for (size_t j = 0; j <= perBlock; j++) {
 			size_t from = std::min(j * kSubBlockSize, static_cast<size_t>(n));
 			size_t to = std::min(from + kSubBlockSize, static_cast<size_t>(n));
-			bool differs = j < perBlock && from < to &&
-				       (pieces[j] != subs[j] || off + to > t->size);
+			bool piece = j < perBlock && from < to;
+			bool differs = piece && (pieces[j] != subs[j] || off + to > t->size);
 			if (differs && runFrom == SIZE_MAX) {
 				runFrom = from;
 			} else if (!differs && runFrom != SIZE_MAX) {
 				if (int r = send(off, runFrom, from); r < 0)
 					return r;
 				runFrom = SIZE_MAX;
+				sent = true;
 			}
-			if (!differs && j < perBlock && from < to)
+			if (piece && !differs)
 				stats_.piecesSkipped++;
 		}
 		/* The block differs but no piece does (not possible with a consistent peer):
 		 * send it whole rather than trust the pieces. */
-		if (stats_.bytesSent == sentBefore)
+		if (!sent)
 			if (int r = send(off, 0, static_cast<size_t>(n)); r < 0)
 				return r;
 	}

@@ -54,6 +54,14 @@ uint64_t randomU64()
 	return v;
 }
 
+/* Bounds blocking reads on fd (0: no bound, e.g. once the peer is authenticated). */
+void setRecvTimeout(int fd, std::chrono::milliseconds timeout)
+{
+	long ms = static_cast<long>(timeout.count());
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+}
+
 /* Sends every byte of iov[0..count), which it consumes (IOV_MAX at a time). */
 int sendAllv(int fd, struct iovec *iov, size_t count)
 {
@@ -604,9 +612,7 @@ int ReplicationSender::attach(int fd)
 	tuneSocket(fd);
 	/* Until the peer's hello is in (readerMain lifts it): a client that connects and
 	 * says nothing does not hold the one connection slot. */
-	auto ms = std::max<long>(1, static_cast<long>(kHandshakeTimeout.count()));
-	struct timeval handshake = { ms / 1000, (ms % 1000) * 1000 };
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &handshake, sizeof(handshake));
+	setRecvTimeout(fd, kHandshakeTimeout);
 	auto conn = std::make_unique<Conn>();
 	conn->fd = fd;
 	conn->out = std::make_unique<FrameIo>(fd, std::move(out.value()), options_.stream);
@@ -810,8 +816,7 @@ void ReplicationSender::readerMain(Conn *conn)
 		return;
 	}
 	/* Authenticated: an idle stream is normal from here on (keepalive finds dead peers). */
-	struct timeval noTimeout = { 0, 0 };
-	setsockopt(conn->fd, SOL_SOCKET, SO_RCVTIMEO, &noTimeout, sizeof(noTimeout));
+	setRecvTimeout(conn->fd, std::chrono::milliseconds(0));
 
 	bool resync = false;
 	uint64_t start;
@@ -1007,9 +1012,7 @@ std::string ReplicationReceiver::serveConn(int fd)
 
 	/* Until the peer has proven it holds the key, it may not hold the one connection
 	 * slot for long: bound the handshake reads. */
-	auto ms = std::max<long>(1, static_cast<long>(options_.handshakeTimeout.count()));
-	struct timeval handshakeTimeout = { ms / 1000, (ms % 1000) * 1000 };
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &handshakeTimeout, sizeof(handshakeTimeout));
+	setRecvTimeout(fd, std::max(options_.handshakeTimeout, std::chrono::milliseconds(1)));
 
 	Hello mine;
 	mine.role = kRoleReceiver;
@@ -1041,8 +1044,7 @@ std::string ReplicationReceiver::serveConn(int fd)
 	if (epoch == 0 || startSeq == 0 || epoch != peer.epoch)
 		return reject("malformed start frame");
 	/* Authenticated: an idle stream is normal from here on (keepalive finds dead peers). */
-	struct timeval noTimeout = { 0, 0 };
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &noTimeout, sizeof(noTimeout));
+	setRecvTimeout(fd, std::chrono::milliseconds(0));
 	{
 		std::lock_guard<std::mutex> lock(mutex_);
 		if (epoch != epoch_ || startSeq != lastApplied_ + 1) {

@@ -107,6 +107,15 @@ struct ReceiverSide {
 	}
 };
 
+Op mkdirOp(const std::string &path)
+{
+	Op m;
+	m.type = OpType::Mkdir;
+	m.path = path;
+	m.mode = 0755;
+	return m;
+}
+
 std::unique_ptr<ReplicationSender> makeSender(size_t queueLimit = 64u << 20)
 {
 	ReplicationSender::Options o;
@@ -549,11 +558,7 @@ TEST_CASE("forged, unbound and garbage frames close the connection")
 	/* After all that, a genuine sender still gets through. */
 	auto sender = makeSender();
 	REQUIRE(sender->attach(rx.dial()) == 0);
-	Op m;
-	m.type = OpType::Mkdir;
-	m.path = "ok";
-	m.mode = 0755;
-	sender->submit(std::move(m));
+	sender->submit(mkdirOp("ok"));
 	CHECK(sender->waitAckedFor(sender->submitBarrier(false), 10s) == 0);
 	struct stat st;
 	CHECK(stat((rx.dir / "ok").c_str(), &st) == 0);
@@ -567,19 +572,11 @@ TEST_CASE("a verify request reaches the receiver's owner between ops, only while
 	CHECK(sender->requestVerify() == -ENOTCONN);
 	REQUIRE(sender->attach(rx.dial()) == 0);
 	REQUIRE(eventually([&] { return sender->streaming(); }));
-	Op m;
-	m.type = OpType::Mkdir;
-	m.path = "before";
-	m.mode = 0755;
-	sender->submit(std::move(m));
+	sender->submit(mkdirOp("before"));
 	REQUIRE(sender->requestVerify() == 0);
 	CHECK(eventually([&] { return asked.load() == 1; }));
 	/* The stream goes on: later ops are applied and acked. */
-	m = Op{};
-	m.type = OpType::Mkdir;
-	m.path = "after";
-	m.mode = 0755;
-	sender->submit(std::move(m));
+	sender->submit(mkdirOp("after"));
 	CHECK(sender->waitAckedFor(sender->submitBarrier(false), 10s) == 0);
 	struct stat st;
 	CHECK(stat((rx.dir / "after").c_str(), &st) == 0);
