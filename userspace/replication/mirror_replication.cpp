@@ -265,6 +265,9 @@ private:
 		std::mutex chMutex;
 		ControlChannel *channel = nullptr;	/* live resync connection, under chMutex */
 		std::atomic<bool> inSync{ false };
+		/* Rotate now, not at the next interval: the target just came in sync (until the
+		 * first rotation the log does not cover, and a crash would mean a full compare). */
+		std::atomic<bool> rotateSoon{ false };
 		std::atomic<uint64_t> done{ 0 }, total{ 0 }, sent{ 0 }, skipped{ 0 }, rounds{ 0 };
 		std::atomic<uint64_t> resyncStartMs{ 0 }, resyncEndMs{ 0 };
 	};
@@ -873,6 +876,11 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 		return s;
 	}
 	logInfo(kLog, "module {}: target in sync for {} ({} bytes sent)", ctx_.module->name, d->path, sentTotal);
+	if (d->log) {
+		std::lock_guard<std::mutex> l(rotateMutex_);
+		d->rotateSoon = true;
+		rotateWake_.notify_all();
+	}
 	return {};
 }
 
@@ -885,7 +893,8 @@ void SyncReplication::rotateMain(SourceDir *d)
 	for (;;) {
 		{
 			std::unique_lock<std::mutex> l(rotateMutex_);
-			rotateWake_.wait_for(l, kRotateInterval, [this] { return stopping_.load(); });
+			rotateWake_.wait_for(l, kRotateInterval,
+					     [this, d] { return stopping_.load() || d->rotateSoon.exchange(false); });
 		}
 		if (stopping_)
 			return;
