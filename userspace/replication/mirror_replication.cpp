@@ -6,6 +6,7 @@
  */
 #include "replication/mirror_replication.h"
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
@@ -700,9 +701,16 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 	if (auto s = ch->recvManifest(&hashed, &ignored, 0ms); !s)
 		return s;
 	repl::mergeManifest(&manifest, std::move(hashed));
-	d->partial = !full;
+	/* The target may compare everything on its own (its log is unusable): then every
+	 * file it lists carries all its hashes. */
+	d->partial = !full && std::any_of(manifest.begin(), manifest.end(), [](const repl::ManifestEntry &e) {
+		return e.type == repl::EntryType::File && e.coverage != repl::Coverage::All;
+	});
 	if (full)
 		logInfo(kLog, "module {}: resync of {} compares everything: {}", ctx_.module->name, d->path, fullWhy);
+	else if (!d->partial)
+		logInfo(kLog, "module {}: resync of {} compares everything (the target's choice)", ctx_.module->name,
+			d->path);
 	else
 		logInfo(kLog, "module {}: resync of {} by dirty logs: {} file(s) named here, {} changed outside the logs",
 			ctx_.module->name, d->path, want.byPath.size(), ask.byPath.size());
@@ -771,6 +779,11 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 	};
 	repl::ScanOptions so = scanOptions(d->index);
 	uint64_t sentTotal = 0, readTotal = 0;
+	/* A full compare's manifest has no piece hashes, nor has it any of the blocks
+	 * written after the Want (late): those blocks wait for a round that asks for
+	 * theirs, so that a 4 KiB change costs 4 KiB there too. */
+	bool deferPieces = true;
+	repl::BlockSelection deferred;
 	for (int round = 1;; round++) {
 		d->rounds = static_cast<uint64_t>(round);
 		/*
@@ -800,10 +813,11 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 			prevSeq = d->gate->lastSeq();
 			prevDone = done;
 		};
+		deferred = {};
 		auto stats = repl::runResyncRound(d->rootFd, static_cast<uint16_t>(d->index), so, manifest,
 						  d->gate.get(), progress,
 						  round == 1 ? std::function<Status()>(atStart) : std::function<Status()>(),
-						  round == 1 ? &late : nullptr);
+						  round == 1 ? &late : nullptr, deferPieces ? &deferred : nullptr);
 		if (!stats)
 			return stats.error();
 		sentTotal += stats->bytesSent;
@@ -812,46 +826,66 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 		d->read = readTotal;
 		d->skipped += stats->blocksSkipped;
 		logInfo(kLog, "module {}: resync round {} of {}: {} files, {} bytes read, {} writes sent ({} bytes), "
-			"{} blocks equal, {} equal 4 KiB pieces of differing blocks not sent, {} removed",
+			"{} blocks equal, {} equal 4 KiB pieces of differing blocks not sent, {} blocks left to "
+			"a 4 KiB piece compare, {} removed",
 			ctx_.module->name, round, d->path, stats->files, stats->bytesRead, stats->blocksSent,
-			stats->bytesSent, stats->blocksSkipped, stats->piecesSkipped, stats->removed);
+			stats->bytesSent, stats->blocksSkipped, stats->piecesSkipped, stats->blocksDeferred,
+			stats->removed);
 		if (auto s = barrier(); !s)
 			return s;
 		publish(prevDone, d->total);
-		if (d->gate->lastRenameSeq() <= base)
+		const bool raced = d->gate->lastRenameSeq() > base;
+		if (!raced && deferred.empty())
 			break;
 		if (round >= kMaxRounds)
 			return makeError(-EAGAIN, "renames kept racing the resync; will retry");
-		/*
-		 * A rename moved target files the manifest saw, so blocks skipped by its
-		 * hashes may differ. Hold new renames back (they would race the next round
-		 * too, for ever under a steady rename load), let those under way reach the
-		 * target, then compare the renamed paths again from a fresh manifest. A
-		 * renamed directory moved a whole subtree: then compare everything.
-		 */
-		if (!fence.raised) {
-			if (!d->gate->raiseRenameFence(30000ms))
-				return makeError(-EAGAIN, "a rename did not finish within 30 s; will retry");
-			fence.raised = true;
-		}
-		if (auto s = barrier(); !s)
-			return s;
-		repl::GatedSink::Renamed renamed;
-		{
-			auto g = d->gate->hold();
-			renamed = d->gate->takeRenamed();
-		}
 		repl::BlockSelection again;
-		bool all = renamed.overflow;
-		for (const auto &path : renamed.paths) {
-			struct stat st;
-			if (fstatat(d->rootFd, path.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode))
-				all = true;
-			again.byPath[path];
+		bool all = false;
+		if (!raced) {
+			logInfo(kLog, "module {}: resync of {}: asking for the 4 KiB piece hashes of {} block(s) "
+				"in {} file(s)", ctx_.module->name, d->path, stats->blocksDeferred,
+				deferred.byPath.size());
+		} else {
+			/*
+			 * A rename moved target files the manifest saw, so blocks skipped by its
+			 * hashes may differ. Hold new renames back (they would race the next round
+			 * too, for ever under a steady rename load), let those under way reach the
+			 * target, then compare the renamed paths again from a fresh manifest. A
+			 * renamed directory moved a whole subtree: then compare everything.
+			 */
+			if (!fence.raised) {
+				if (!d->gate->raiseRenameFence(30000ms))
+					return makeError(-EAGAIN, "a rename did not finish within 30 s; will retry");
+				fence.raised = true;
+			}
+			if (auto s = barrier(); !s)
+				return s;
+			repl::GatedSink::Renamed renamed;
+			{
+				auto g = d->gate->hold();
+				renamed = d->gate->takeRenamed();
+			}
+			all = renamed.overflow;
+			for (const auto &path : renamed.paths) {
+				struct stat st;
+				if (fstatat(d->rootFd, path.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+				    S_ISDIR(st.st_mode))
+					all = true;
+				again.byPath[path];
+			}
+			logInfo(kLog, "module {}: resync round {} of {} raced renames: renames held back, comparing {} "
+				"again{}", ctx_.module->name, round, d->path,
+				all ? std::string("everything") : fmt::format("{} renamed path(s)", again.byPath.size()),
+				deferred.empty() ? "" : " and some blocks by 4 KiB pieces");
 		}
-		logInfo(kLog, "module {}: resync round {} of {} raced renames: renames held back, comparing {} again",
-			ctx_.module->name, round, d->path,
-			all ? std::string("everything") : fmt::format("{} renamed path(s)", again.byPath.size()));
+		/* The deferred blocks join the selection (a renamed path already asks for all of its file). */
+		for (auto &[path, ranges] : deferred.byPath)
+			if (!again.byPath.count(path))
+				again.byPath[path] = std::move(ranges);
+		if (again.byPath.size() > repl::kMaxSelectionPaths) {
+			all = true;
+			again.byPath.clear();
+		}
 		if (auto s = ch->send(ControlFrame::Rescan, {}); !s)
 			return s;
 		if (auto s = ch->sendSelection(ControlFrame::Want, ControlFrame::WantEnd, again, all); !s)
@@ -859,6 +893,9 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 		if (auto s = ch->recvManifest(&manifest, &targetApplied, 0ms); !s)
 			return s;
 		base = targetApplied;
+		/* Once: a later full manifest (renamed directories, too many paths) has no piece
+		 * hashes either, but deferring again could go on for ever; it sends whole blocks. */
+		deferPieces = false;
 	}
 	/*
 	 * Durability calls wait for the target again. One more barrier: a call that

@@ -386,9 +386,9 @@ class RoundRunner
 public:
 	RoundRunner(int rootFd, uint16_t dirIndex, const ScanOptions &options,
 		    const std::vector<ManifestEntry> &target, GatedSink *sink, const ResyncProgressFn &progress,
-		    const BlockSelection *sendUnhashed)
+		    const BlockSelection *sendUnhashed, BlockSelection *deferred)
 		: rootFd_(rootFd), dir_(dirIndex), options_(options), sink_(sink), progress_(progress),
-		  sendUnhashed_(sendUnhashed)
+		  sendUnhashed_(sendUnhashed), deferred_(deferred)
 	{
 		for (const auto &e : target)
 			index_[e.path] = &e;
@@ -541,6 +541,8 @@ private:
 	GatedSink *sink_;
 	const ResyncProgressFn &progress_;
 	const BlockSelection *sendUnhashed_;	/* by inode; read after atStart */
+	BlockSelection *deferred_;		/* by path; null: send every differing block */
+	uint64_t deferBudget_ = kMaxSubBlocks * kSubBlockSize;	/* bytes deferral may still name */
 	std::unordered_map<std::string, const ManifestEntry *> index_;
 	std::vector<ManifestEntry> targetSorted_;
 	std::set<std::string> removed_;
@@ -742,6 +744,24 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 	const size_t perBlock = bs / kSubBlockSize;
 	const bool withSubs = !full && perBlock > 1 && bs % kSubBlockSize == 0 && t->coverage != Coverage::None &&
 			      t->subBlocks.size() == t->blocks.size() * perBlock;
+	/*
+	 * Blocks that wait for their piece hashes (deferred_): those of a full compare
+	 * that differ, and those the source changed too late for the target's manifest
+	 * (unhashed) where the target has data to compare with.
+	 */
+	const bool piecesLater = deferred_ && !full && perBlock > 1 && bs % kSubBlockSize == 0;
+	const bool deferDiffering = piecesLater && !withSubs && t->coverage == Coverage::All;
+	BlockRanges *deferTo = nullptr;
+	auto defer = [&](uint64_t i, uint64_t n) {
+		if (deferBudget_ < n)
+			return false;
+		if (!deferTo)
+			deferTo = &deferred_->byPath[e.path];
+		deferTo->add(i, 1);
+		deferBudget_ -= n;
+		stats_.blocksDeferred++;
+		return true;
+	};
 	/* The target's hash of block i (null: not hashed there), and its pieces' in *subs. */
 	auto targetHash = [&](uint64_t i, const Hash128 **subs) -> const Hash128 * {
 		*subs = nullptr;
@@ -794,6 +814,8 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 			i = next - 1;
 			continue;
 		}
+		if (piecesLater && !th && unhashed && unhashed->contains(i) && off < t->size && defer(i, bs))
+			continue;
 		auto gate = sink_->hold();
 		if (!sameInode()) {
 			*retry = true;
@@ -810,6 +832,9 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 			stats_.blocksSkipped++;
 			continue;
 		}
+		/* Only blocks the target has: a piece compare saves nothing on the others. */
+		if (deferDiffering && th && defer(i, static_cast<uint64_t>(n)))
+			continue;
 		wrote = true;
 		if (!subs) {
 			if (int r = send(off, 0, static_cast<size_t>(n)); r < 0)
@@ -874,11 +899,11 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 Result<ResyncStats> runResyncRound(int rootFd, uint16_t dirIndex, const ScanOptions &options,
 				   const std::vector<ManifestEntry> &target, GatedSink *sink,
 				   const ResyncProgressFn &progress, const std::function<Status()> &atStart,
-				   const BlockSelection *sendUnhashed)
+				   const BlockSelection *sendUnhashed, BlockSelection *deferred)
 {
 	if (options.blockSize == 0)
 		return makeError(-EINVAL, "block size must not be 0");
-	RoundRunner runner(rootFd, dirIndex, options, target, sink, progress, sendUnhashed);
+	RoundRunner runner(rootFd, dirIndex, options, target, sink, progress, sendUnhashed, deferred);
 	return runner.run(atStart);
 }
 

@@ -202,6 +202,7 @@ struct ResyncStats {
 	uint64_t blocksSent = 0;	/* Write ops: whole blocks, or runs of differing pieces */
 	uint64_t blocksSkipped = 0;	/* hash matched the target's */
 	uint64_t piecesSkipped = 0;	/* sub-blocks of sent blocks that matched (not sent) */
+	uint64_t blocksDeferred = 0;	/* differing, left to a piece compare (runResyncRound's deferred) */
 	uint64_t ops = 0;
 	uint64_t removed = 0;		/* target paths absent (or of another type) on the source */
 	uint64_t lastSeq = 0;		/* seq of the last op submitted (0: none) */
@@ -222,11 +223,17 @@ using ResyncProgressFn = std::function<void(uint64_t bytesDone, uint64_t bytesTo
  * sendUnhashed (by source inode, may be filled by atStart): blocks sent without a
  * compare where the target hashed none - what the source changed after its dirty
  * log selection went to the target and before live ops reach it.
+ * deferred (by path; null: never): blocks that differ from a target hash that came
+ * without piece hashes (a full compare), and sendUnhashed blocks inside the target's
+ * file, are not sent but named here, up to kMaxSubBlocks pieces' worth; the caller
+ * then asks the target for their piece hashes (a fresh manifest of that selection)
+ * and runs another round, which sends only the pieces that differ. The target is not
+ * equal to the source until that round.
  */
 Result<ResyncStats> runResyncRound(int rootFd, uint16_t dirIndex, const ScanOptions &options,
 				   const std::vector<ManifestEntry> &target, GatedSink *sink,
 				   const ResyncProgressFn &progress, const std::function<Status()> &atStart = nullptr,
-				   const BlockSelection *sendUnhashed = nullptr);
+				   const BlockSelection *sendUnhashed = nullptr, BlockSelection *deferred = nullptr);
 
 /*
  * Resync control connection (authenticated wire frames, replication type range),

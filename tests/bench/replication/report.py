@@ -177,7 +177,7 @@ def main():
                                                   "sent/chg", "time vs", "1st start", "identical"))
     ref = one("resync", "rsync-delta") or {}
     summary["resync"] = {"tree_bytes": tree.get("bytes", 0), "changes": changes}
-    for s_ in ("sk", "sk-bs4k", "rsync-delta", "rsync-whole"):
+    for s_ in ("sk", "sk-bs4k", "sk-full", "rsync-delta", "rsync-whole"):
         r = one("resync", s_)
         if not r:
             continue
@@ -196,8 +196,9 @@ def main():
             ok = r["bytes_sent"] <= 1.10 * changed
             summary["resync"][s_]["target_sent_within_10pct"] = ok
     p("  ('sent/chg' = bytes sent / bytes changed; 'time vs' = seconds / rsync-delta seconds; '1st start' = the")
-    p("   pair's first start over identical trees, which compares them by hash; sk-bs4k ran on its own change)")
-    for s_ in ("sk", "sk-bs4k"):
+    p("   pair's first start over identical trees, which compares them by hash; sk-bs4k and sk-full (the peer's")
+    p("   dirty log deleted: a full compare) ran on changes of their own)")
+    for s_ in ("sk", "sk-bs4k", "sk-full"):
         v = summary["resync"].get(s_)
         if v:
             p("  %s bytes sent within 10%% of bytes changed: %s" % (s_, "PASS" if v["target_sent_within_10pct"] else "FAIL"))

@@ -434,10 +434,12 @@ rsync_run() {
 	log "resync $name: $s s, ${sent:-?} bytes sent, $((w1 - w0)) bytes on the wire, identical: $same"
 }
 
-# sk_resync NAME BLOCK_SIZE SEED: first start over identical trees, peer down, the
-# SEED change through the primary's mount, peer back: time and bytes to in-sync.
+# sk_resync NAME BLOCK_SIZE SEED [full]: first start over identical trees, peer down, the
+# SEED change through the primary's mount, peer back: time and bytes to in-sync. With
+# full, the peer's dirty log is deleted while it is down, so the resync compares everything
+# (as after a lost log): block hashes of the whole tree, then piece hashes of what differs.
 sk_resync() {
-	local name=$1 bs=$2 seed=$3 t0 s w0 w1 st sent logsent h1 h2 ch ch2
+	local name=$1 bs=$2 seed=$3 how=${4:-} t0 s w0 w1 st sent logsent h1 h2 ch ch2
 	t0=$(date +%s%N)
 	sk_up durable keep "$bs"
 	s=$(since "$t0")
@@ -454,6 +456,10 @@ sk_resync() {
 
 	rig_stop_skd n2
 	rig_wait_label n1 "$MOD" 'ALONE/running' 300
+	if [ "$how" = full ]; then
+		ls "$RIG_DIR/n2/state/$MOD"/dirty-*.log >/dev/null 2>&1 || rig_fail "no dirty log of n2 to delete"
+		rm -f "$RIG_DIR/n2/state/$MOD"/dirty-*.log
+	fi
 	ch=$(in_n1_skd $WL change "$BD/n1/data" --seed "$seed")
 	if [ "$seed" = "$RSYNC_SEED" ]; then
 		ch2=$($WL change "$BD/rs/src" --seed "$seed")
@@ -499,9 +505,11 @@ section_resync() {
 	for d in "$BD/n2/data" "$BD/rs/src" "$BD/rs/dst1" "$BD/rs/dst2"; do cp -a "$BD/n1/data" "$d"; done
 	sync
 	# The default block size (64 KiB) on the change rsync also gets; then 4 KiB blocks
-	# (the change's own granularity) on a second change of the same shape.
+	# (the change's own granularity) on a second change of the same shape; then a full
+	# compare (the peer lost its dirty log) on a third.
 	sk_resync sk 65536 "$RSYNC_SEED"
 	sk_resync sk-bs4k 4096 12
+	sk_resync sk-full 65536 13 full
 	rsyncd_start
 	rsync_run rsync-delta dst1 --no-whole-file
 	rsync_run rsync-whole dst2 --whole-file
