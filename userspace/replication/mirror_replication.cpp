@@ -838,7 +838,8 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 		if (!raced && deferred.empty())
 			break;
 		if (round >= kMaxRounds)
-			return makeError(-EAGAIN, "renames kept racing the resync; will retry");
+			return makeError(-EAGAIN, fmt::format("the resync did not converge in {} rounds (renames kept "
+							      "racing it); will retry", kMaxRounds));
 		repl::BlockSelection again;
 		bool all = false;
 		if (!raced) {
@@ -892,7 +893,15 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 			return s;
 		if (auto s = ch->recvManifest(&manifest, &targetApplied, 0ms); !s)
 			return s;
-		base = targetApplied;
+		/*
+		 * With the fence up no rename can have run since the manifest. Without it (a
+		 * round for deferred pieces only) one may have, after this round's check and
+		 * before the target took its manifest, moving a file with deferred blocks to a
+		 * name the selection misses: keep the old base, so the next check sees it and
+		 * a fenced round compares the renamed paths.
+		 */
+		if (fence.raised)
+			base = targetApplied;
 		/* Once: a later full manifest (renamed directories, too many paths) has no piece
 		 * hashes either, but deferring again could go on for ever; it sends whole blocks. */
 		deferPieces = false;

@@ -392,6 +392,7 @@ public:
 	{
 		for (const auto &e : target)
 			index_[e.path] = &e;
+		lateWholeBudget_ = std::max<uint64_t>(8u << 20, uint64_t(4096) * target.size());
 		targetSorted_ = target;
 		std::sort(targetSorted_.begin(), targetSorted_.end(),
 			  [](const ManifestEntry &a, const ManifestEntry &b) { return a.path > b.path; });
@@ -543,6 +544,9 @@ private:
 	const BlockSelection *sendUnhashed_;	/* by inode; read after atStart */
 	BlockSelection *deferred_;		/* by path; null: send every differing block */
 	uint64_t deferBudget_ = kMaxSubBlocks * kSubBlockSize;	/* bytes deferral may still name */
+	/* Late blocks sent whole before deferral starts: a second round walks both trees
+	 * again, worth it only past about 4 KiB per entry (8 MiB at least). */
+	uint64_t lateWholeBudget_ = 0;
 	std::unordered_map<std::string, const ManifestEntry *> index_;
 	std::vector<ManifestEntry> targetSorted_;
 	std::set<std::string> removed_;
@@ -656,8 +660,11 @@ int RoundRunner::syncFile(const ManifestEntry &e)
 			return r;
 		}
 		/* The path now names another inode: what we sent of the old one must not
-		 * survive, so the next attempt recreates the file and sends every block. */
+		 * survive, so the next attempt recreates the file and sends every block
+		 * (none of it waits for pieces then). */
 		forceFull = true;
+		if (deferred_)
+			deferred_->byPath.erase(e.path);
 	}
 	errorText_ = "'" + e.path + "' kept changing identity during resync";
 	return -EAGAIN;
@@ -752,13 +759,15 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 	const bool piecesLater = deferred_ && !full && perBlock > 1 && bs % kSubBlockSize == 0;
 	const bool deferDiffering = piecesLater && !withSubs && t->coverage == Coverage::All;
 	BlockRanges *deferTo = nullptr;
-	auto defer = [&](uint64_t i, uint64_t n) {
-		if (deferBudget_ < n)
+	/* Counted as whole blocks, as the target's scan counts their pieces; at most half
+	 * the selection limit of paths (renamed paths may join the same selection). */
+	auto defer = [&](uint64_t i) {
+		if (deferBudget_ < bs || (!deferTo && deferred_->byPath.size() >= kMaxSelectionPaths / 2))
 			return false;
 		if (!deferTo)
 			deferTo = &deferred_->byPath[e.path];
 		deferTo->add(i, 1);
-		deferBudget_ -= n;
+		deferBudget_ -= bs;
 		stats_.blocksDeferred++;
 		return true;
 	};
@@ -814,8 +823,13 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 			i = next - 1;
 			continue;
 		}
-		if (piecesLater && !th && unhashed && unhashed->contains(i) && off < t->size && defer(i, bs))
-			continue;
+		/* A few late blocks go whole: a piece round costs another walk of both trees. */
+		if (piecesLater && !th && unhashed && unhashed->contains(i) && off < t->size) {
+			if (lateWholeBudget_ >= bs)
+				lateWholeBudget_ -= bs;
+			else if (defer(i))
+				continue;
+		}
 		auto gate = sink_->hold();
 		if (!sameInode()) {
 			*retry = true;
@@ -833,7 +847,7 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 			continue;
 		}
 		/* Only blocks the target has: a piece compare saves nothing on the others. */
-		if (deferDiffering && th && defer(i, static_cast<uint64_t>(n)))
+		if (deferDiffering && th && defer(i))
 			continue;
 		wrote = true;
 		if (!subs) {

@@ -39,8 +39,8 @@ Hash128 hashBlock(std::span<const uint8_t> data);
  * target also hashes each kSubBlockSize piece of them, and the source sends only the
  * pieces of a differing block that differ (a 4 KiB write costs 4 KiB, not a whole
  * block). At most kMaxSubBlocks of them per scan (64 MiB of hashes for 16 GiB named;
- * a resync runs up to three scans: by the logs, files changed outside them, renamed
- * paths); past that, files are compared by whole blocks.
+ * a resync runs several scans: by the logs, files changed outside them, renamed
+ * paths and deferred blocks); past that, files are compared by whole blocks.
  */
 constexpr uint32_t kSubBlockSize = 4096;
 constexpr uint64_t kMaxSubBlocks = 4u << 20;
@@ -225,7 +225,8 @@ using ResyncProgressFn = std::function<void(uint64_t bytesDone, uint64_t bytesTo
  * log selection went to the target and before live ops reach it.
  * deferred (by path; null: never): blocks that differ from a target hash that came
  * without piece hashes (a full compare), and sendUnhashed blocks inside the target's
- * file, are not sent but named here, up to kMaxSubBlocks pieces' worth; the caller
+ * file past the first max(8 MiB, 4 KiB per target entry) of them, are not sent but
+ * named here, up to kMaxSubBlocks pieces' worth; the caller
  * then asks the target for their piece hashes (a fresh manifest of that selection)
  * and runs another round, which sends only the pieces that differ. The target is not
  * equal to the source until that round.
