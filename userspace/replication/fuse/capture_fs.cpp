@@ -73,6 +73,7 @@
 #include <sys/vfs.h>
 #include <sys/xattr.h>
 #include <thread>
+#include <unordered_map>
 #include <unistd.h>
 
 #include <fuse_lowlevel.h>
@@ -291,6 +292,9 @@ public:
 	CaptureOptions options_;
 	Inode *root_ = nullptr;
 	std::map<std::pair<dev_t, ino_t>, std::unique_ptr<Inode>> inodes_;
+	/* Out of inodes_ (another object has their number now), alive while the kernel
+	 * still references them: see retireLocked(). */
+	std::unordered_map<Inode *, std::unique_ptr<Inode>> retired_;
 	std::mutex tableMutex_;
 	std::shared_mutex orderMutex_;
 
@@ -330,6 +334,20 @@ public:
 		return PathFd(open_by_handle_at(mountFd_, fh, O_PATH | O_CLOEXEC), true);
 	}
 	PathFd pathFd(fuse_ino_t ino) { return pathFd(inodeOf(ino)); }
+	/*
+	 * A handle-only Inode holds no fd, so its object can be deleted and its inode
+	 * number given to a new one while the kernel still references the Inode (its
+	 * FORGET comes later). The handle tells them apart (a generation number): true
+	 * when it no longer opens its object.
+	 */
+	bool staleLocked(Inode *inode)
+	{
+		if (inode->fd >= 0 || inode->handle.empty())
+			return false;
+		PathFd probe = pathFd(inode);
+		return !probe && errno == ESTALE;
+	}
+	void retireLocked(Inode *inode);
 	void wakePruner()
 	{
 		std::lock_guard lock(prunerMutex_);
@@ -445,16 +463,40 @@ void CaptureFs::Impl::maybeEraseLocked(Inode *inode)
 {
 	if (inode == root_ || inode->nlookup > 0 || inode->children > 0)
 		return;
+	std::unique_ptr<Inode> owned;
 	auto it = inodes_.find({ inode->dev, inode->ino });
-	if (it == inodes_.end() || it->second.get() != inode)
+	if (it != inodes_.end() && it->second.get() == inode) {
+		owned = std::move(it->second);
+		inodes_.erase(it);
+	} else if (auto r = retired_.find(inode); r != retired_.end()) {
+		owned = std::move(r->second);
+		retired_.erase(r);
+	} else {
 		return;
-	std::unique_ptr<Inode> owned = std::move(it->second);
-	inodes_.erase(it);
+	}
 	std::vector<Alias> aliases = std::move(owned->aliases);
 	for (Alias &a : aliases) {
 		a.parent->children--;
 		maybeEraseLocked(a.parent);
 	}
+}
+
+/* A stale Inode (staleLocked) leaves the table: its number and its names belong to
+ * the new object. Requests the kernel still sends for it fail with ESTALE. */
+void CaptureFs::Impl::retireLocked(Inode *inode)
+{
+	auto it = inodes_.find({ inode->dev, inode->ino });
+	if (it == inodes_.end() || it->second.get() != inode)
+		return;
+	retired_[inode] = std::move(it->second);
+	inodes_.erase(it);
+	std::vector<Alias> aliases = std::move(inode->aliases);
+	inode->aliases.clear();
+	for (Alias &a : aliases) {
+		a.parent->children--;
+		maybeEraseLocked(a.parent);
+	}
+	maybeEraseLocked(inode);
 }
 
 void CaptureFs::Impl::forgetOne(fuse_ino_t ino, uint64_t n)
@@ -510,6 +552,10 @@ int CaptureFs::Impl::doLookup(Inode *parent, const char *name, fuse_entry_param 
 	{
 		std::lock_guard lock(tableMutex_);
 		Inode *inode = findLocked(e->attr.st_dev, e->attr.st_ino);
+		if (inode && staleLocked(inode)) {
+			retireLocked(inode);
+			inode = nullptr;
+		}
 		if (inode) {
 			if (fd >= 0)
 				close(fd);
@@ -2098,6 +2144,7 @@ CaptureFs::Impl::~Impl()
 	(void)stop();
 	/* Drop children before parents is not needed: Inode holds no pointers it owns. */
 	inodes_.clear();
+	retired_.clear();
 	if (mountFd_ >= 0)
 		close(mountFd_);
 }
