@@ -784,6 +784,8 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 	 * theirs, so that a 4 KiB change costs 4 KiB there too. */
 	bool deferPieces = true;
 	repl::BlockSelection deferred;
+	/* Progress adds up over the rounds: what earlier rounds compared stays done. */
+	uint64_t carriedDone = 0, carriedTotal = 0;
 	for (int round = 1;; round++) {
 		d->rounds = static_cast<uint64_t>(round);
 		/*
@@ -791,13 +793,13 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 		 * first waits for the ops of the previous one (one report interval, 8 MiB,
 		 * stays in flight), then publishes the previous point.
 		 */
-		uint64_t prevSeq = 0, prevDone = 0;
-		auto publish = [d, ch](uint64_t done, uint64_t total) {
-			d->done = done;
-			d->total = total;
+		uint64_t prevSeq = 0, prevDone = 0, roundTotal = 0;
+		auto publish = [d, ch, carriedDone, carriedTotal](uint64_t done, uint64_t total) {
+			d->done = carriedDone + done;
+			d->total = carriedTotal + total;
 			std::vector<uint8_t> p;
-			le::append<uint64_t>(&p, done);
-			le::append<uint64_t>(&p, total);
+			le::append<uint64_t>(&p, carriedDone + done);
+			le::append<uint64_t>(&p, carriedTotal + total);
 			(void)ch->send(ControlFrame::Progress, p);
 		};
 		/* Bounded (30 s), and given up at once when stopping or the stream is lost. */
@@ -812,6 +814,7 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 			publish(std::min(prevDone, done), total);
 			prevSeq = d->gate->lastSeq();
 			prevDone = done;
+			roundTotal = total;
 		};
 		deferred = {};
 		auto stats = repl::runResyncRound(d->rootFd, static_cast<uint16_t>(d->index), so, manifest,
@@ -833,7 +836,9 @@ Status SyncReplication::resyncSession(SourceDir *d, ControlChannel *ch)
 			stats->removed);
 		if (auto s = barrier(); !s)
 			return s;
-		publish(prevDone, d->total);
+		publish(prevDone, roundTotal);
+		carriedDone += prevDone;
+		carriedTotal += roundTotal;
 		const bool raced = d->gate->lastRenameSeq() > base;
 		if (!raced && deferred.empty())
 			break;
