@@ -7,7 +7,9 @@
  * Inodes: FUSE node ids are Inode pointers (root = FUSE_ROOT_ID); each Inode
  * holds an O_PATH fd, the kernel's lookup count and its known names (aliases:
  * parent Inode + name), from which the op path is rebuilt. An Inode stays in the
- * table while the kernel references it OR another Inode names it as a parent.
+ * table while the kernel references it OR another Inode names it as a parent
+ * (a handle-only Inode whose object was replaced under the same inode number
+ * leaves the table earlier, see retireLocked()).
  *
  * Open file limit: every Inode costs an fd and the kernel decides how long it
  * keeps inodes referenced (its dentry cache can hold millions). Past half the
@@ -187,6 +189,21 @@ int lookupHandle(int dirFd, const char *name, std::vector<unsigned char> &handle
 	return EAGAIN;
 }
 
+/* The file handle of what fd names, as lookupHandle() stores it; empty if the fs has none. */
+std::vector<unsigned char> handleOfFd(int fd)
+{
+	struct Buf {
+		file_handle fh;
+		unsigned char bytes[MAX_HANDLE_SZ];
+	} b;
+	b.fh.handle_bytes = MAX_HANDLE_SZ;
+	int mountId;
+	if (name_to_handle_at(fd, "", &b.fh, &mountId, AT_EMPTY_PATH) < 0)
+		return {};
+	const auto *p = reinterpret_cast<const unsigned char *>(&b);
+	return std::vector<unsigned char>(p, p + sizeof(file_handle) + b.fh.handle_bytes);
+}
+
 /* The fd budget of all Inodes: half the soft open file limit, so the app's own
  * file handles (one backing fd each) and skd keep the rest. */
 uint64_t inodeFdBudget()
@@ -337,15 +354,12 @@ public:
 	/*
 	 * A handle-only Inode holds no fd, so its object can be deleted and its inode
 	 * number given to a new one while the kernel still references the Inode (its
-	 * FORGET comes later). The handle tells them apart (a generation number): true
-	 * when it no longer opens its object.
+	 * FORGET comes later). The handles tell them apart (they carry a generation):
+	 * true when handle (of the object just looked up; empty: unknown) differs.
 	 */
-	bool staleLocked(Inode *inode)
+	static bool replacedLocked(const Inode *inode, const std::vector<unsigned char> &handle)
 	{
-		if (inode->fd >= 0 || inode->handle.empty())
-			return false;
-		PathFd probe = pathFd(inode);
-		return !probe && errno == ESTALE;
+		return inode->fd < 0 && !inode->handle.empty() && !handle.empty() && inode->handle != handle;
 	}
 	void retireLocked(Inode *inode);
 	void wakePruner()
@@ -481,8 +495,8 @@ void CaptureFs::Impl::maybeEraseLocked(Inode *inode)
 	}
 }
 
-/* A stale Inode (staleLocked) leaves the table: its number and its names belong to
- * the new object. Requests the kernel still sends for it fail with ESTALE. */
+/* A replaced Inode (replacedLocked) leaves the table: its number and its names belong
+ * to the new object. Requests the kernel still sends for it fail with ESTALE. */
 void CaptureFs::Impl::retireLocked(Inode *inode)
 {
 	auto it = inodes_.find({ inode->dev, inode->ino });
@@ -550,9 +564,17 @@ int CaptureFs::Impl::doLookup(Inode *parent, const char *name, fuse_entry_param 
 	}
 	bool added = false;
 	{
-		std::lock_guard lock(tableMutex_);
+		std::unique_lock lock(tableMutex_);
 		Inode *inode = findLocked(e->attr.st_dev, e->attr.st_ino);
-		if (inode && staleLocked(inode)) {
+		if (inode && inode->fd < 0 && handle.empty() && fd >= 0) {
+			/* Found handle-only while we hold an fd: the handle of what the fd names
+			 * (no fd needed, and not under the table lock). */
+			lock.unlock();
+			handle = handleOfFd(fd);
+			lock.lock();
+			inode = findLocked(e->attr.st_dev, e->attr.st_ino);
+		}
+		if (inode && replacedLocked(inode, handle)) {
 			retireLocked(inode);
 			inode = nullptr;
 		}
