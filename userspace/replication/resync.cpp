@@ -752,12 +752,13 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 	const bool withSubs = !full && perBlock > 1 && bs % kSubBlockSize == 0 && t->coverage != Coverage::None &&
 			      t->subBlocks.size() == t->blocks.size() * perBlock;
 	/*
-	 * Blocks that wait for their piece hashes (deferred_): those of a full compare
-	 * that differ, and those the source changed too late for the target's manifest
+	 * Blocks that wait for their piece hashes (deferred_): those that differ from a
+	 * target hash that came without pieces (a full compare, or named past the target's
+	 * piece budget), and those the source changed too late for the target's manifest
 	 * (unhashed) where the target has data to compare with.
 	 */
 	const bool piecesLater = deferred_ && !full && perBlock > 1 && bs % kSubBlockSize == 0;
-	const bool deferDiffering = piecesLater && !withSubs && t->coverage == Coverage::All;
+	const bool deferDiffering = piecesLater && !withSubs && t->coverage != Coverage::None;
 	BlockRanges *deferTo = nullptr;
 	/* Counted as whole blocks, as the target's scan counts their pieces; at most half
 	 * the selection limit of paths (renamed paths may join the same selection). */

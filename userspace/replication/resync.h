@@ -224,7 +224,8 @@ using ResyncProgressFn = std::function<void(uint64_t bytesDone, uint64_t bytesTo
  * compare where the target hashed none - what the source changed after its dirty
  * log selection went to the target and before live ops reach it.
  * deferred (by path; null: never): blocks that differ from a target hash that came
- * without piece hashes (a full compare), and sendUnhashed blocks inside the target's
+ * without piece hashes (a full compare, or blocks named past the target's piece
+ * budget), and sendUnhashed blocks inside the target's
  * file past the first max(8 MiB, 4 KiB per target entry) of them, are not sent but
  * named here, up to kMaxSubBlocks pieces' worth; the caller
  * then asks the target for their piece hashes (a fresh manifest of that selection)

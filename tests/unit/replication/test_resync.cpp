@@ -13,6 +13,7 @@
 #include <chrono>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -136,7 +137,10 @@ struct Pair {
 
 	/* select: what both dirty logs name (null: compare everything). As SyncReplication
 	 * does, target files changed outside the logs are hashed whole on request. */
-	ResyncStats resync(uint32_t blockSize = 65536, const BlockSelection *select = nullptr, bool subBlocks = false)
+	/* defer: pass runResyncRound a deferred selection and run the piece round it asks
+	 * for (as SyncReplication always does); by default only for a full compare. */
+	ResyncStats resync(uint32_t blockSize = 65536, const BlockSelection *select = nullptr, bool subBlocks = false,
+			   std::optional<bool> defer = std::nullopt)
 	{
 		ScanOptions o;
 		o.blockSize = blockSize;
@@ -177,7 +181,7 @@ struct Pair {
 				return c.error();
 			attached = tx->attach(*c) == 0;
 			return {};
-		}, nullptr, select ? nullptr : &deferred);
+		}, nullptr, defer.value_or(select == nullptr) ? &deferred : nullptr);
 		if (!stats.ok())
 			FAIL("resync round failed: " << stats.error().message);
 		barrier();
@@ -572,6 +576,35 @@ TEST_CASE("with dirty logs only the named blocks are read; changes outside them 
 	/* Read: 4 + 2 + 4 blocks named, the f7 tail's first block, f20 whole. */
 	CHECK(s.bytesRead <= uint64_t(4 + 3 + 4 + kBlocksPerFile) * kBlock + 10);
 	CHECK(s.bytesRead < tree / 10);
+}
+
+TEST_CASE("named blocks hashed without pieces (past the target's budget) still send only changed pieces")
+{
+	Pair p;
+	constexpr uint32_t kBlock = 65536;
+	constexpr int kFiles = 6, kBlocksPerFile = 8;
+	for (int i = 0; i < kFiles; i++) {
+		std::string data = pattern(kBlock * kBlocksPerFile, static_cast<uint32_t>(i));
+		writeFile(p.src / ("f" + std::to_string(i)), data);
+		writeFile(p.dst / ("f" + std::to_string(i)), data);
+	}
+	p.resync(kBlock);
+	/* Both logs name blocks 0-3 of every file; one byte changed in block 2 of three. */
+	BlockSelection sel;
+	for (int i = 0; i < kFiles; i++)
+		sel.byPath["f" + std::to_string(i)].add(0, 4);
+	for (int i : { 1, 3, 5 }) {
+		int fd = open((p.src / ("f" + std::to_string(i))).c_str(), O_WRONLY);
+		REQUIRE(fd >= 0);
+		REQUIRE(pwrite(fd, "#", 1, 2 * kBlock + 5000) == 1);
+		close(fd);
+	}
+	/* The target's manifest has block hashes but no pieces, as past its piece budget. */
+	ResyncStats s = p.resync(kBlock, &sel, false, true);
+	CHECK(treeDifferences(p.src.path(), p.dst.path()) == std::vector<std::string>{});
+	CHECK(s.blocksDeferred == 3);
+	CHECK(s.bytesSent == 3 * kSubBlockSize);
+	CHECK(s.piecesSkipped == 3 * (kBlock / kSubBlockSize - 1));
 }
 
 TEST_CASE("live writes racing the resync end identical on both sides")
