@@ -206,6 +206,8 @@ struct Pair {
 		sum.ops += second->ops;
 		return sum;
 	}
+	/* Files f0..f(files-1) of size bytes each, the same on both sides (pattern seeded by i). */
+	void seed(int files, size_t size);
 	void barrier()
 	{
 		uint64_t seq = gate->submitBarrier(true);
@@ -222,6 +224,15 @@ std::string pattern(size_t n, uint32_t seed)
 	for (auto &c : s)
 		c = static_cast<char>(rng());
 	return s;
+}
+
+void Pair::seed(int files, size_t size)
+{
+	for (int i = 0; i < files; i++) {
+		std::string data = pattern(size, static_cast<uint32_t>(i));
+		writeFile(src / ("f" + std::to_string(i)), data);
+		writeFile(dst / ("f" + std::to_string(i)), data);
+	}
 }
 
 } /* namespace */
@@ -308,11 +319,7 @@ TEST_CASE("a full compare of a tree with 1% of its blocks changed sends only the
 	Pair p;
 	constexpr uint32_t kBlock = 16384;
 	constexpr int kFiles = 100, kBlocksPerFile = 4;
-	for (int i = 0; i < kFiles; i++) {
-		std::string data = pattern(kBlock * kBlocksPerFile, static_cast<uint32_t>(i));
-		writeFile(p.src / ("f" + std::to_string(i)), data);
-		writeFile(p.dst / ("f" + std::to_string(i)), data);
-	}
+	p.seed(kFiles, kBlock * kBlocksPerFile);
 	/* 4 of 400 blocks: one byte each. */
 	for (int i : { 3, 27, 51, 99 }) {
 		int fd = open((p.src / ("f" + std::to_string(i))).c_str(), O_WRONLY);
@@ -464,11 +471,7 @@ TEST_CASE("with sub-block hashes a dirty-log resync sends the changed 4 KiB piec
 	Pair p;
 	constexpr uint32_t kBlock = 65536;
 	constexpr int kFiles = 8, kBlocksPerFile = 16;
-	for (int i = 0; i < kFiles; i++) {
-		std::string data = pattern(kBlock * kBlocksPerFile + 1000, static_cast<uint32_t>(i));
-		writeFile(p.src / ("f" + std::to_string(i)), data);
-		writeFile(p.dst / ("f" + std::to_string(i)), data);
-	}
+	p.seed(kFiles, kBlock * kBlocksPerFile + 1000);
 	p.resync(kBlock);
 	/* Per file: 4 KiB at a piece boundary, 2 bytes across two pieces, and the last
 	 * (short) block changed in its tail piece; the logs name those blocks. */
@@ -531,11 +534,7 @@ TEST_CASE("with dirty logs only the named blocks are read; changes outside them 
 	Pair p;
 	constexpr uint32_t kBlock = 16384;
 	constexpr int kFiles = 50, kBlocksPerFile = 32;
-	for (int i = 0; i < kFiles; i++) {
-		std::string data = pattern(kBlock * kBlocksPerFile, static_cast<uint32_t>(i));
-		writeFile(p.src / ("f" + std::to_string(i)), data);
-		writeFile(p.dst / ("f" + std::to_string(i)), data);
-	}
+	p.seed(kFiles, kBlock * kBlocksPerFile);
 	p.resync(kBlock);	/* equal trees, equal mtimes */
 
 	BlockSelection sel;
@@ -583,11 +582,7 @@ TEST_CASE("named blocks hashed without pieces (past the target's budget) still s
 	Pair p;
 	constexpr uint32_t kBlock = 65536;
 	constexpr int kFiles = 6, kBlocksPerFile = 8;
-	for (int i = 0; i < kFiles; i++) {
-		std::string data = pattern(kBlock * kBlocksPerFile, static_cast<uint32_t>(i));
-		writeFile(p.src / ("f" + std::to_string(i)), data);
-		writeFile(p.dst / ("f" + std::to_string(i)), data);
-	}
+	p.seed(kFiles, kBlock * kBlocksPerFile);
 	p.resync(kBlock);
 	/* Both logs name blocks 0-3 of every file; one byte changed in block 2 of three. */
 	BlockSelection sel;
