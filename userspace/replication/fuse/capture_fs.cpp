@@ -397,6 +397,7 @@ public:
 	void addAliasLocked(Inode *inode, Inode *parent, const std::string &name);
 	void removeAliasLocked(Inode *inode, Inode *parent, const std::string &name);
 	void maybeEraseLocked(Inode *inode);
+	void dropAliasesLocked(Inode *inode);
 	void forgetOne(fuse_ino_t ino, uint64_t n);
 	void recoverAlias(Inode *inode);
 	bool findName(int dirFd, dev_t dev, ino_t ino, std::vector<std::string> &path, uint64_t &budget);
@@ -488,7 +489,13 @@ void CaptureFs::Impl::maybeEraseLocked(Inode *inode)
 	} else {
 		return;
 	}
-	std::vector<Alias> aliases = std::move(owned->aliases);
+	dropAliasesLocked(owned.get());
+}
+
+/* Forgets inode's names; parents no other name keeps go too. */
+void CaptureFs::Impl::dropAliasesLocked(Inode *inode)
+{
+	std::vector<Alias> aliases = std::move(inode->aliases);
 	for (Alias &a : aliases) {
 		a.parent->children--;
 		maybeEraseLocked(a.parent);
@@ -504,12 +511,7 @@ void CaptureFs::Impl::retireLocked(Inode *inode)
 		return;
 	retired_[inode] = std::move(it->second);
 	inodes_.erase(it);
-	std::vector<Alias> aliases = std::move(inode->aliases);
-	inode->aliases.clear();
-	for (Alias &a : aliases) {
-		a.parent->children--;
-		maybeEraseLocked(a.parent);
-	}
+	dropAliasesLocked(inode);
 	maybeEraseLocked(inode);
 }
 
