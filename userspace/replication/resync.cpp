@@ -203,8 +203,8 @@ int scanDir(ScanState &st, int dirFd, const std::string &rel, int depth)
 					if (!all && from < nblocks)
 						named += std::min(count, nblocks - from);
 				uint64_t pieces = named * perBlock;
-				bool subs = st.options.select && st.options.subBlocks && perBlock > 1 &&
-					    st.options.blockSize % kSubBlockSize == 0 && pieces <= st.subBudget;
+				bool subs = st.options.select && st.options.subBlocks && hasPieces(st.options.blockSize) &&
+					    pieces <= st.subBudget;
 				if (subs)
 					st.subBudget -= pieces;
 				std::vector<Hash128> *subOut = subs ? &e.subBlocks : nullptr;
@@ -749,7 +749,7 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 	const uint64_t tailFrom = full || size == t->size ? UINT64_MAX : std::min(size, t->size) / bs;
 	/* Sub-block hashes: blockSize / kSubBlockSize per hashed block, if the target sent them. */
 	const size_t perBlock = bs / kSubBlockSize;
-	const bool withSubs = !full && perBlock > 1 && bs % kSubBlockSize == 0 && t->coverage != Coverage::None &&
+	const bool withSubs = !full && hasPieces(bs) && t->coverage != Coverage::None &&
 			      t->subBlocks.size() == t->blocks.size() * perBlock;
 	/*
 	 * Blocks that wait for their piece hashes (deferred_): those that differ from a
@@ -757,7 +757,7 @@ int RoundRunner::syncFileAttempt(const ManifestEntry &e, bool forceFull, bool *r
 	 * piece budget), and those the source changed too late for the target's manifest
 	 * (unhashed) where the target has data to compare with.
 	 */
-	const bool piecesLater = deferred_ && !full && perBlock > 1 && bs % kSubBlockSize == 0;
+	const bool piecesLater = deferred_ && !full && hasPieces(bs);
 	const bool deferDiffering = piecesLater && !withSubs && t->coverage != Coverage::None;
 	BlockRanges *deferTo = nullptr;
 	/* Counted as whole blocks, as the target's scan counts their pieces; at most half

@@ -44,6 +44,11 @@ Hash128 hashBlock(std::span<const uint8_t> data);
  */
 constexpr uint32_t kSubBlockSize = 4096;
 constexpr uint64_t kMaxSubBlocks = 4u << 20;
+/* Whether blocks of blockSize split into several whole pieces. */
+constexpr bool hasPieces(uint32_t blockSize)
+{
+	return blockSize > kSubBlockSize && blockSize % kSubBlockSize == 0;
+}
 
 enum class EntryType : uint8_t { File = 1, Dir = 2, Symlink = 3, Other = 4 };
 
@@ -225,12 +230,11 @@ using ResyncProgressFn = std::function<void(uint64_t bytesDone, uint64_t bytesTo
  * log selection went to the target and before live ops reach it.
  * deferred (by path; null: never): blocks that differ from a target hash that came
  * without piece hashes (a full compare, or blocks named past the target's piece
- * budget), and sendUnhashed blocks inside the target's
- * file past the first max(8 MiB, 4 KiB per target entry) of them, are not sent but
- * named here, up to kMaxSubBlocks pieces' worth; the caller
- * then asks the target for their piece hashes (a fresh manifest of that selection)
- * and runs another round, which sends only the pieces that differ. The target is not
- * equal to the source until that round.
+ * budget), and sendUnhashed blocks inside the target's file past the first
+ * max(8 MiB, 4 KiB per target entry) of them, are not sent but named here, up to
+ * kMaxSubBlocks pieces' worth; the caller then asks the target for their piece
+ * hashes (a fresh manifest of that selection) and runs another round, which sends
+ * only the pieces that differ. The target is not equal to the source until then.
  */
 Result<ResyncStats> runResyncRound(int rootFd, uint16_t dirIndex, const ScanOptions &options,
 				   const std::vector<ManifestEntry> &target, GatedSink *sink,
@@ -249,8 +253,9 @@ Result<ResyncStats> runResyncRound(int rootFd, uint16_t dirIndex, const ScanOpti
  *   source -> target  HashRequest paths (any number), HashRequestEnd u8 all (1: every file)
  *   target -> source  Manifest  whole-file hashes of those paths, ManifestEnd
  *   source -> target  Progress  u64 done, u64 total;  Done  u64 bytesSent
- *   source -> target  Rescan, then Want*, WantEnd u8 full: renames raced the round;
- *                     the paths to hash again (or all)
+ *   source -> target  Rescan, then Want*, WantEnd u8 full: renames raced the round,
+ *                     or blocks wait for their piece hashes (runResyncRound's
+ *                     deferred); the paths and blocks to hash again (or all)
  *   target -> source  Manifest  a fresh one (whole namespace), ManifestEnd
  *   either            Fail      message
  * An online verify (skctl verify) opens the same connection with VerifyHello instead:
