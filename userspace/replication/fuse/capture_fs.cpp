@@ -189,16 +189,17 @@ int lookupHandle(int dirFd, const char *name, std::vector<unsigned char> &handle
 	return EAGAIN;
 }
 
-/* The file handle of what fd names, as lookupHandle() stores it; empty if the fs has none. */
-std::vector<unsigned char> handleOfFd(int fd)
+/* The file handle of what fd names, as lookupHandle() stores it, and its mount id;
+ * empty if the fs has none. */
+std::vector<unsigned char> handleOfFd(int fd, int *mountId = nullptr)
 {
 	struct Buf {
 		file_handle fh;
 		unsigned char bytes[MAX_HANDLE_SZ];
 	} b;
 	b.fh.handle_bytes = MAX_HANDLE_SZ;
-	int mountId;
-	if (name_to_handle_at(fd, "", &b.fh, &mountId, AT_EMPTY_PATH) < 0)
+	int mount;
+	if (name_to_handle_at(fd, "", &b.fh, mountId ? mountId : &mount, AT_EMPTY_PATH) < 0)
 		return {};
 	const auto *p = reinterpret_cast<const unsigned char *>(&b);
 	return std::vector<unsigned char>(p, p + sizeof(file_handle) + b.fh.handle_bytes);
@@ -2057,15 +2058,8 @@ Status CaptureFs::Impl::start()
 	mountFd_ = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (mountFd_ < 0)
 		return makeError(-errno, errnoMessage("capture: open " + mp, -errno));
-	{
-		struct {
-			file_handle fh;
-			unsigned char bytes[MAX_HANDLE_SZ];
-		} rootHandle;
-		rootHandle.fh.handle_bytes = MAX_HANDLE_SZ;
-		if (name_to_handle_at(fd, "", &rootHandle.fh, &rootMountId_, AT_EMPTY_PATH) < 0)
-			rootMountId_ = -1;
-	}
+	if (handleOfFd(fd, &rootMountId_).empty())
+		rootMountId_ = -1;
 
 	fuse_args args = FUSE_ARGS_INIT(0, nullptr);
 	/* default_permissions: the kernel checks access from our attributes (we run
