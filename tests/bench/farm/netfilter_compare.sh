@@ -249,13 +249,27 @@ client_mac=$(rig_exec c1 cat /sys/class/net/gen0/address)
 rig_exec n1 python3 -c 'import socket,time; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.setsockopt(socket.SOL_SOCKET,socket.SO_RCVBUF,4096); s.bind(("0.0.0.0",9000)); time.sleep(86400)' &
 echo "$! sink" >>"$RIG_PIDS_FILE"
 
-# run_gen -> packets/s; the generator and the node's receive work both on CPU 0
+# run_gen [SECONDS] -> packets/s; the generator and the node's receive work both on CPU 0
 run_gen() {
 	local sent secs
 	read -r sent secs < <(rig_exec c1 taskset -c 0 "$work/gen" "$work/gen.bpf.o" gen0 "$node_mac" "$client_mac" \
-		"$VIP" "$seconds")
+		"$VIP" "${1:-$seconds}")
 	awk -v p="$sent" -v s="$secs" 'BEGIN { printf "%.0f", p / s }'
 }
+# farm_run SHARE [SECONDS] -> "pps owned dropped": the farm filter attached for one run
+farm_run() {
+	local p
+	ip netns exec "$(rig_ns n1)" "$work/farm_load" eth1 "$VIP" "$SEED" "$1" >"$work/loader.out" &
+	loader_pid=$!
+	rig_wait_for 100 grep -q '^ready' "$work/loader.out" || { echo "XDP loader failed" >&2; exit 1; }
+	p=$(run_gen "${2:-}")
+	kill -TERM "$loader_pid"
+	wait "$loader_pid" || true
+	loader_pid=""
+	echo "$p $(grep '^{' "$work/loader.out" | jq -r '"\(.owned) \(.dropped)"')"
+}
+# cost_ns PPS FLOOR_PPS -> ns per packet above the floor
+cost_ns() { awk -v p="$1" -v f="$2" 'BEGIN { printf "%.0f", 1e9 / p - 1e9 / f }'; }
 fixed_on() { rig_exec n1 ip link set dev eth1 xdpdrv obj "$work/fixed.bpf.o" sec xdp program "$1"; }
 fixed_off() { rig_exec n1 ip link set dev eth1 xdpdrv off; }
 
@@ -309,21 +323,13 @@ ns() { awk -v p="$1" 'BEGIN { printf "%.0f", 1e9 / p }'; }
 # netfilter play the node (1, 2 or 3 of 3) whose share of these 254 clients is closest to the
 # farm filter's, so that both deliver about as many packets to the stack.
 share_of() { awk -v a="$1" -v d="$2" 'BEGIN { printf "%.3f", a / (a + d + 0.000001) }'; }
-full_seconds=$seconds
-seconds=0.3
-ip netns exec "$(rig_ns n1)" "$work/farm_load" eth1 "$VIP" "$SEED" third >"$work/loader.out" &
-loader_pid=$!
-rig_wait_for 100 grep -q '^ready' "$work/loader.out" || { echo "XDP loader failed" >&2; exit 1; }
-run_gen >/dev/null
-kill -TERM "$loader_pid"
-wait "$loader_pid" || true
-loader_pid=""
-xdp_share=$(jq '.owned / (.owned + .dropped + 0.000001)' <<<"$(grep '^{' "$work/loader.out")")
+read -r _ acc drop < <(farm_run third 0.3)
+xdp_share=$(share_of "$acc" "$drop")
 best=""
 fixed_on pass_all
 for nf_node in 1 2 3; do
 	nf_on third
-	run_gen >/dev/null
+	run_gen 0.3 >/dev/null
 	read -r acc drop < <(nf_counts)
 	nf_off
 	d=$(awk -v a="$(share_of "$acc" "$drop")" -v x="$xdp_share" 'BEGIN { d = a - x; print (d < 0 ? -d : d) }')
@@ -331,7 +337,6 @@ for nf_node in 1 2 3; do
 done
 fixed_off
 nf_node=$best
-seconds=$full_seconds
 echo "netfilter plays node $nf_node of 3 (its share of the clients is closest to the farm filter's)" >&2
 
 declare -A pps cost kept
@@ -344,18 +349,10 @@ for ((r = 1; r <= rounds; r++)); do
 	line="round $r: floor $floor pps"
 	for share in "${shares[@]}"; do
 		# farm XDP
-		: >"$work/loader.out"
-		ip netns exec "$(rig_ns n1)" "$work/farm_load" eth1 "$VIP" "$SEED" "$share" >"$work/loader.out" &
-		loader_pid=$!
-		rig_wait_for 100 grep -q '^ready' "$work/loader.out" || { echo "XDP loader failed" >&2; exit 1; }
-		p=$(run_gen)
-		kill -TERM "$loader_pid"
-		wait "$loader_pid" || true
-		loader_pid=""
-		counts=$(grep '^{' "$work/loader.out")
+		read -r p acc drop < <(farm_run "$share")
 		pps[xdp-$share]+="$p "
-		cost[xdp-$share]+="$(awk -v p="$p" -v f="$floor" 'BEGIN { printf "%.0f", 1e9 / p - 1e9 / f }') "
-		kept[xdp-$share]=$(jq '.owned / (.owned + .dropped + 0.000001) * 1000 | round / 1000' <<<"$counts")
+		cost[xdp-$share]+="$(cost_ns "$p" "$floor") "
+		kept[xdp-$share]=$(share_of "$acc" "$drop")
 
 		# netfilter behind the pass-all XDP program
 		fixed_on pass_all
@@ -365,7 +362,7 @@ for ((r = 1; r <= rounds; r++)); do
 		nf_off
 		fixed_off
 		pps[nf-$share]+="$p "
-		cost[nf-$share]+="$(awk -v p="$p" -v f="$floor" 'BEGIN { printf "%.0f", 1e9 / p - 1e9 / f }') "
+		cost[nf-$share]+="$(cost_ns "$p" "$floor") "
 		kept[nf-$share]=$(share_of "$acc" "$drop")
 		line+=", $share: xdp $(awk '{ print $NF }' <<<"${pps[xdp-$share]}") nf $(awk '{ print $NF }' <<<"${pps[nf-$share]}")"
 	done
