@@ -177,7 +177,8 @@ def main():
                                                   "sent/chg", "time vs", "1st start", "identical"))
     ref = one("resync", "rsync-delta") or {}
     summary["resync"] = {"tree_bytes": tree.get("bytes", 0), "changes": changes}
-    for s_ in ("sk", "sk-bs4k", "sk-full", "rsync-delta", "rsync-whole"):
+    sk_systems = ("sk", "sk-bs4k", "sk-full")
+    for s_ in sk_systems + ("rsync-delta", "rsync-whole"):
         r = one("resync", s_)
         if not r:
             continue
@@ -198,7 +199,7 @@ def main():
     p("  ('sent/chg' = bytes sent / bytes changed; 'time vs' = seconds / rsync-delta seconds; '1st start' = the")
     p("   pair's first start over identical trees, which compares them by hash; sk-bs4k and sk-full (the peer's")
     p("   dirty log deleted: a full compare) ran on changes of their own)")
-    for s_ in ("sk", "sk-bs4k", "sk-full"):
+    for s_ in sk_systems:
         v = summary["resync"].get(s_)
         if v:
             p("  %s bytes sent within 10%% of bytes changed: %s" % (s_, "PASS" if v["target_sent_within_10pct"] else "FAIL"))

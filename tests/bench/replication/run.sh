@@ -445,8 +445,8 @@ sk_resync() {
 	s=$(since "$t0")
 	result "{\"k\": \"initial_compare\", \"sys\": \"$name\", \"seconds\": $s}"
 	log "resync $name: first start over identical trees took $s s"
-	# A peer that was in sync for a while: the primary's dirty log covers (its first
-	# rotation behind a durable barrier, within 5 s), so the failback resyncs by the logs.
+	# A peer in sync: the primary's dirty log covers once its first rotation behind a
+	# durable barrier is acked (right after the sync), so the failback resyncs by the logs.
 	local i
 	for ((i = 0; i < 200; i++)); do
 		[ "$(sk_status n1 | jq '.replication.dirs[0].dirty_log.covers')" = true ] && break
