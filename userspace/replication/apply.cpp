@@ -146,31 +146,37 @@ int Applier::openParent(const std::string &path, std::string *leaf, int *err)
 
 int Applier::cachedFd(const std::string &path, int *err)
 {
+	CachedFd *entry = cachedEntry(path, err);
+	return entry ? entry->fd : -1;
+}
+
+Applier::CachedFd *Applier::cachedEntry(const std::string &path, int *err)
+{
 	auto it = lruIndex_.find(path);
 	if (it != lruIndex_.end()) {
 		counters_.fdCacheHits++;
 		lru_.splice(lru_.begin(), lru_, it->second);
-		return it->second->fd;
+		return &*it->second;
 	}
 	counters_.fdCacheMisses++;
 	/* O_NONBLOCK: a FIFO in the way must fail or return at once, never block the stream. */
 	int fd = resolve(path, O_WRONLY | O_NONBLOCK, 0, err);
 	if (fd < 0)
-		return -1;
+		return nullptr;
 	struct stat st;
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		::close(fd);
 		*err = -EINVAL;
-		return -1;
+		return nullptr;
 	}
 	if (lru_.size() >= options_.fdCacheSize) {
 		lruIndex_.erase(lru_.back().path);
 		::close(lru_.back().fd);
 		lru_.pop_back();
 	}
-	lru_.push_front({ path, fd });
+	lru_.push_front({ path, fd, {} });
 	lruIndex_[path] = lru_.begin();
-	return fd;
+	return &lru_.front();
 }
 
 void Applier::invalidate(const std::string &path)
@@ -238,7 +244,7 @@ int Applier::doCreate(const Op &op)
 		::close(lru_.back().fd);
 		lru_.pop_back();
 	}
-	lru_.push_front({ op.path, fd });
+	lru_.push_front({ op.path, fd, {} });
 	lruIndex_[op.path] = lru_.begin();
 	markDirty(op.path);
 	markParentDirty(op.path);
@@ -479,9 +485,10 @@ int Applier::doRemovexattr(const Op &op)
 int Applier::doWrite(const Op &op, std::string_view data)
 {
 	int err = 0;
-	int fd = cachedFd(op.path, &err);
-	if (fd < 0)
+	CachedFd *entry = cachedEntry(op.path, &err);
+	if (!entry)
 		return err;
+	int fd = entry->fd;
 	size_t done = 0;
 	while (done < data.size()) {
 		ssize_t n = pwrite(fd, data.data() + done, data.size() - done,
@@ -497,7 +504,10 @@ int Applier::doWrite(const Op &op, std::string_view data)
 	}
 	counters_.bytesWritten += done;
 	markDirty(op.path);
-	return 0;
+	uint64_t before = entry->writeBehind.droppedBytes();
+	err = entry->writeBehind.wrote(fd, op.offset, done);
+	counters_.writeBehindDropped += entry->writeBehind.droppedBytes() - before;
+	return err;
 }
 
 int Applier::doFallocate(const Op &op)

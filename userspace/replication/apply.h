@@ -16,6 +16,7 @@
 
 #include "core/result.h"
 #include "replication/op.h"
+#include "replication/write_behind.h"
 
 namespace sk::repl {
 
@@ -78,6 +79,7 @@ public:
 		uint64_t fdCacheHits = 0;
 		uint64_t fdCacheMisses = 0;
 		uint64_t missingSkipped = 0;	/* see setResyncing() */
+		uint64_t writeBehindDropped = 0;	/* bytes written back and dropped early (WriteBehind) */
 	};
 
 	/* Takes its own duplicate of rootFd (which must be a directory). */
@@ -120,7 +122,9 @@ private:
 	/* Opens the parent directory of path (O_PATH) and returns the last component. */
 	int openParent(const std::string &path, std::string *leaf, int *err);
 	int resolve(const std::string &path, uint64_t flags, uint32_t mode, int *err);
+	struct CachedFd;
 	/* Writable fd for path from the LRU (not owned by the caller). */
+	CachedFd *cachedEntry(const std::string &path, int *err);
 	int cachedFd(const std::string &path, int *err);
 	void invalidate(const std::string &path);
 	void markDirty(const std::string &path);
@@ -148,6 +152,7 @@ private:
 	struct CachedFd {
 		std::string path;
 		int fd;
+		WriteBehind writeBehind;
 	};
 	std::list<CachedFd> lru_;
 	std::unordered_map<std::string, std::list<CachedFd>::iterator> lruIndex_;

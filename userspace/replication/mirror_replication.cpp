@@ -1795,6 +1795,8 @@ nlohmann::json SyncReplication::status() const
 			o["connections"] = c.connections;
 			o["rejected_frames"] = c.rejectedFrames;
 		}
+		if (d->capture)
+			o["write_behind_dropped_bytes"] = d->capture->counters().writeBehindDropped;
 		uint64_t start = d->resyncStartMs, end = d->resyncEndMs;
 		uint64_t done = d->done, total = d->total;
 		uint64_t elapsed = (end >= start && end ? end : now) - start;
@@ -1825,6 +1827,7 @@ nlohmann::json SyncReplication::status() const
 			o["bytes"] = c.bytes;
 			o["durable_flushes"] = c.durableFlushes;
 			o["apply_errors"] = c.applyErrors;
+			o["write_behind_dropped_bytes"] = c.writeBehindDropped;
 			o["last_close_reason"] = d->receiver->lastCloseReason();
 		}
 		o["resync"] = { { "bytes_done", d->bytesDone.load() }, { "bytes_total", d->bytesTotal.load() } };

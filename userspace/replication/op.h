@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace sk::repl {
@@ -89,6 +90,13 @@ class OpSink
 public:
 	virtual ~OpSink() = default;
 	virtual uint64_t submit(Op &&op) = 0;
+	/* A Write whose bytes are still in the caller's buffer (op.data empty); valid
+	 * only during the call. A sink that encodes at once skips the copy into op. */
+	virtual uint64_t submitWrite(Op &&op, std::string_view data)
+	{
+		op.data.assign(data);
+		return submit(std::move(op));
+	}
 	virtual uint64_t submitBarrier(bool durable) = 0;
 	virtual int waitAcked(uint64_t seq) = 0;
 	/* True while waitAcked() does not wait for the peer: a durability point must

@@ -229,16 +229,23 @@ bool isValidOpPath(std::string_view path, bool rootOk)
 
 int encodeOp(const Op &op, std::vector<uint8_t> *out)
 {
+	return encodeOp(op, op.data, out);
+}
+
+int encodeOp(const Op &op, std::string_view writeData, std::vector<uint8_t> *out)
+{
+	/* A Write's bytes are writeData; every other op's are op.data. */
+	std::string_view data = op.type == OpType::Write ? writeData : std::string_view(op.data);
 	if (op.path.size() > kMaxOpPath || op.path2.size() > kMaxOpPath || op.target.size() > kMaxOpPath ||
 	    op.name.size() > kMaxOpName ||
-	    (op.type == OpType::Setxattr && op.data.size() > kMaxXattrValue) ||
-	    (op.type == OpType::Write && op.data.size() > kMaxWriteData))
+	    (op.type == OpType::Setxattr && data.size() > kMaxXattrValue) ||
+	    (op.type == OpType::Write && data.size() > kMaxWriteData))
 		return -EMSGSIZE;
-	if (!knownType(static_cast<uint8_t>(op.type)) || checkOp(op, op.data) != OpDecodeError::None)
+	if (!knownType(static_cast<uint8_t>(op.type)) || checkOp(op, data) != OpDecodeError::None)
 		return -EINVAL;
 
 	out->reserve(out->size() + 64 + op.path.size() + op.path2.size() + op.name.size() + op.target.size() +
-		     op.data.size());
+		     data.size());
 	Writer w(out);
 	w.u8(static_cast<uint8_t>(op.type));
 	w.u8(op.durable ? kOpFlagDurable : 0);
@@ -247,7 +254,7 @@ int encodeOp(const Op &op, std::vector<uint8_t> *out)
 
 	auto str16 = [&](const std::string &s) { w.u16(static_cast<uint16_t>(s.size())); w.bytes(s); };
 	auto str8 = [&](const std::string &s) { w.u8(static_cast<uint8_t>(s.size())); w.bytes(s); };
-	auto str32 = [&](const std::string &s) { w.u32(static_cast<uint32_t>(s.size())); w.bytes(s); };
+	auto str32 = [&](std::string_view s) { w.u32(static_cast<uint32_t>(s.size())); w.bytes(s); };
 	auto time = [&](const Timespec &t) { w.u64(static_cast<uint64_t>(t.sec)); w.u32(t.nsec); };
 
 	switch (op.type) {
@@ -273,13 +280,13 @@ int encodeOp(const Op &op, std::vector<uint8_t> *out)
 		w.u64(op.size); time(op.atime); time(op.mtime);
 		break;
 	case OpType::Setxattr:
-		str16(op.path); str8(op.name); str32(op.data); w.u32(op.flags);
+		str16(op.path); str8(op.name); str32(data); w.u32(op.flags);
 		break;
 	case OpType::Removexattr:
 		str16(op.path); str8(op.name);
 		break;
 	case OpType::Write:
-		str16(op.path); w.u64(op.offset); str32(op.data);
+		str16(op.path); w.u64(op.offset); str32(data);
 		break;
 	case OpType::Fallocate:
 		str16(op.path); w.u32(op.flags); w.u64(op.offset); w.u64(op.length);

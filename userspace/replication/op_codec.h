@@ -62,6 +62,9 @@ const char *opDecodeErrorName(OpDecodeError error);
  * checks, so the peer never has to reject what we produced.
  */
 int encodeOp(const Op &op, std::vector<uint8_t> *out);
+/* The same for a Write whose bytes are writeData instead of op.data (the
+ * caller's buffer: no copy into the op first). */
+int encodeOp(const Op &op, std::string_view writeData, std::vector<uint8_t> *out);
 
 /*
  * Decodes one op from the start of in. On success fills *op and *consumed and

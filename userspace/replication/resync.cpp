@@ -292,6 +292,15 @@ uint64_t GatedSink::submit(Op &&op)
 	return submitLocked(std::move(op));
 }
 
+uint64_t GatedSink::submitWrite(Op &&op, std::string_view data)
+{
+	std::lock_guard<std::mutex> g(gate_);
+	uint64_t seq = inner_->submitWrite(std::move(op), data);
+	if (seq)
+		lastSeq_.store(seq);
+	return seq;
+}
+
 uint64_t GatedSink::submitBarrier(bool durable)
 {
 	std::lock_guard<std::mutex> g(gate_);

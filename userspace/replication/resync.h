@@ -140,6 +140,7 @@ public:
 	explicit GatedSink(OpSink *inner) : inner_(inner) {}
 
 	uint64_t submit(Op &&op) override;
+	uint64_t submitWrite(Op &&op, std::string_view data) override;
 	uint64_t submitBarrier(bool durable) override;
 	/* See setLocalAcks(). */
 	int waitAcked(uint64_t seq) override { return localAcks_ ? 0 : inner_->waitAcked(seq); }

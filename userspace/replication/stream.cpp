@@ -393,12 +393,27 @@ void ReplicationSender::setOnPeerError(std::function<void(uint64_t, int, const s
 	onPeerError_ = std::move(cb);
 }
 
-uint64_t ReplicationSender::enqueue(Op &&op, bool durableBarrier)
+std::shared_ptr<std::vector<uint8_t>> ReplicationSender::takeBuffer()
+{
+	{
+		std::lock_guard<std::mutex> lock(spareMutex_);
+		if (!spare_.empty()) {
+			auto b = std::move(spare_.back());
+			spare_.pop_back();
+			reused_++;
+			return b;
+		}
+	}
+	return std::make_shared<std::vector<uint8_t>>();
+}
+
+uint64_t ReplicationSender::enqueue(Op &&op, bool durableBarrier, const std::string_view *writeData)
 {
 	/* Encode outside the lock with a placeholder seq, patch the real one in below. */
 	op.seq = 1;
-	auto bytes = std::make_shared<std::vector<uint8_t>>();
-	if (encodeOp(op, bytes.get()) < 0) {
+	std::string_view data = writeData ? *writeData : std::string_view(op.data);
+	auto bytes = data.size() >= kSpareMinCapacity / 2 ? takeBuffer() : std::make_shared<std::vector<uint8_t>>();
+	if (encodeOp(op, data, bytes.get()) < 0) {
 		std::lock_guard<std::mutex> lock(mutex_);
 		counters_.refusedOps++;
 		logError(kLog, "module {}: refusing invalid {} op on '{}'", options_.stream.module,
@@ -438,6 +453,8 @@ uint64_t ReplicationSender::enqueue(Op &&op, bool durableBarrier)
 	}
 	if (aloneHook) {
 		op.seq = seq;
+		if (writeData)
+			op.data.assign(*writeData);
 		aloneHook(op);
 	} else {
 		cv_.notify_all();
@@ -460,6 +477,13 @@ uint64_t ReplicationSender::submit(Op &&op)
 			return 0;
 	}
 	return seq;
+}
+
+uint64_t ReplicationSender::submitWrite(Op &&op, std::string_view data)
+{
+	if (op.type != OpType::Write || data.size() > kMaxWriteData)
+		return OpSink::submitWrite(std::move(op), data);
+	return enqueue(std::move(op), false, &data);
 }
 
 uint64_t ReplicationSender::submitBarrier(bool durable)
@@ -580,6 +604,8 @@ ReplicationSender::Counters ReplicationSender::counters() const
 	c.durableSeq = durableAck_;
 	c.lagOps = queue_.size();
 	c.lagBytes = queuedBytes_;
+	std::lock_guard<std::mutex> spare(spareMutex_);
+	c.reusedBuffers = reused_;
 	return c;
 }
 
@@ -776,9 +802,24 @@ void ReplicationSender::onAck(uint64_t applied, uint64_t durable)
 	counters_.acks++;
 	appliedAck_ = std::max(appliedAck_, applied);
 	durableAck_ = std::max(durableAck_, durable);
+	std::vector<std::shared_ptr<std::vector<uint8_t>>> reusable;
 	while (!queue_.empty() && queue_.front().seq <= appliedAck_) {
-		queuedBytes_ -= queue_.front().bytes->size();
+		auto &bytes = queue_.front().bytes;
+		queuedBytes_ -= bytes->size();
+		/* Only when no batch being sent still holds it. */
+		if (bytes.use_count() == 1 && bytes->capacity() >= kSpareMinCapacity &&
+		    reusable.size() < kSpareBuffers)
+			reusable.push_back(std::const_pointer_cast<std::vector<uint8_t>>(std::move(bytes)));
 		queue_.pop_front();
+	}
+	if (!reusable.empty()) {
+		std::lock_guard<std::mutex> spare(spareMutex_);
+		for (auto &b : reusable) {
+			if (spare_.size() >= kSpareBuffers)
+				break;
+			b->clear();
+			spare_.push_back(std::move(b));
+		}
 	}
 	if (sendCursor_ <= appliedAck_)
 		sendCursor_ = appliedAck_ + 1;
@@ -1124,6 +1165,7 @@ std::string ReplicationReceiver::serveConn(int fd)
 		{
 			std::lock_guard<std::mutex> lock(mutex_);
 			counters_.ops = applier_->counters().ops;
+			counters_.writeBehindDropped = applier_->counters().writeBehindDropped;
 			lastApplied_ = last;
 			durable_ = durable;
 		}

@@ -105,6 +105,7 @@ public:
 		uint64_t opsWhileAlone = 0;
 		uint64_t blockedSubmits = 0;	/* submits that had to wait for queue space */
 		uint64_t refusedOps = 0;	/* invalid ops (submit returned 0) */
+		uint64_t reusedBuffers = 0;	/* ops encoded into a recycled buffer (takeBuffer) */
 		uint64_t connections = 0;
 		uint64_t rejectedFrames = 0;
 	};
@@ -120,6 +121,7 @@ public:
 	 * caller must treat it as an error. Blocks while the queue is full, unless ALONE.
 	 */
 	uint64_t submit(Op &&op) override;
+	uint64_t submitWrite(Op &&op, std::string_view data) override;
 	uint64_t submitBarrier(bool durable) override;
 	/* 0 when acked (durably for a durable barrier) or ALONE; -ESHUTDOWN when destroyed. */
 	int waitAcked(uint64_t seq) override;
@@ -170,7 +172,17 @@ private:
 	struct Conn;
 
 	ReplicationSender(ClusterKey key, const Options &options);
-	uint64_t enqueue(Op &&op, bool durableBarrier);
+	/* writeData: a Write's bytes apart from op (submitWrite), or null. */
+	uint64_t enqueue(Op &&op, bool durableBarrier, const std::string_view *writeData = nullptr);
+	/* Encode buffers of acked ops, reused: a fresh 1 MiB buffer per write means
+	 * fresh pages (faults and zeroing) whenever the allocator trims its heap. */
+	std::shared_ptr<std::vector<uint8_t>> takeBuffer();
+	static constexpr size_t kSpareBuffers = 16;
+	static constexpr size_t kSpareMinCapacity = 64u << 10;
+	/* Lock order: mutex_, then spareMutex_. */
+	mutable std::mutex spareMutex_;
+	std::vector<std::shared_ptr<std::vector<uint8_t>>> spare_;	/* spareMutex_ */
+	uint64_t reused_ = 0;	/* spareMutex_ */
 	bool ackedLocked(uint64_t seq) const;
 	void writerMain(Conn *conn);
 	void readerMain(Conn *conn);
@@ -228,6 +240,7 @@ public:
 		uint64_t connections = 0;
 		uint64_t rejectedFrames = 0;	/* connections closed for a bad frame */
 		uint64_t applyErrors = 0;
+		uint64_t writeBehindDropped = 0;	/* Applier::Counters::writeBehindDropped */
 	};
 
 	static Result<std::unique_ptr<ReplicationReceiver>> create(const ClusterKey &key, const Options &options,

@@ -6,6 +6,7 @@
 #
 # Usage (root): tests/bench/replication/run.sh BUILD_DIR [--quick] [--out FILE]
 #                 [--tree-mb N] [--loss-rounds N] [--sections "S ..."]
+#                 [--systems "S ..."]
 #   BUILD_DIR   a configured build dir; skd and skctl are built in it if missing
 #   --quick     small sizes (2-3 minutes): 256 MiB sequential, 1000 fsyncs,
 #               500 small files, 2 crash rounds per system, 300 MiB resync tree
@@ -16,6 +17,7 @@
 #   --tree-mb N size of the resync tree
 #   --loss-rounds N  crash rounds per system
 #   --sections  subset, in order, of: link sk lsyncd loss-lsyncd loss-sk resync
+#   --systems   subset of the sk section's systems: sk-durable sk-applied sk-tls
 # Needs: fio lsyncd rsync iperf3 (installed here when missing), socat jq python3.
 #
 # What it measures (data under /var/tmp, the real disk, never tmpfs):
@@ -37,7 +39,7 @@
 # same disk, so the table also shows the shared-disk bound (disk / 2).
 set -eu
 
-usage() { sed -n '7,19p' "$0" >&2; exit 2; }
+usage() { sed -n '7,21p' "$0" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 BUILD=$(cd "$1" && pwd) || usage
 shift
@@ -46,6 +48,7 @@ OUT=""
 TREE_MB=""
 LOSS_ROUNDS=""
 SECTIONS="link sk lsyncd loss-lsyncd loss-sk resync"
+SK_SYSTEMS="sk-durable sk-applied sk-tls"
 while [ $# -gt 0 ]; do
 	case $1 in
 	--quick) QUICK=1 ;;
@@ -53,6 +56,7 @@ while [ $# -gt 0 ]; do
 	--tree-mb) TREE_MB=$2; shift ;;
 	--loss-rounds) LOSS_ROUNDS=$2; shift ;;
 	--sections) SECTIONS=$2; shift ;;
+	--systems) SK_SYSTEMS=$2; shift ;;
 	*) usage ;;
 	esac
 	shift
@@ -259,7 +263,8 @@ section_link() {
 # sk-durable, sk-applied, and sk-tls (ack durable over TLS 1.3: its cost).
 section_sk() {
 	local sys ack
-	for sys in sk-durable sk-applied sk-tls; do
+	for sys in $SK_SYSTEMS; do
+		case $sys in sk-durable | sk-applied | sk-tls) ;; *) echo "run.sh: unknown system $sys" >&2; exit 2 ;; esac
 		ack=${sys#sk-}
 		SK_TLS=false
 		[ "$sys" != sk-tls ] || { ack=durable; SK_TLS=true; }

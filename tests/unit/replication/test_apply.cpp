@@ -6,11 +6,15 @@
  */
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include <doctest/doctest.h>
 
@@ -419,6 +423,63 @@ TEST_CASE("the fd cache follows renames and unlinks")
 	CHECK(t.apply(renameOp("d", "d2")) == 0);
 	CHECK(t.apply(writeOp("d/x", 0, "2")) == -ENOENT);
 	CHECK(readFile(t / "d2/x") == "1");
+}
+
+/* Pages of path resident in the page cache within [offset, offset + length). */
+size_t residentPages(const std::string &path, size_t offset, size_t length)
+{
+	int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+	REQUIRE(fd >= 0);
+	void *map = mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(offset));
+	close(fd);
+	REQUIRE(map != MAP_FAILED);
+	std::vector<unsigned char> vec((length + 4095) / 4096);
+	REQUIRE(mincore(map, length, vec.data()) == 0);
+	munmap(map, length);
+	size_t n = 0;
+	for (unsigned char v : vec)
+		n += v & 1;
+	return n;
+}
+
+TEST_CASE("a streaming write is written back and dropped behind; small and random writes are not")
+{
+	Target t;
+	CHECK(t.apply(mk(OpType::Create, "big", 0644)) == 0);
+	constexpr size_t kMiB = 1u << 20;
+	std::string block(kMiB, '\0');
+	for (size_t k = 0; k < 48; k++) {
+		/* Pairs swapped, as FUSE writeback served by several threads delivers them. */
+		size_t i = k ^ 1;
+		std::fill(block.begin(), block.end(), static_cast<char>('A' + i % 26));
+		CHECK(t.apply(writeOp("big", i * kMiB, block)) == 0);
+	}
+	/* 6 chunks started, the window keeps 4: the first 2 chunks were dropped. */
+	CHECK(t.applier->counters().writeBehindDropped == 2 * WriteBehind::kChunk);
+	struct statfs fs;
+	REQUIRE(statfs((t / "big").c_str(), &fs) == 0);
+	if (fs.f_type == 0x01021994 /* TMPFS_MAGIC: memory only, nothing to drop */)
+		MESSAGE("target on tmpfs: page cache residency not checked");
+	else
+		CHECK(residentPages(t / "big", 0, 2 * WriteBehind::kChunk) == 0);
+
+	/* A write before the dropped part starts a new run: nothing more is dropped
+	 * until it is a chunk long. */
+	CHECK(t.apply(writeOp("big", 3 * kMiB + 5, "random")) == 0);
+	CHECK(t.apply(writeOp("big", 7 * kMiB, std::string(4096, 'r'))) == 0);
+	CHECK(t.applier->counters().writeBehindDropped == 2 * WriteBehind::kChunk);
+	CHECK(t.apply(mk(OpType::Barrier, "")) == 0);
+
+	std::string got = readFile(t / "big");
+	REQUIRE(got.size() == 48 * kMiB);
+	for (size_t i = 0; i < 48; i++) {
+		std::string expect(kMiB, static_cast<char>('A' + i % 26));
+		if (i == 3)
+			expect.replace(5, 6, "random");
+		if (i == 7)
+			expect.replace(0, 4096, std::string(4096, 'r'));
+		CHECK_MESSAGE(got.compare(i * kMiB, kMiB, expect) == 0, "MiB ", i, " differs");
+	}
 }
 
 TEST_CASE("durable barriers flush with either strategy")

@@ -119,6 +119,15 @@ TEST_CASE("every op type round-trips with all its fields")
 			viewed.data = data;
 		}
 		CHECK(viewed == op);
+
+		/* Encoding a Write from the caller's buffer gives the same bytes. */
+		Op bare = op;
+		std::string_view apart = op.data;
+		if (op.type == OpType::Write)
+			bare.data.clear();
+		std::vector<uint8_t> fromView;
+		CHECK(encodeOp(bare, apart, &fromView) == 0);
+		CHECK(fromView == bytes);
 	}
 }
 

@@ -50,6 +50,7 @@
 #include "replication/fuse/capture_fs.h"
 #include "core/log.h"
 #include "replication/dirty_log.h"
+#include "replication/write_behind.h"
 
 #include <algorithm>
 #include <atomic>
@@ -133,6 +134,9 @@ struct Inode {
 	uint64_t invalidatedAt = 0;	/* lastLookup when the pruner last asked the kernel to drop it */
 	std::vector<Alias> aliases;
 	std::mutex writeMutex;
+	/* Guarded by writeMutex. The backing cache only duplicates the FUSE cache,
+	 * which keeps the application's view (keep_cache). */
+	WriteBehind writeBehind;
 };
 
 /* An Inode's O_PATH fd for the length of one request: its own, or one opened
@@ -329,6 +333,7 @@ public:
 	std::atomic<uint64_t> barrierWaitNs_{ 0 };
 	std::atomic<uint64_t> barrierFailures_{ 0 };
 	std::atomic<uint64_t> skipped_{ 0 };
+	std::atomic<uint64_t> writeBehindDropped_{ 0 };
 
 	/* --- fd pruning (see the top of this file) --- */
 	std::atomic<uint64_t> lookupClock_{ 0 };
@@ -434,6 +439,8 @@ public:
 		return captureExcluded(options_.exclude, options_.include, path);
 	}
 	void submitRaw(Op &&op);
+	/* A Write with its bytes in the FUSE request buffer (see OpSink::submitWrite). */
+	void submitRawWrite(Op &&op, std::string_view data);
 	void submit(Op &&op);
 	void emitTree(int dirFd, const std::string &name, const std::string &peerPath, int depth);
 	void emitRemoveTree(int dirFd, const std::string &name, const std::string &peerPath, int depth);
@@ -806,6 +813,13 @@ void CaptureFs::Impl::submitRaw(Op &&op)
 	op.dir = options_.dirIndex;
 	opsByType_[static_cast<uint8_t>(op.type) & 15]++;
 	options_.sink->submit(std::move(op));
+}
+
+void CaptureFs::Impl::submitRawWrite(Op &&op, std::string_view data)
+{
+	op.dir = options_.dirIndex;
+	opsByType_[static_cast<uint8_t>(op.type) & 15]++;
+	options_.sink->submitWrite(std::move(op), data);
 }
 
 void CaptureFs::Impl::submit(Op &&op)
@@ -1617,13 +1631,23 @@ void opWrite(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_
 				op.type = OpType::Write;
 				op.path = std::move(*path);
 				op.offset = off;
-				op.data.assign(data, n);
-				fs->submitRaw(std::move(op));
+				fs->submitRawWrite(std::move(op), std::string_view(data, static_cast<size_t>(n)));
 				replicated = true;
 			} else {
 				fs->skipped_++;
 			}
 		}
+		/* Not under the order lock: this may wait for the disk. */
+		order.unlock();
+		uint64_t before = inode->writeBehind.droppedBytes();
+		int err = inode->writeBehind.wrote(fh->fd, static_cast<uint64_t>(off), static_cast<uint64_t>(n));
+		fs->writeBehindDropped_ += inode->writeBehind.droppedBytes() - before;
+		/* A writeback error of earlier data of this file, consumed here (see
+		 * WriteBehind): the application's next fsync must see it, and with the
+		 * writeback cache an error reply is what records it on the FUSE file.
+		 * The op is already submitted: the peer has what this node has. */
+		if (err)
+			return (void)fuse_reply_err(req, -err);
 	}
 	/* A page-cache writeback (fi->writepage) is not the app's write: an O_SYNC
 	 * app write with the writeback cache reaches us as FUSE_FSYNC instead. */
@@ -2202,6 +2226,7 @@ CaptureCounters CaptureFs::counters() const
 	c.prunedEntries = impl_->pruned_.load();
 	c.cachedInodes = gInodeFds.load();
 	c.handleOnlyInodes = impl_->handleOnly_.load();
+	c.writeBehindDropped = impl_->writeBehindDropped_.load();
 	return c;
 }
 

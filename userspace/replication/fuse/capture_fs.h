@@ -56,6 +56,7 @@ struct CaptureCounters {
 	uint64_t prunedEntries = 0;		/* entries the kernel was asked to drop (fd budget) */
 	uint64_t cachedInodes = 0;		/* inodes (one O_PATH fd each) of all mounts in the process */
 	uint64_t handleOnlyInodes = 0;		/* inodes made with a file handle when out of fds */
+	uint64_t writeBehindDropped = 0;	/* backing bytes written back and dropped early */
 };
 
 class CaptureFs
