@@ -7,6 +7,7 @@
 #include "replication/mirror_replication.h"
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
@@ -1792,6 +1793,18 @@ nlohmann::json SyncReplication::status() const
 			o["barriers"] = c.barriers;
 			o["barrier_latency_us_avg"] = c.barriersAcked ? c.barrierLatencyNsSum / c.barriersAcked / 1000 : 0;
 			o["barrier_latency_us_max"] = c.barrierLatencyNsMax / 1000;
+			o["barrier_latency_us_p50"] = std::lround(repl::barrierLatencyQuantileUs(c.barrierLatencyHist, 0.5));
+			o["barrier_latency_us_p99"] = std::lround(repl::barrierLatencyQuantileUs(c.barrierLatencyHist, 0.99));
+			/* Prometheus-style: cumulative counts by upper bound in seconds. */
+			nlohmann::json buckets = nlohmann::json::object();
+			uint64_t cumulative = 0;
+			for (size_t i = 0; i < repl::kBarrierBucketsUs.size(); i++) {
+				cumulative += c.barrierLatencyHist[i];
+				buckets[fmt::format("{}", static_cast<double>(repl::kBarrierBucketsUs[i]) / 1e6)] = cumulative;
+			}
+			o["barrier_latency"] = { { "buckets", buckets },
+						 { "sum_s", static_cast<double>(c.barrierLatencyNsSum) / 1e9 },
+						 { "count", c.barriersAcked } };
 			o["connections"] = c.connections;
 			o["rejected_frames"] = c.rejectedFrames;
 		}

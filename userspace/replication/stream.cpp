@@ -393,6 +393,29 @@ void ReplicationSender::setOnPeerError(std::function<void(uint64_t, int, const s
 	onPeerError_ = std::move(cb);
 }
 
+double barrierLatencyQuantileUs(const BarrierLatencyHist &hist, double q)
+{
+	uint64_t total = 0;
+	for (uint64_t n : hist)
+		total += n;
+	if (total == 0)
+		return 0;
+	double rank = std::clamp(q, 0.0, 1.0) * static_cast<double>(total);
+	double below = 0;
+	for (size_t i = 0; i < hist.size(); i++) {
+		double n = static_cast<double>(hist[i]);
+		if (i == kBarrierBucketsUs.size())
+			return static_cast<double>(kBarrierBucketsUs.back());
+		if (below + n >= rank && n > 0) {
+			double lo = i ? static_cast<double>(kBarrierBucketsUs[i - 1]) : 0.0;
+			double hi = static_cast<double>(kBarrierBucketsUs[i]);
+			return lo + (hi - lo) * (rank - below) / n;
+		}
+		below += n;
+	}
+	return static_cast<double>(kBarrierBucketsUs.back());
+}
+
 std::shared_ptr<std::vector<uint8_t>> ReplicationSender::takeBuffer()
 {
 	{
@@ -836,6 +859,8 @@ void ReplicationSender::onAck(uint64_t applied, uint64_t durable)
 		counters_.barriersAcked++;
 		counters_.barrierLatencyNsSum += ns;
 		counters_.barrierLatencyNsMax = std::max(counters_.barrierLatencyNsMax, ns);
+		auto bucket = std::lower_bound(kBarrierBucketsUs.begin(), kBarrierBucketsUs.end(), (ns + 999) / 1000);
+		counters_.barrierLatencyHist[static_cast<size_t>(bucket - kBarrierBucketsUs.begin())]++;
 		it = pendingBarriers_.erase(it);
 	}
 }

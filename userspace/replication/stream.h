@@ -6,6 +6,7 @@
  */
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -78,6 +79,17 @@ struct StreamConfig {
 	NodeId peerNode = 0;		/* 0: accept any sender id (tests) */
 };
 
+/* Upper bounds (us) of the barrier latency histogram buckets. */
+inline constexpr std::array<uint64_t, 24> kBarrierBucketsUs = {
+	50, 100, 150, 200, 300, 400, 500, 650, 800, 1000, 1500, 2000,
+	3000, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000,
+};
+/* Counts by bucket, plus one for everything slower than the last bound. */
+using BarrierLatencyHist = std::array<uint64_t, kBarrierBucketsUs.size() + 1>;
+/* The q-quantile (0..1) of a barrierLatencyHist in us, interpolated within its bucket;
+ * past the last bound it is that bound. 0 when empty. */
+double barrierLatencyQuantileUs(const BarrierLatencyHist &hist, double q);
+
 class ReplicationSender : public OpSink
 {
 public:
@@ -102,6 +114,9 @@ public:
 		uint64_t barriersAcked = 0;
 		uint64_t barrierLatencyNsSum = 0;
 		uint64_t barrierLatencyNsMax = 0;
+		/* Acked barriers by latency: [i] counts those <= kBarrierBucketsUs[i]
+		 * (not cumulative); the last one counts everything slower. */
+		BarrierLatencyHist barrierLatencyHist{};
 		uint64_t opsWhileAlone = 0;
 		uint64_t blockedSubmits = 0;	/* submits that had to wait for queue space */
 		uint64_t refusedOps = 0;	/* invalid ops (submit returned 0) */

@@ -336,6 +336,20 @@ TEST_CASE("10,000 random ops applied locally and streamed leave identical trees"
 		<< sc.barriersAcked);
 }
 
+TEST_CASE("barrier latency quantiles interpolate within their bucket")
+{
+	BarrierLatencyHist h{};
+	CHECK(barrierLatencyQuantileUs(h, 0.5) == 0);
+	h[0] = 10; /* <= 50 us */
+	h[2] = 10; /* 100..150 us */
+	CHECK(barrierLatencyQuantileUs(h, 0.25) == doctest::Approx(25));
+	CHECK(barrierLatencyQuantileUs(h, 0.5) == doctest::Approx(50));
+	CHECK(barrierLatencyQuantileUs(h, 0.75) == doctest::Approx(125));
+	CHECK(barrierLatencyQuantileUs(h, 1.0) == doctest::Approx(150));
+	h[h.size() - 1] = 1000; /* slower than the last bound: reported as that bound */
+	CHECK(barrierLatencyQuantileUs(h, 0.99) == doctest::Approx(kBarrierBucketsUs.back()));
+}
+
 TEST_CASE("waitAcked blocks until the ack, and returns after goneAlone")
 {
 	auto sender = makeSender();
@@ -705,6 +719,12 @@ TEST_CASE("writes submitted from the caller's buffer arrive whole, with encode b
 	expect += huge;
 	REQUIRE(sender->waitAckedFor(sender->submitBarrier(true), 30s) == 0);
 	CHECK(sk::test::readFile(rx.dir / "stream") == expect);
+	auto counters = sender->counters();
+	uint64_t histogrammed = 0;
+	for (uint64_t n : counters.barrierLatencyHist)
+		histogrammed += n;
+	CHECK(histogrammed == counters.barriersAcked);
+	CHECK(counters.barriersAcked == 6);
 	/* Acked every 8 writes: the later ones were encoded into recycled buffers. */
 	CHECK(sender->counters().reusedBuffers >= 16);
 }
