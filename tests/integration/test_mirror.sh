@@ -240,6 +240,12 @@ test_replicated_data_survives_failover_and_resyncs() {
 	_replicated_pair
 	# Initial sync copied the existing data.
 	cmp "$RIG_DIR/n1/data/initial.bin" "$RIG_DIR/n2/data/initial.bin" || rig_fail "initial sync differs"
+	# /metrics carries the replicated dir's series, from the status's replication.dirs[].
+	local metrics series
+	metrics=$(rig_exec n1 curl -sf http://127.0.0.1:7480/metrics) || rig_fail "metrics on n1"
+	series="sk_replication_ops_total{module=\"web\",dir=\"$RIG_DIR/n1/data\",role=\"source\"} "
+	grep -qF "$series" <<<"$metrics" ||
+		rig_fail "no $series on the PRIM: $(grep '^sk_replication_' <<<"$metrics" | head -5)"
 	# The SECOND's copy is read-only to local applications.
 	! rig_in_skd n2 sh -c "echo x > '$RIG_DIR/n2/data/forbidden'" 2>/dev/null || rig_fail "SECOND copy writable"
 	# Fsync'ed records, then a crash of the primary while it writes.

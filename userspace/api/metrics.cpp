@@ -22,6 +22,8 @@ namespace {
 using nlohmann::json;
 using Labels = std::vector<std::pair<std::string, std::string>>;
 
+/* As stateName() (mirror/state_machine.cpp) and farmStateName() (farm/farm_state.cpp)
+ * spell them; libsk_http does not link libsk, so they are listed here. */
 const char *const kMirrorStates[] = { "STOP", "WAIT", "ALONE", "PRIM", "SECOND" };
 const char *const kFarmStates[] = { "STOP", "WAIT", "UP" };
 
@@ -117,7 +119,8 @@ std::string text(const json &j, const char *key)
 	return it != j.end() && it->is_string() ? it->get<std::string>() : "";
 }
 
-struct ReplicationField {
+/* One number of a replicated dir (SyncReplication::status(), "replication.dirs[]"). */
+struct DirField {
 	const char *key;
 	const char *metric;
 	const char *type;
@@ -125,102 +128,120 @@ struct ReplicationField {
 	double scale;
 };
 
-/* Field names follow the replication sender/receiver counters, in snake_case. */
-const ReplicationField kReplicationFields[] = {
-	{ "ops", "sk_replication_ops_total", "counter", "Operations replicated.", 1 },
-	{ "bytes", "sk_replication_bytes_total", "counter", "Encoded operation bytes replicated.", 1 },
-	{ "frames", "sk_replication_frames_total", "counter", "Replication frames.", 1 },
-	{ "acks", "sk_replication_acks_total", "counter", "Acknowledgements.", 1 },
-	{ "barriers", "sk_replication_barriers_total", "counter", "Durability barriers.", 1 },
+/*
+ * A source dir (the serving node's sender) has ops..rejected_frames; a target dir
+ * (the SECOND's receiver) has ops, bytes, durable_flushes, apply_errors and
+ * applied_seq; both have in_sync, connected and write_behind_dropped_bytes. Each
+ * family therefore carries the role(s) whose dirs report it, never a made-up zero.
+ */
+const DirField kDirFields[] = {
+	{ "ops", "sk_replication_ops_total", "counter",
+	  "Operations submitted to the peer (source, barriers included) or applied (target).", 1 },
+	{ "bytes", "sk_replication_bytes_total", "counter", "Encoded operation bytes sent (source) or received (target).",
+	  1 },
+	{ "in_sync", "sk_replication_in_sync", "gauge", "1 while the dir's copies are known equal (resync done).", 1 },
+	{ "connected", "sk_replication_connected", "gauge", "1 while the dir's replication stream is up.", 1 },
+	{ "alone", "sk_replication_alone", "gauge", "1 while the source writes without waiting for the peer.", 1 },
 	{ "lag_ops", "sk_replication_lag_ops", "gauge", "Operations sent and not yet acknowledged.", 1 },
 	{ "lag_bytes", "sk_replication_lag_bytes", "gauge", "Bytes sent and not yet acknowledged.", 1 },
-	{ "lag_ms", "sk_replication_lag_seconds", "gauge", "Age of the oldest unacknowledged operation.", 1e-3 },
-	{ "blocked_submits", "sk_replication_blocked_submits_total", "counter",
-	  "Submissions that waited for queue space.", 1 },
+	{ "acked_seq", "sk_replication_acked_seq", "gauge", "Last operation the peer acknowledged as applied.", 1 },
+	{ "durable_seq", "sk_replication_durable_seq", "gauge", "Last operation the peer acknowledged as durable.", 1 },
+	{ "applied_seq", "sk_replication_applied_seq", "gauge", "Last operation applied on this target.", 1 },
+	{ "ops_while_alone", "sk_replication_ops_while_alone_total", "counter",
+	  "Operations the source submitted while serving alone (left to the dirty log).", 1 },
+	{ "barriers", "sk_replication_barriers_total", "counter", "Durability barriers submitted.", 1 },
+	{ "barrier_latency_us_max", "sk_replication_barrier_latency_max_seconds", "gauge",
+	  "Slowest barrier acknowledgement seen.", 1e-6 },
+	{ "connections", "sk_replication_connections_total", "counter", "Replication connections made.", 1 },
 	{ "rejected_frames", "sk_replication_rejected_frames_total", "counter",
 	  "Connections closed for an invalid frame.", 1 },
+	{ "durable_flushes", "sk_replication_durable_flushes_total", "counter",
+	  "Durable barriers the target flushed to disk.", 1 },
 	{ "apply_errors", "sk_replication_apply_errors_total", "counter", "Operations that failed to apply.", 1 },
-	{ "connections", "sk_replication_connections_total", "counter", "Replication connections made.", 1 },
-	{ "barrier_latency_ns_max", "sk_replication_barrier_latency_max_seconds", "gauge",
-	  "Slowest barrier acknowledgement seen.", 1e-9 },
+	{ "write_behind_dropped_bytes", "sk_replication_write_behind_dropped_bytes_total", "counter",
+	  "Bytes written back and dropped from the page cache early.", 1 },
 };
 
 /*
- * "barrier_latency": {"buckets": [{"le": 0.001, "count": 3}, ...] (cumulative) or
- * {"0.001": 3, ...}, "sum_s": 0.12, "count": 9} -> a histogram; without it, the
- * sender's barrier_latency_ns_sum + barriers_acked -> a summary (sum and count).
+ * "barrier_latency": {"buckets": {"0.001": 3, ...} (upper bound in seconds ->
+ * cumulative count), "sum_s": 0.12, "count": 9} -> a histogram. count covers the
+ * barriers slower than the last bound too, so it is the +Inf bucket.
  */
-void barrierLatency(Writer &w, const json &r, const Labels &labels)
+void barrierLatency(Writer &w, const json &dir, const Labels &labels)
 {
 	const char *name = "sk_replication_barrier_latency_seconds";
 	const char *help = "Time from a durability barrier to the peer's acknowledgement.";
-	auto h = r.find("barrier_latency");
-	if (h != r.end() && h->is_object() && h->contains("buckets")) {
-		std::vector<std::pair<double, double>> buckets;
-		const json &b = (*h)["buckets"];
-		if (b.is_array()) {
-			for (const json &e : b) {
-				double le, count;
-				if (number(e, "le", &le) && number(e, "count", &count))
-					buckets.emplace_back(le, count);
-			}
-		} else if (b.is_object()) {
-			for (auto it = b.begin(); it != b.end(); ++it) {
-				char *end = nullptr;
-				double le = std::strtod(it.key().c_str(), &end);
-				if (end && *end == '\0' && it->is_number())
-					buckets.emplace_back(le, it->get<double>());
-			}
-		}
-		double sum = 0, count = 0;
-		bool hasCount = number(*h, "count", &count);
-		if (!number(*h, "sum_s", &sum))
-			return;
-		std::sort(buckets.begin(), buckets.end());
-		if (!hasCount)
-			count = buckets.empty() ? 0 : buckets.back().second;
-		for (const auto &[le, c] : buckets) {
-			if (std::isinf(le))
-				continue;
-			Labels l = labels;
-			l.emplace_back("le", fmt::format("{}", le));
-			w.add(name, "histogram", help, l, c, "_bucket");
-		}
-		Labels inf = labels;
-		inf.emplace_back("le", "+Inf");
-		w.add(name, "histogram", help, inf, count, "_bucket");
-		w.add(name, "histogram", help, labels, sum, "_sum");
-		w.add(name, "histogram", help, labels, count, "_count");
+	auto h = dir.find("barrier_latency");
+	if (h == dir.end() || !h->is_object())
 		return;
+	auto b = h->find("buckets");
+	double sum, count;
+	if (b == h->end() || !b->is_object() || !number(*h, "sum_s", &sum) || !number(*h, "count", &count))
+		return;
+	std::vector<std::pair<double, double>> buckets;
+	for (auto it = b->begin(); it != b->end(); ++it) {
+		char *end = nullptr;
+		double le = std::strtod(it.key().c_str(), &end);
+		if (end != it.key().c_str() && *end == '\0' && std::isfinite(le) && it->is_number())
+			buckets.emplace_back(le, it->get<double>());
 	}
-	double ns, acked;
-	if (number(r, "barrier_latency_ns_sum", &ns) && number(r, "barriers_acked", &acked)) {
-		w.add(name, "summary", help, labels, ns * 1e-9, "_sum");
-		w.add(name, "summary", help, labels, acked, "_count");
+	/* The document's keys sort as strings ("0.0001" < "5e-05"); the exposition wants bounds ascending. */
+	std::sort(buckets.begin(), buckets.end());
+	for (const auto &[le, c] : buckets) {
+		Labels l = labels;
+		l.emplace_back("le", fmt::format("{}", le));
+		w.add(name, "histogram", help, l, c, "_bucket");
 	}
+	Labels inf = labels;
+	inf.emplace_back("le", "+Inf");
+	w.add(name, "histogram", help, inf, count, "_bucket");
+	w.add(name, "histogram", help, labels, sum, "_sum");
+	w.add(name, "histogram", help, labels, count, "_count");
 }
 
-void replicationCounters(Writer &w, const json &r, const std::string &module, const std::string &role)
-{
-	Labels labels{ { "module", module }, { "role", role } };
-	for (const ReplicationField &f : kReplicationFields) {
-		double v;
-		if (number(r, f.key, &v))
-			w.add(f.metric, f.type, f.help, labels, v * f.scale);
-	}
-	barrierLatency(w, r, labels);
-}
-
+/*
+ * "replication": {"mode": "source"|"target"|"stopped"|"none", ..., "dirs": [...]}:
+ * one series per replicated dir, labelled with its path and this node's role.
+ */
 void replication(Writer &w, const json &r, const std::string &module)
 {
-	if (!r.is_object())
+	std::string role = text(r, "mode");
+	if (role != "source" && role != "target")
 		return;
-	std::string role = text(r, "role");
-	replicationCounters(w, r, module, role.empty() ? "local" : role);
-	for (const char *sub : { "sender", "receiver" }) {
-		auto it = r.find(sub);
-		if (it != r.end() && it->is_object())
-			replicationCounters(w, *it, module, sub);
+	auto dirs = r.find("dirs");
+	if (dirs == r.end() || !dirs->is_array())
+		return;
+	for (const json &d : *dirs) {
+		std::string path = text(d, "path");
+		if (path.empty())
+			continue;
+		Labels labels{ { "module", module }, { "dir", path }, { "role", role } };
+		for (const DirField &f : kDirFields) {
+			double v;
+			if (number(d, f.key, &v))
+				w.add(f.metric, f.type, f.help, labels, v * f.scale);
+		}
+		barrierLatency(w, d, labels);
+	}
+}
+
+/* "checkers": {"checkers": [Checker::status()...], "policy": {...}}. */
+void checkers(Writer &w, const json &c, const std::string &module)
+{
+	auto list = c.find("checkers");
+	if (list == c.end() || !list->is_array())
+		return;
+	for (const json &k : *list) {
+		std::string name = text(k, "name");
+		if (name.empty())
+			continue;
+		Labels labels{ { "module", module }, { "checker", name } };
+		double v;
+		if (number(k, "fail_count", &v))
+			w.add("sk_checker_failures_total", "counter", "Failed checks.", labels, v);
+		if (number(k, "consecutive_failures", &v))
+			w.add("sk_checker_consecutive_failures", "gauge",
+			      "Failed checks in a row (the checker fails at failures_to_declare).", labels, v);
 	}
 }
 
@@ -250,13 +271,14 @@ void module(Writer &w, const json &m)
 		      state == "PRIM" || state == "ALONE" || state == "UP" ? 1 : 0);
 	}
 
+	/* Mirror: "peer": {"name", "up", "last_heard_ms_ago" (once heard), "rtt_us" (-1 until measured)}. */
 	auto peer = m.find("peer");
 	if (peer != m.end() && peer->is_object()) {
 		Labels pl{ { "module", name }, { "peer", text(*peer, "name") } };
 		double v;
 		if (number(*peer, "up", &v))
 			w.add("sk_peer_up", "gauge", "1 while the peer's heartbeats arrive.", pl, v);
-		if (number(*peer, "rtt_us", &v))
+		if (number(*peer, "rtt_us", &v) && v >= 0)
 			w.add("sk_heartbeat_rtt_seconds", "gauge", "Average heartbeat round-trip time to the peer.", pl,
 			      v * 1e-6);
 		if (number(*peer, "last_heard_ms_ago", &v))
@@ -264,46 +286,36 @@ void module(Writer &w, const json &m)
 	}
 
 	double v;
-	if (number(m, "resync_percent", &v))
+	/* resync_percent means something only while resyncing (0 on an ALONE node, stale on a PRIM). */
+	if (text(m, "phase") == "resyncing" && number(m, "resync_percent", &v))
 		w.add("sk_resync_progress_ratio", "gauge", "Resynchronisation progress of this node's copy (0 to 1).", ml,
 		      v / 100.0);
 	if (number(m, "script_failures", &v))
 		w.add("sk_script_failures_total", "counter", "Hook scripts that failed or timed out.", ml, v);
+	/* null, or the reason (a string) while divergent data is detected. */
 	auto sb = m.find("split_brain");
 	if (sb != m.end())
 		w.add("sk_split_brain", "gauge", "1 while divergent data (split brain) is detected.", ml,
 		      sb->is_null() || (sb->is_boolean() && !sb->get<bool>()) ? 0 : 1);
 
-	auto checkers = m.find("checkers");
-	if (checkers != m.end() && checkers->is_array()) {
-		for (const json &c : *checkers) {
-			double f;
-			if (number(c, "failures", &f) || number(c, "failures_total", &f))
-				w.add("sk_checker_failures_total", "counter", "Failed checks.",
-				      { { "module", name }, { "checker", text(c, "name") } }, f);
-		}
-	}
+	auto c = m.find("checkers");
+	if (c != m.end() && c->is_object())
+		checkers(w, *c, name);
 
 	auto r = m.find("replication");
-	if (r != m.end())
+	if (r != m.end() && r->is_object())
 		replication(w, *r, name);
 
-	/* Farm: "xdp": {"packets": {"pass": n, "drop": n, ...}} (or "verdicts"). */
+	/* Farm: "xdp": {"pass_owned": n, "drop_not_owned": n, ...} (one counter per verdict), or null. */
 	auto xdp = m.find("xdp");
 	if (xdp != m.end() && xdp->is_object()) {
-		for (const char *key : { "packets", "verdicts" }) {
-			auto p = xdp->find(key);
-			if (p == xdp->end() || !p->is_object())
-				continue;
-			for (auto it = p->begin(); it != p->end(); ++it)
-				if (it->is_number())
-					w.add("sk_farm_xdp_packets_total", "counter", "Packets seen by the farm XDP filter, by verdict.",
-					      { { "module", name }, { "verdict", it.key() } }, it->get<double>());
-			break;
-		}
+		for (auto it = xdp->begin(); it != xdp->end(); ++it)
+			if (it->is_number())
+				w.add("sk_farm_xdp_packets_total", "counter", "Packets seen by the farm XDP filter, by verdict.",
+				      { { "module", name }, { "verdict", it.key() } }, it->get<double>());
 	}
-	if (number(m, "buckets_owned", &v))
-		w.add("sk_farm_buckets_owned", "gauge", "Hash buckets this node owns.", ml, v);
+	if (number(m, "buckets_installed_here", &v))
+		w.add("sk_farm_buckets_owned", "gauge", "Hash buckets this node's XDP filter currently answers for.", ml, v);
 }
 
 } /* namespace */
