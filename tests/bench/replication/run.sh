@@ -21,7 +21,8 @@
 # Needs: fio lsyncd rsync iperf3 (installed here when missing), socat jq python3.
 #
 # What it measures (data under /var/tmp, the real disk, never tmpfs):
-#  link    iperf3 TCP throughput n1 -> n2 and ping RTT median between the namespaces
+#  link    iperf3 TCP throughput n1 -> n2 and ping RTT median between the namespaces;
+#          the disk's own sequential write speed (fio, 1 MiB O_DIRECT writes)
 #  bare    every workload below also runs on a bare directory of the same disk, for
 #          each system: right before it (seq) or interleaved with it in chunks of
 #          50 ops by one process (lat, small), so ratios compare runs under the same load
@@ -201,12 +202,34 @@ label() { if [ "$1" = bare ] && [ -n "${FOR:-}" ]; then echo "bare (before $FOR)
 # The written file stays until the directory goes to $BD/trash: on this VM disk a
 # write into blocks just freed by a delete runs 5-8x faster than into other blocks
 # (measured: 256 MiB + fsync in 0.3 s instead of 2.5 s), so no run may follow a delete.
+# cpu_now: "busy total n1 n2" CPU seconds so far (all CPUs from /proc/stat; each
+# node's skd process; 0 for a node without one).
+cpu_now() {
+	local n pid hz
+	hz=$(getconf CLK_TCK)
+	awk -v hz="$hz" '$1 == "cpu" { printf "%.3f %.3f", ($2 + $3 + $4 + $7 + $8) / hz, ($2 + $3 + $4 + $5 + $6 + $7 + $8) / hz }' /proc/stat
+	for n in n1 n2; do
+		pid=$(rig_skd_pid "$n")
+		if [ -n "$pid" ] && [ -r "/proc/$pid/stat" ]; then
+			awk -v hz="$hz" '{ sub(/^.*\) /, ""); printf " %.3f", ($12 + $13) / hz }' "/proc/$pid/stat"
+		else
+			printf ' 0'
+		fi
+	done
+}
+
 wl_seq() { # sys runner dir
-	local sys=$1 run=$2 dir=$3 j
+	local sys=$1 run=$2 dir=$3 j c0 c1
+	c0=$(cpu_now)
 	j=$($run fio --name=seq --filename="$dir/seq.dat" --rw=write --bs=1M --size="${SEQ_MB}M" \
 		--end_fsync=1 --ioengine=psync --output-format=json)
-	j=$(jq -c --arg s "$sys" --arg for "${FOR:-}" '{k: "seq", sys: $s, for: $for, mib_s: (.jobs[0].write.bw_bytes / 1048576),
-		bytes: .jobs[0].write.io_bytes, runtime_ms: .jobs[0].job_runtime}' <<<"$j")
+	c1=$(cpu_now)
+	# CPU seconds used during the run: the machine's busy time and each skd's own.
+	j=$(jq -c --arg s "$sys" --arg for "${FOR:-}" --arg c0 "$c0" --arg c1 "$c1" '
+		($c0 | split(" ") | map(tonumber)) as $a | ($c1 | split(" ") | map(tonumber)) as $b |
+		{k: "seq", sys: $s, for: $for, mib_s: (.jobs[0].write.bw_bytes / 1048576),
+		bytes: .jobs[0].write.io_bytes, runtime_ms: .jobs[0].job_runtime,
+		cpu: {busy_s: ($b[0] - $a[0]), all_s: ($b[1] - $a[1]), n1_skd_s: ($b[2] - $a[2]), n2_skd_s: ($b[3] - $a[3])}}' <<<"$j")
 	result "$j"
 	log "seq   $(label "$sys"): $(jq -r '.mib_s | floor' <<<"$j") MiB/s"
 }
@@ -258,6 +281,13 @@ section_link() {
 		awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] * 1000 }')
 	result "{\"k\": \"link\", \"mib_s\": $LINK, \"rtt_median_us\": $RTT}"
 	log "link: $(printf '%.0f' "$LINK") MiB/s, RTT median $RTT us"
+	# The disk itself: 1 MiB O_DIRECT writes, no page cache (a buffered run's speed
+	# depends on the memory it lands in: 200-1800 MiB/s on this VM for one disk).
+	mkdir -p "$BD/trash"
+	j=$(fio --name=disk --filename="$BD/trash/disk.dat" --rw=write --bs=1M --size="${SEQ_MB}M" --direct=1 \
+		--ioengine=psync --output-format=json)
+	result "$(jq -c '{k: "disk", mib_s: (.jobs[0].write.bw_bytes / 1048576)}' <<<"$j")"
+	log "disk: $(jq -r '.jobs[0].write.bw_bytes / 1048576 | floor' <<<"$j") MiB/s (O_DIRECT sequential writes)"
 }
 
 # sk-durable, sk-applied, and sk-tls (ack durable over TLS 1.3: its cost).
