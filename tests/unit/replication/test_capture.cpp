@@ -404,6 +404,50 @@ TEST_CASE("capture: EACCES for a non-root caller; files it creates are its own")
 	CHECK(cr[0].gid == 65534u);
 }
 
+TEST_CASE("capture: a write by a caller without CAP_FSETID clears suid and sgid, O_DIRECT too")
+{
+	SKIP_UNLESS_ROOT();
+	Mounted m;
+	for (const char *name : { "cached", "direct" }) {
+		CAPTURE(name);
+		REQUIRE(writeAll(m.mnt(name), std::string(4096, 'a')));
+		REQUIRE(chmod(m.mnt(name).c_str(), 06777) == 0);
+		m.sink.clear();
+		int err = -1;
+		bool direct = std::string(name) == "direct";
+		std::thread t([&] {
+			/* A non-zero fsuid drops CAP_FSETID for this thread. */
+			setfsgid(65534);
+			setfsuid(65534);
+			int fd = open(m.mnt(name).c_str(), O_WRONLY | (direct ? O_DIRECT : 0));
+			if (fd < 0) {
+				err = errno;
+				return;
+			}
+			void *buf = nullptr;
+			if (posix_memalign(&buf, 4096, 4096) == 0) {
+				memset(buf, 'b', 4096);
+				err = pwrite(fd, buf, 4096, 0) == 4096 ? 0 : errno;
+				free(buf);
+			}
+			close(fd);
+		});
+		t.join();
+		REQUIRE(err == 0);
+		struct stat st;
+		REQUIRE(stat(m.back(name).c_str(), &st) == 0);
+		CHECK((st.st_mode & 07777) == 0777);
+		REQUIRE(stat(m.mnt(name).c_str(), &st) == 0);
+		CHECK((st.st_mode & 07777) == 0777);
+		/* The peer gets the same mode. */
+		bool modeSent = false;
+		for (const Op &op : m.sink.ops())
+			if (op.type == OpType::Setattr && (op.valid & kSetMode) && (op.mode & 07777) == 0777)
+				modeSent = true;
+		CHECK(modeSent);
+	}
+}
+
 TEST_CASE("capture: xattrs")
 {
 	SKIP_UNLESS_ROOT();

@@ -57,6 +57,7 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstddef>
 #include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
@@ -73,6 +74,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
+#include <sys/uio.h>
 #include <sys/vfs.h>
 #include <sys/xattr.h>
 #include <thread>
@@ -80,6 +82,7 @@
 #include <unistd.h>
 
 #include <fuse_lowlevel.h>
+#include <linux/fuse.h>
 
 namespace sk::repl {
 
@@ -235,6 +238,65 @@ struct DirHandle {
 std::string procPath(int fd)
 {
 	return "/proc/self/fd/" + std::to_string(fd);
+}
+
+/*
+ * Request flags libfuse 3.14 does not pass on, taken from the raw request by the
+ * session's read hook (ioRead) on the worker thread that then serves it: libfuse
+ * reads and dispatches each request on one thread.
+ *
+ * FUSE_WRITE_KILL_SUIDGID: the kernel does not strip suid/sgid itself before a
+ * direct-I/O write (O_DIRECT: no file_remove_privs on that path) and asks the
+ * server to, whenever the writer lacks CAP_FSETID. Ignoring it let an
+ * unprivileged O_DIRECT write keep a setuid file setuid.
+ */
+thread_local bool tKillSuidgid = false;
+
+ssize_t ioRead(int fd, void *buf, size_t len, void *)
+{
+	ssize_t n = read(fd, buf, len);
+	int saved = errno;
+	tKillSuidgid = false;
+	if (n >= static_cast<ssize_t>(sizeof(fuse_in_header))) {
+		fuse_in_header h;
+		memcpy(&h, buf, sizeof(h));
+		size_t flagsEnd = sizeof(h) + offsetof(fuse_write_in, write_flags) + sizeof(uint32_t);
+		if (h.opcode == FUSE_WRITE && static_cast<size_t>(n) >= flagsEnd) {
+			uint32_t flags;
+			memcpy(&flags, static_cast<const char *>(buf) + sizeof(h) + offsetof(fuse_write_in, write_flags),
+			       sizeof(flags));
+			tKillSuidgid = (flags & FUSE_WRITE_KILL_SUIDGID) != 0;
+		}
+	}
+	errno = saved; /* libfuse reads it after the hook */
+	return n;
+}
+
+ssize_t ioWritev(int fd, struct iovec *iov, int count, void *)
+{
+	return writev(fd, iov, count);
+}
+
+ssize_t ioSpliceSend(int fdIn, off_t *offIn, int fdOut, off_t *offOut, size_t len, unsigned int flags, void *)
+{
+	return splice(fdIn, offIn, fdOut, offOut, len, flags);
+}
+
+/* Whether the request's caller is in group gid (primary or supplementary). */
+bool callerInGroup(fuse_req_t req, gid_t gid)
+{
+	if (fuse_req_ctx(req)->gid == gid)
+		return true;
+	std::vector<gid_t> groups(64);
+	int n = fuse_req_getgroups(req, static_cast<int>(groups.size()), groups.data());
+	if (n > static_cast<int>(groups.size())) {
+		groups.resize(static_cast<size_t>(n));
+		n = fuse_req_getgroups(req, n, groups.data());
+	}
+	for (int i = 0; i < n && i < static_cast<int>(groups.size()); i++)
+		if (groups[static_cast<size_t>(i)] == gid)
+			return true;
+	return false;
 }
 
 /* Runs create-like syscalls as the caller so ownership, setgid directories
@@ -1608,11 +1670,45 @@ void opRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info *
 	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
 }
 
+/*
+ * FUSE_WRITE_KILL_SUIDGID, as the kernel strips for a writer without CAP_FSETID:
+ * suid always; sgid when group-executable or the writer is not in the file's
+ * group. The mode change is replicated before the write. 0 or an errno (the
+ * write must then fail: never write with the bits left).
+ */
+int killSuidgid(Impl *fs, fuse_req_t req, Inode *inode, int fd)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return errno;
+	mode_t old = st.st_mode & 07777;
+	mode_t mode = old & ~S_ISUID;
+	if ((old & S_ISGID) && ((old & S_IXGRP) || !callerInGroup(req, st.st_gid)))
+		mode &= ~S_ISGID;
+	if (mode == old)
+		return 0;
+	if (fchmod(fd, mode) < 0)
+		return errno;
+	if (fs->capturing()) {
+		auto path = fs->pathOf(inode);
+		if (path && !fs->excluded(*path)) {
+			Op op;
+			op.type = OpType::Setattr;
+			op.path = std::move(*path);
+			op.valid = kSetMode;
+			op.mode = mode;
+			fs->submitRaw(std::move(op));
+		}
+	}
+	return 0;
+}
+
 void opWrite(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off, fuse_file_info *fi)
 {
 	Impl *fs = self(req);
 	if (fs->options_.readOnly)
 		return (void)fuse_reply_err(req, EROFS);
+	bool kill = tKillSuidgid;
 	Inode *inode = fs->inodeOf(ino);
 	FileHandle *fh = fhOf(fi);
 	ssize_t n;
@@ -1621,6 +1717,10 @@ void opWrite(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_
 		DirtyLog::Guard logged = fs->recordWrite(inode, off, size, fh->fd);
 		std::shared_lock order(fs->orderMutex_);
 		std::lock_guard same(inode->writeMutex);
+		if (kill) {
+			if (int err = killSuidgid(fs, req, inode, fh->fd))
+				return (void)fuse_reply_err(req, err);
+		}
 		n = pwrite(fh->fd, data, size, off);
 		if (n < 0)
 			return (void)fuse_reply_err(req, errno);
@@ -2105,6 +2205,16 @@ Status CaptureFs::Impl::start()
 		return makeError(-EIO, "capture: mounting FUSE on " + mp + " failed (root and /dev/fuse needed)");
 	}
 	mounted_ = true;
+	/* Our own read/write of /dev/fuse (same fd, plain syscalls) to see the raw
+	 * request flags: see tKillSuidgid. */
+	static const fuse_custom_io kIo = { ioWritev, ioRead, nullptr, ioSpliceSend };
+	if (int r = fuse_session_custom_io(se_, &kIo, fuse_session_fd(se_)); r < 0) {
+		fuse_session_unmount(se_);
+		fuse_session_destroy(se_);
+		se_ = nullptr;
+		mounted_ = false;
+		return makeError(r, "capture: installing the FUSE request hooks on " + mp + " failed");
+	}
 	ensureFusectl();
 
 	loop_ = std::thread([this] {
