@@ -836,6 +836,9 @@ void ReplicationSender::onAck(uint64_t applied, uint64_t durable)
 		queue_.pop_front();
 	}
 	if (!reusable.empty()) {
+		/* Pairs with the release of the last other owner's decrement (a writer's
+		 * batch): its reads of the bytes happen before our reuse. */
+		std::atomic_thread_fence(std::memory_order_acquire);
 		std::lock_guard<std::mutex> spare(spareMutex_);
 		for (auto &b : reusable) {
 			if (spare_.size() >= kSpareBuffers)

@@ -4,41 +4,38 @@
 #include "replication/write_behind.h"
 
 #include <algorithm>
-#include <cerrno>
 #include <fcntl.h>
 
 namespace sk::repl {
 
-int WriteBehind::wrote(int fd, uint64_t offset, uint64_t length)
+void WriteBehind::wrote(int fd, uint64_t offset, uint64_t length)
 {
 	if (length == 0)
-		return 0;
+		return;
 	/* Writes of a run may come a little out of order (the FUSE kernel module's
-	 * writeback requests, served by several threads); one that lands before the
-	 * dropped part or more than a chunk past the end starts a new run, and
-	 * whatever the old one left in flight is the kernel's again. Pages dirtied
-	 * late in a chunk already started are written by its waiting call. */
-	if (offset < dropped_ || offset > end_ + kChunk) {
+	 * writeback requests, served by several threads). One more than a chunk past
+	 * the end, or before what the window still covers, starts a new run; a late
+	 * one just behind the dropped part is left alone. */
+	uint64_t windowStart = dropped_ > kWindow * kChunk ? dropped_ - kWindow * kChunk : 0;
+	if (offset < windowStart || offset > end_ + kChunk) {
 		started_ = dropped_ = offset & ~uint64_t(4095);
 		end_ = offset + length;
-	} else {
+	} else if (offset >= dropped_) {
 		end_ = std::max(end_, offset + length);
+	} else {
+		return;
 	}
 	while (end_ - started_ >= kChunk) {
-		if (sync_file_range(fd, static_cast<off_t>(started_), kChunk, SYNC_FILE_RANGE_WRITE) < 0)
-			return -errno;
+		/* Only starts writeback: a failure here loses nothing (the data stays
+		 * dirty and the next sync writes and reports). */
+		(void)sync_file_range(fd, static_cast<off_t>(started_), kChunk, SYNC_FILE_RANGE_WRITE);
 		started_ += kChunk;
 	}
 	while (started_ - dropped_ > kWindow * kChunk) {
-		if (sync_file_range(fd, static_cast<off_t>(dropped_), kChunk,
-				    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) < 0)
-			return -errno;
-		/* A hint: pages someone dirtied again meanwhile simply stay. */
 		(void)posix_fadvise(fd, static_cast<off_t>(dropped_), kChunk, POSIX_FADV_DONTNEED);
 		dropped_ += kChunk;
 		droppedTotal_ += kChunk;
 	}
-	return 0;
 }
 
 } /* namespace sk::repl */

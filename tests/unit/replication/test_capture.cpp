@@ -448,6 +448,98 @@ TEST_CASE("capture: a write by a caller without CAP_FSETID clears suid and sgid,
 	}
 }
 
+/* Runs fn on a thread whose fsuid/fsgid are 65534 (no CAP_FSETID); fn returns 0 or an errno. */
+template<typename F>
+int asNobody(F fn)
+{
+	int err = -1;
+	std::thread t([&] {
+		setfsgid(65534);
+		setfsuid(65534);
+		err = fn();
+	});
+	t.join();
+	return err;
+}
+
+TEST_CASE("capture: truncate and O_TRUNC by a caller without CAP_FSETID clear suid/sgid; root's writes keep them")
+{
+	SKIP_UNLESS_ROOT();
+	Mounted m;
+	auto modeOf = [&](const std::string &name) {
+		struct stat st;
+		REQUIRE(stat(m.back(name).c_str(), &st) == 0);
+		return st.st_mode & 07777;
+	};
+	REQUIRE(writeAll(m.mnt("trunc"), std::string(8192, 't')));
+	REQUIRE(chmod(m.mnt("trunc").c_str(), 06777) == 0);
+	CHECK(asNobody([&] { return truncate(m.mnt("trunc").c_str(), 100) == 0 ? 0 : errno; }) == 0);
+	CHECK(modeOf("trunc") == 0777);
+
+	REQUIRE(writeAll(m.mnt("otrunc"), std::string(8192, 'o')));
+	REQUIRE(chmod(m.mnt("otrunc").c_str(), 06777) == 0);
+	CHECK(asNobody([&] {
+		int fd = open(m.mnt("otrunc").c_str(), O_WRONLY | O_TRUNC);
+		if (fd < 0)
+			return errno;
+		close(fd);
+		return 0;
+	}) == 0);
+	CHECK(modeOf("otrunc") == 0777);
+
+	/* sgid without group execute stays for a writer in the file's group. */
+	REQUIRE(writeAll(m.mnt("sgid"), "g"));
+	REQUIRE(chown(m.mnt("sgid").c_str(), 0, 65534) == 0);
+	REQUIRE(chmod(m.mnt("sgid").c_str(), 02666) == 0);
+	CHECK(asNobody([&] {
+		int fd = open(m.mnt("sgid").c_str(), O_WRONLY | O_DIRECT);
+		if (fd < 0)
+			return errno;
+		void *buf = nullptr;
+		int err = posix_memalign(&buf, 4096, 4096);
+		if (err == 0) {
+			memset(buf, 'g', 4096);
+			err = pwrite(fd, buf, 4096, 0) == 4096 ? 0 : errno;
+			free(buf);
+		}
+		close(fd);
+		return err;
+	}) == 0);
+	CHECK(modeOf("sgid") == 02666);
+
+	/* Root (CAP_FSETID) keeps the bits. */
+	REQUIRE(writeAll(m.mnt("rootw"), "r"));
+	REQUIRE(chmod(m.mnt("rootw").c_str(), 04755) == 0);
+	REQUIRE(writeAll(m.mnt("rootw"), "rr", O_WRONLY));
+	int fd = open(m.mnt("rootw").c_str(), O_WRONLY);
+	REQUIRE(fd >= 0);
+	REQUIRE(fsync(fd) == 0);
+	close(fd);
+	CHECK(modeOf("rootw") == 04755);
+}
+
+TEST_CASE("capture: with KILLPRIV_V2 a stream of writes does not ask for security.capability each time")
+{
+	SKIP_UNLESS_ROOT();
+	Mounted m;
+	if (!m.fs->counters().killprivV2) {
+		MESSAGE("the kernel did not offer FUSE_HANDLE_KILLPRIV_V2: not checked");
+		return;
+	}
+	int fd = open(m.mnt("log").c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
+	REQUIRE(fd >= 0);
+	uint64_t before = m.fs->counters().getxattrRequests;
+	for (int i = 0; i < 200; i++)
+		REQUIRE(write(fd, "0123456789abcdef", 16) == 16);
+	REQUIRE(fsync(fd) == 0);
+	close(fd);
+	uint64_t asked = m.fs->counters().getxattrRequests - before;
+	CAPTURE(asked);
+	/* Once after each attribute refresh at most, never once per write. */
+	CHECK(asked < 20);
+	CHECK(readAll(m.back("log")).size() == 200u * 16);
+}
+
 TEST_CASE("capture: xattrs")
 {
 	SKIP_UNLESS_ROOT();

@@ -245,14 +245,34 @@ std::string procPath(int fd)
  * session's read hook (ioRead) on the worker thread that then serves it: libfuse
  * reads and dispatches each request on one thread.
  *
- * FUSE_WRITE_KILL_SUIDGID: the kernel does not strip suid/sgid itself before a
- * direct-I/O write (O_DIRECT: no file_remove_privs on that path) and asks the
- * server to, whenever the writer lacks CAP_FSETID. Ignoring it let an
- * unprivileged O_DIRECT write keep a setuid file setuid.
+ * Kill flags (WRITE's FUSE_WRITE_KILL_SUIDGID, SETATTR's FATTR_KILL_SUIDGID,
+ * OPEN's FUSE_OPEN_KILL_SUIDGID): the kernel asks the server to strip suid/sgid
+ * for a caller without CAP_FSETID. It does so on direct-I/O writes always (no
+ * file_remove_privs on that path: ignoring it let an unprivileged O_DIRECT write
+ * keep a setuid file setuid), and on every write, truncate and O_TRUNC open
+ * once FUSE_HANDLE_KILLPRIV_V2 is negotiated.
+ *
+ * FUSE_HANDLE_KILLPRIV_V2 (libfuse 3.14 cannot ask for it: the write hook adds
+ * it to the INIT reply when the kernel offers it) lets the kernel cache "no
+ * suid/sgid/capability" per inode (S_NOSEC). Without it every write() of the
+ * application first costs a GETXATTR security.capability round trip to us.
  */
 thread_local bool tKillSuidgid = false;
 
-ssize_t ioRead(int fd, void *buf, size_t len, void *)
+/* Impl's INIT bookkeeping for the hooks (defined after Impl). */
+void noteInitOffer(void *impl, uint64_t unique);
+bool takeInitOffer(void *impl, uint64_t unique);
+
+/* The uint32_t at offset `at` of the request body, if the request holds it. */
+bool bodyU32(const void *buf, ssize_t n, size_t at, uint32_t *v)
+{
+	if (n < 0 || static_cast<size_t>(n) < sizeof(fuse_in_header) + at + sizeof(*v))
+		return false;
+	memcpy(v, static_cast<const char *>(buf) + sizeof(fuse_in_header) + at, sizeof(*v));
+	return true;
+}
+
+ssize_t ioRead(int fd, void *buf, size_t len, void *userdata)
 {
 	ssize_t n = read(fd, buf, len);
 	int saved = errno;
@@ -260,20 +280,46 @@ ssize_t ioRead(int fd, void *buf, size_t len, void *)
 	if (n >= static_cast<ssize_t>(sizeof(fuse_in_header))) {
 		fuse_in_header h;
 		memcpy(&h, buf, sizeof(h));
-		size_t flagsEnd = sizeof(h) + offsetof(fuse_write_in, write_flags) + sizeof(uint32_t);
-		if (h.opcode == FUSE_WRITE && static_cast<size_t>(n) >= flagsEnd) {
-			uint32_t flags;
-			memcpy(&flags, static_cast<const char *>(buf) + sizeof(h) + offsetof(fuse_write_in, write_flags),
-			       sizeof(flags));
-			tKillSuidgid = (flags & FUSE_WRITE_KILL_SUIDGID) != 0;
+		uint32_t v = 0;
+		switch (h.opcode) {
+		case FUSE_WRITE:
+			tKillSuidgid = bodyU32(buf, n, offsetof(fuse_write_in, write_flags), &v) &&
+				       (v & FUSE_WRITE_KILL_SUIDGID);
+			break;
+		case FUSE_SETATTR:
+			tKillSuidgid = bodyU32(buf, n, offsetof(fuse_setattr_in, valid), &v) && (v & FATTR_KILL_SUIDGID);
+			break;
+		case FUSE_OPEN:
+			tKillSuidgid = bodyU32(buf, n, offsetof(fuse_open_in, open_flags), &v) &&
+				       (v & FUSE_OPEN_KILL_SUIDGID);
+			break;
+		case FUSE_INIT:
+			if (bodyU32(buf, n, offsetof(fuse_init_in, flags), &v) && (v & FUSE_HANDLE_KILLPRIV_V2))
+				noteInitOffer(userdata, h.unique);
+			break;
+		default:
+			break;
 		}
 	}
 	errno = saved; /* libfuse reads it after the hook */
 	return n;
 }
 
-ssize_t ioWritev(int fd, struct iovec *iov, int count, void *)
+ssize_t ioWritev(int fd, struct iovec *iov, int count, void *userdata)
 {
+	/* The INIT reply: header, then fuse_init_out. */
+	fuse_out_header h;
+	if (count >= 2 && iov[0].iov_len == sizeof(h) &&
+	    iov[1].iov_len >= offsetof(fuse_init_out, flags) + sizeof(uint32_t)) {
+		memcpy(&h, iov[0].iov_base, sizeof(h));
+		if (h.error == 0 && takeInitOffer(userdata, h.unique)) {
+			uint32_t flags;
+			char *at = static_cast<char *>(iov[1].iov_base) + offsetof(fuse_init_out, flags);
+			memcpy(&flags, at, sizeof(flags));
+			flags |= FUSE_HANDLE_KILLPRIV_V2;
+			memcpy(at, &flags, sizeof(flags));
+		}
+	}
 	return writev(fd, iov, count);
 }
 
@@ -396,6 +442,11 @@ public:
 	std::atomic<uint64_t> barrierFailures_{ 0 };
 	std::atomic<uint64_t> skipped_{ 0 };
 	std::atomic<uint64_t> writeBehindDropped_{ 0 };
+	std::atomic<uint64_t> getxattrs_{ 0 };
+	/* The kernel's INIT offered FUSE_HANDLE_KILLPRIV_V2 (its request's unique, 0:
+	 * none pending), and whether our reply took it. */
+	std::atomic<uint64_t> initOfferUnique_{ 0 };
+	std::atomic<bool> killprivV2_{ false };
 
 	/* --- fd pruning (see the top of this file) --- */
 	std::atomic<uint64_t> lookupClock_{ 0 };
@@ -520,6 +571,25 @@ public:
 	}
 	double attrTimeout() const { return options_.readOnly ? 0.0 : kCacheTimeout; }
 };
+
+namespace {
+
+void noteInitOffer(void *impl, uint64_t unique)
+{
+	static_cast<CaptureFs::Impl *>(impl)->initOfferUnique_ = unique;
+}
+
+bool takeInitOffer(void *impl, uint64_t unique)
+{
+	auto *fs = static_cast<CaptureFs::Impl *>(impl);
+	uint64_t expected = unique;
+	if (unique == 0 || !fs->initOfferUnique_.compare_exchange_strong(expected, 0))
+		return false;
+	fs->killprivV2_ = true;
+	return true;
+}
+
+} /* namespace */
 
 /* ------------------------------------------------------------------ table */
 
@@ -1119,11 +1189,52 @@ void opGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info *)
 	fuse_reply_attr(req, &st, fs->attrTimeout());
 }
 
+/*
+ * The mode left once suid/sgid are stripped as the kernel strips them for a
+ * caller without CAP_FSETID (see tKillSuidgid): suid always; sgid when
+ * group-executable or the caller is not in the file's group.
+ */
+mode_t strippedMode(fuse_req_t req, const struct stat &st)
+{
+	mode_t mode = st.st_mode & 07777 & ~S_ISUID;
+	if ((st.st_mode & S_ISGID) && ((st.st_mode & S_IXGRP) || !callerInGroup(req, st.st_gid)))
+		mode &= ~S_ISGID;
+	return mode;
+}
+
+/* Strips fd's file (see strippedMode) and replicates the mode change, before
+ * the write or truncate that asked for it. 0 or an errno (the request must then
+ * fail: never write with the bits left). */
+int killSuidgid(Impl *fs, fuse_req_t req, Inode *inode, int fd)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return errno;
+	mode_t mode = strippedMode(req, st);
+	if (mode == (st.st_mode & 07777))
+		return 0;
+	if (fchmod(fd, mode) < 0)
+		return errno;
+	if (fs->capturing()) {
+		auto path = fs->pathOf(inode);
+		if (path && !fs->excluded(*path)) {
+			Op op;
+			op.type = OpType::Setattr;
+			op.path = std::move(*path);
+			op.valid = kSetMode;
+			op.mode = mode;
+			fs->submitRaw(std::move(op));
+		}
+	}
+	return 0;
+}
+
 void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, fuse_file_info *fi)
 {
 	Impl *fs = self(req);
 	if (fs->options_.readOnly)
 		return (void)fuse_reply_err(req, EROFS);
+	bool kill = tKillSuidgid;
 	Inode *inode = fs->inodeOf(ino);
 	PathFd inodeFd = fs->pathFd(inode);
 	if (!inodeFd)
@@ -1179,6 +1290,20 @@ void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, fus
 		else {
 			op.valid |= kSetSize;
 			op.size = attr->st_size;
+		}
+	}
+	/* FATTR_KILL_SUIDGID (with a truncate, under KILLPRIV_V2): see tKillSuidgid. */
+	struct stat now;
+	if (!err && kill && !(valid & FUSE_SET_ATTR_MODE) &&
+	    fstatat(inodeFd.get(), "", &now, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(now.st_mode)) {
+		mode_t mode = strippedMode(req, now);
+		if (mode != (now.st_mode & 07777)) {
+			if ((fd >= 0 ? fchmod(fd, mode) : chmod(proc.c_str(), mode)) < 0) {
+				err = errno;
+			} else {
+				op.valid |= kSetMode;
+				op.mode = mode;
+			}
 		}
 	}
 	if (!err && (valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME))) {
@@ -1646,12 +1771,19 @@ void opOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi)
 	std::unique_lock<std::shared_mutex> order;
 	if (trunc)
 		order = std::unique_lock(fs->orderMutex_);
+	bool kill = tKillSuidgid;
 	int fd = open(procPath(inodeFd.get()).c_str(), flags);
 	if (fd < 0)
 		return (void)fuse_reply_err(req, errno);
 	if (trunc) {
 		submitTruncate(fs, inode);
+		/* FUSE_OPEN_KILL_SUIDGID (O_TRUNC under KILLPRIV_V2): see tKillSuidgid. */
+		int err = kill ? killSuidgid(fs, req, inode, fd) : 0;
 		order.unlock();
+		if (err) {
+			close(fd);
+			return (void)fuse_reply_err(req, err);
+		}
 	}
 	auto *fh = new FileHandle{ fd, false };
 	setupFileInfo(fs, fi, fh);
@@ -1668,39 +1800,6 @@ void opRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info *
 	buf.buf[0].fd = fhOf(fi)->fd;
 	buf.buf[0].pos = off;
 	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
-}
-
-/*
- * FUSE_WRITE_KILL_SUIDGID, as the kernel strips for a writer without CAP_FSETID:
- * suid always; sgid when group-executable or the writer is not in the file's
- * group. The mode change is replicated before the write. 0 or an errno (the
- * write must then fail: never write with the bits left).
- */
-int killSuidgid(Impl *fs, fuse_req_t req, Inode *inode, int fd)
-{
-	struct stat st;
-	if (fstat(fd, &st) < 0)
-		return errno;
-	mode_t old = st.st_mode & 07777;
-	mode_t mode = old & ~S_ISUID;
-	if ((old & S_ISGID) && ((old & S_IXGRP) || !callerInGroup(req, st.st_gid)))
-		mode &= ~S_ISGID;
-	if (mode == old)
-		return 0;
-	if (fchmod(fd, mode) < 0)
-		return errno;
-	if (fs->capturing()) {
-		auto path = fs->pathOf(inode);
-		if (path && !fs->excluded(*path)) {
-			Op op;
-			op.type = OpType::Setattr;
-			op.path = std::move(*path);
-			op.valid = kSetMode;
-			op.mode = mode;
-			fs->submitRaw(std::move(op));
-		}
-	}
-	return 0;
 }
 
 void opWrite(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off, fuse_file_info *fi)
@@ -1737,17 +1836,10 @@ void opWrite(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_
 				fs->skipped_++;
 			}
 		}
-		/* Not under the order lock: this may wait for the disk. */
-		order.unlock();
+		/* Never blocks, never consumes a writeback error (see WriteBehind). */
 		uint64_t before = inode->writeBehind.droppedBytes();
-		int err = inode->writeBehind.wrote(fh->fd, static_cast<uint64_t>(off), static_cast<uint64_t>(n));
+		inode->writeBehind.wrote(fh->fd, static_cast<uint64_t>(off), static_cast<uint64_t>(n));
 		fs->writeBehindDropped_ += inode->writeBehind.droppedBytes() - before;
-		/* A writeback error of earlier data of this file, consumed here (see
-		 * WriteBehind): the application's next fsync must see it, and with the
-		 * writeback cache an error reply is what records it on the FUSE file.
-		 * The op is already submitted: the peer has what this node has. */
-		if (err)
-			return (void)fuse_reply_err(req, -err);
 	}
 	/* A page-cache writeback (fi->writepage) is not the app's write: an O_SYNC
 	 * app write with the writeback cache reaches us as FUSE_FSYNC instead. */
@@ -1983,6 +2075,7 @@ void opSetxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *va
 
 void opGetxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
+	self(req)->getxattrs_++;
 	PathFd inodeFd = self(req)->pathFd(ino);
 	if (!inodeFd)
 		return (void)fuse_reply_err(req, errno);
@@ -2337,6 +2430,8 @@ CaptureCounters CaptureFs::counters() const
 	c.cachedInodes = gInodeFds.load();
 	c.handleOnlyInodes = impl_->handleOnly_.load();
 	c.writeBehindDropped = impl_->writeBehindDropped_.load();
+	c.getxattrRequests = impl_->getxattrs_.load();
+	c.killprivV2 = impl_->killprivV2_.load();
 	return c;
 }
 

@@ -57,6 +57,8 @@ struct CaptureCounters {
 	uint64_t cachedInodes = 0;		/* inodes (one O_PATH fd each) of all mounts in the process */
 	uint64_t handleOnlyInodes = 0;		/* inodes made with a file handle when out of fds */
 	uint64_t writeBehindDropped = 0;	/* backing bytes written back and dropped early */
+	uint64_t getxattrRequests = 0;		/* GETXATTR requests served */
+	bool killprivV2 = false;		/* FUSE_HANDLE_KILLPRIV_V2 negotiated (suid/sgid stripped here) */
 };
 
 class CaptureFs
