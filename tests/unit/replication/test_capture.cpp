@@ -462,15 +462,19 @@ int asNobody(F fn)
 	return err;
 }
 
+/* Permission bits of the backing file (below the mount). */
+mode_t backMode(const Mounted &m, const std::string &name)
+{
+	struct stat st;
+	REQUIRE(stat(m.back(name).c_str(), &st) == 0);
+	return st.st_mode & 07777;
+}
+
 TEST_CASE("capture: truncate and O_TRUNC by a caller without CAP_FSETID clear suid/sgid; root's writes keep them")
 {
 	SKIP_UNLESS_ROOT();
 	Mounted m;
-	auto modeOf = [&](const std::string &name) {
-		struct stat st;
-		REQUIRE(stat(m.back(name).c_str(), &st) == 0);
-		return st.st_mode & 07777;
-	};
+	auto modeOf = [&](const std::string &name) { return backMode(m, name); };
 	REQUIRE(writeAll(m.mnt("trunc"), std::string(8192, 't')));
 	REQUIRE(chmod(m.mnt("trunc").c_str(), 06777) == 0);
 	CHECK(asNobody([&] { return truncate(m.mnt("trunc").c_str(), 100) == 0 ? 0 : errno; }) == 0);
@@ -516,6 +520,69 @@ TEST_CASE("capture: truncate and O_TRUNC by a caller without CAP_FSETID clear su
 	REQUIRE(fsync(fd) == 0);
 	close(fd);
 	CHECK(modeOf("rootw") == 04755);
+}
+
+TEST_CASE("capture: chown, fallocate and O_TRUNC create leave and replicate the modes a local call would")
+{
+	SKIP_UNLESS_ROOT();
+	Mounted m;
+	auto modeOf = [&](const std::string &name) { return backMode(m, name); };
+	auto modeSent = [&](const std::string &name, mode_t mode) {
+		for (const Op &op : m.sink.ops())
+			if (op.type == OpType::Setattr && op.path == name && (op.valid & kSetMode) &&
+			    (op.mode & 07777) == mode)
+				return true;
+		return false;
+	};
+	/* Root's chown strips suid (and group-executable sgid) but keeps sgid without
+	 * group execute; the peer gets the resulting mode. */
+	REQUIRE(writeAll(m.mnt("chown"), "c"));
+	REQUIRE(chmod(m.mnt("chown").c_str(), 06755) == 0);
+	m.sink.clear();
+	REQUIRE(chown(m.mnt("chown").c_str(), 65534, 65534) == 0);
+	CHECK(modeOf("chown") == 0755);
+	CHECK(modeSent("chown", 0755));
+	REQUIRE(writeAll(m.mnt("chgrp"), "g"));
+	REQUIRE(chmod(m.mnt("chgrp").c_str(), 02666) == 0);
+	REQUIRE(chown(m.mnt("chgrp").c_str(), static_cast<uid_t>(-1), 65534) == 0);
+	CHECK(modeOf("chgrp") == 02666);
+
+	/* fallocate by a caller without CAP_FSETID strips like a write. */
+	REQUIRE(writeAll(m.mnt("falloc"), std::string(8192, 'f')));
+	REQUIRE(chmod(m.mnt("falloc").c_str(), 06777) == 0);
+	m.sink.clear();
+	CHECK(asNobody([&] {
+		int fd = open(m.mnt("falloc").c_str(), O_WRONLY);
+		if (fd < 0)
+			return errno;
+		int err = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096) == 0 ? 0 : errno;
+		close(fd);
+		return err;
+	}) == 0);
+	if (m.fs->counters().killprivV2) {
+		CHECK(modeOf("falloc") == 0777);
+		CHECK(modeSent("falloc", 0777));
+	} else {
+		/* The kernel strips itself without v2. */
+		CHECK(modeOf("falloc") == 0777);
+	}
+
+	/* open(O_CREAT | O_TRUNC) of an existing setuid file by a caller without CAP_FSETID. */
+	REQUIRE(writeAll(m.mnt("ctrunc"), std::string(100, 'x')));
+	REQUIRE(chmod(m.mnt("ctrunc").c_str(), 06777) == 0);
+	m.sink.clear();
+	CHECK(asNobody([&] {
+		int fd = open(m.mnt("ctrunc").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		if (fd < 0)
+			return errno;
+		close(fd);
+		return 0;
+	}) == 0);
+	CHECK(modeOf("ctrunc") == 0777);
+	CHECK(modeSent("ctrunc", 0777));
+	struct stat st;
+	REQUIRE(stat(m.mnt("ctrunc").c_str(), &st) == 0);
+	CHECK(st.st_size == 0);
 }
 
 TEST_CASE("capture: with KILLPRIV_V2 a stream of writes does not ask for security.capability each time")

@@ -256,6 +256,14 @@ std::string procPath(int fd)
  * it to the INIT reply when the kernel offers it) lets the kernel cache "no
  * suid/sgid/capability" per inode (S_NOSEC). Without it every write() of the
  * application first costs a GETXATTR security.capability round trip to us.
+ * Under it we strip: on flagged writes, truncates and O_TRUNC opens (before the
+ * change), on fallocate by a caller other than root (the kernel flags nothing
+ * there), and we replicate the mode the backing fs changed by itself (chown as
+ * root strips suid; an O_TRUNC create runs as the caller). Capabilities: the
+ * backing fs removes security.capability on our writes, on both nodes.
+ *
+ * Invariant: set only by ioRead (libfuse 3.14 reads and serves a request on one
+ * worker thread); the handlers that use it read and clear it at their start.
  */
 thread_local bool tKillSuidgid = false;
 
@@ -1122,8 +1130,8 @@ DirHandle *dhOf(fuse_file_info *fi)
 void opInit(void *userdata, fuse_conn_info *conn)
 {
 	Impl *fs = static_cast<Impl *>(userdata);
-	/* The kernel must clear suid/sgid itself (and send us the SETATTR, which
-	 * replicates); we never do it implicitly. */
+	/* Not v1: it would make us strip on every write, chown and truncate. v2 is
+	 * added to the INIT reply by ioWritev (see tKillSuidgid for who strips what). */
 	conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
 	if (fs->options_.writebackCache && !fs->options_.readOnly && (conn->capable & FUSE_CAP_WRITEBACK_CACHE))
 		conn->want |= FUSE_CAP_WRITEBACK_CACHE;
@@ -1215,6 +1223,9 @@ int killSuidgid(Impl *fs, fuse_req_t req, Inode *inode, int fd)
 		return 0;
 	if (fchmod(fd, mode) < 0)
 		return errno;
+	/* The reply to a write or an open carries no attributes: have the kernel
+	 * fetch the new mode (attributes only: takes no inode lock). */
+	fuse_lowlevel_notify_inval_inode(fs->se_, fs->idOf(inode), -1, 0);
 	if (fs->capturing()) {
 		auto path = fs->pathOf(inode);
 		if (path && !fs->excluded(*path)) {
@@ -1232,9 +1243,9 @@ int killSuidgid(Impl *fs, fuse_req_t req, Inode *inode, int fd)
 void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, fuse_file_info *fi)
 {
 	Impl *fs = self(req);
+	bool kill = std::exchange(tKillSuidgid, false);
 	if (fs->options_.readOnly)
 		return (void)fuse_reply_err(req, EROFS);
-	bool kill = tKillSuidgid;
 	Inode *inode = fs->inodeOf(ino);
 	PathFd inodeFd = fs->pathFd(inode);
 	if (!inodeFd)
@@ -1258,6 +1269,21 @@ void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, fus
 	Op op;
 	op.type = OpType::Setattr;
 	int err = 0;
+	/* The mode before, to replicate what a chown or a truncate changes in it
+	 * implicitly (the backing fs strips suid/sgid on chown by itself). */
+	struct stat pre;
+	bool havePre = !(valid & FUSE_SET_ATTR_MODE) &&
+		       fstatat(inodeFd.get(), "", &pre, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0;
+	if (kill && (valid & FUSE_SET_ATTR_SIZE) && !(valid & FUSE_SET_ATTR_MODE)) {
+		/* FATTR_KILL_SUIDGID with a truncate (see tKillSuidgid): strip first, as
+		 * the VFS does, and never truncate with the bits left. */
+		if (!havePre)
+			return (void)fuse_reply_err(req, errno ? errno : EIO);
+		mode_t mode = strippedMode(req, pre);
+		if (S_ISREG(pre.st_mode) && mode != (pre.st_mode & 07777) &&
+		    (fd >= 0 ? fchmod(fd, mode) : chmod(proc.c_str(), mode)) < 0)
+			return (void)fuse_reply_err(req, errno);
+	}
 	if (valid & FUSE_SET_ATTR_MODE) {
 		int r = fd >= 0 ? fchmod(fd, attr->st_mode) : chmod(proc.c_str(), attr->st_mode);
 		if (r < 0)
@@ -1292,19 +1318,11 @@ void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, fus
 			op.size = attr->st_size;
 		}
 	}
-	/* FATTR_KILL_SUIDGID (with a truncate, under KILLPRIV_V2): see tKillSuidgid. */
 	struct stat now;
-	if (!err && kill && !(valid & FUSE_SET_ATTR_MODE) &&
-	    fstatat(inodeFd.get(), "", &now, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(now.st_mode)) {
-		mode_t mode = strippedMode(req, now);
-		if (mode != (now.st_mode & 07777)) {
-			if ((fd >= 0 ? fchmod(fd, mode) : chmod(proc.c_str(), mode)) < 0) {
-				err = errno;
-			} else {
-				op.valid |= kSetMode;
-				op.mode = mode;
-			}
-		}
+	if (!err && havePre && fstatat(inodeFd.get(), "", &now, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 &&
+	    (now.st_mode & 07777) != (pre.st_mode & 07777)) {
+		op.valid |= kSetMode;
+		op.mode = now.st_mode & 07777;
 	}
 	if (!err && (valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME))) {
 		struct timespec tv[2];
@@ -1718,6 +1736,11 @@ void opCreate(fuse_req_t req, fuse_ino_t parentIno, const char *name, mode_t mod
 	std::unique_lock order(fs->orderMutex_);
 	bool created = true;
 	int fd;
+	/* An existing file opened with O_TRUNC is truncated as the caller, so the
+	 * backing fs strips suid/sgid as for a local call: replicate that. */
+	struct stat pre;
+	bool havePre = (fi->flags & O_TRUNC) &&
+		       fstatat(parentFd.get(), name, &pre, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(pre.st_mode);
 	{
 		FsIdGuard ids(req);
 		fd = openat(parentFd.get(), name, flags | O_CREAT | O_EXCL, mode);
@@ -1746,6 +1769,16 @@ void opCreate(fuse_req_t req, fuse_ino_t parentIno, const char *name, mode_t mod
 			fs->submit(std::move(op));
 		}
 	} else if (!created && (fi->flags & O_TRUNC)) {
+		if (havePre && (e.attr.st_mode & 07777) != (pre.st_mode & 07777) && fs->capturing()) {
+			if (auto path = fs->pathOf(inode)) {
+				Op op;
+				op.type = OpType::Setattr;
+				op.path = std::move(*path);
+				op.valid = kSetMode;
+				op.mode = e.attr.st_mode & 07777;
+				fs->submit(std::move(op));
+			}
+		}
 		submitTruncate(fs, inode);
 	}
 	order.unlock();
@@ -1760,6 +1793,7 @@ void opCreate(fuse_req_t req, fuse_ino_t parentIno, const char *name, mode_t mod
 void opOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi)
 {
 	Impl *fs = self(req);
+	bool kill = std::exchange(tKillSuidgid, false);
 	Inode *inode = fs->inodeOf(ino);
 	PathFd inodeFd = fs->pathFd(inode);
 	if (!inodeFd)
@@ -1771,19 +1805,21 @@ void opOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi)
 	std::unique_lock<std::shared_mutex> order;
 	if (trunc)
 		order = std::unique_lock(fs->orderMutex_);
-	bool kill = tKillSuidgid;
+	if (kill && trunc) {
+		/* FUSE_OPEN_KILL_SUIDGID (see tKillSuidgid): strip before truncating. */
+		int rfd = open(procPath(inodeFd.get()).c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+		int err = rfd < 0 ? errno : killSuidgid(fs, req, inode, rfd);
+		if (rfd >= 0)
+			close(rfd);
+		if (err)
+			return (void)fuse_reply_err(req, err);
+	}
 	int fd = open(procPath(inodeFd.get()).c_str(), flags);
 	if (fd < 0)
 		return (void)fuse_reply_err(req, errno);
 	if (trunc) {
 		submitTruncate(fs, inode);
-		/* FUSE_OPEN_KILL_SUIDGID (O_TRUNC under KILLPRIV_V2): see tKillSuidgid. */
-		int err = kill ? killSuidgid(fs, req, inode, fd) : 0;
 		order.unlock();
-		if (err) {
-			close(fd);
-			return (void)fuse_reply_err(req, err);
-		}
 	}
 	auto *fh = new FileHandle{ fd, false };
 	setupFileInfo(fs, fi, fh);
@@ -1807,7 +1843,7 @@ void opWrite(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_
 	Impl *fs = self(req);
 	if (fs->options_.readOnly)
 		return (void)fuse_reply_err(req, EROFS);
-	bool kill = tKillSuidgid;
+	bool kill = std::exchange(tKillSuidgid, false);
 	Inode *inode = fs->inodeOf(ino);
 	FileHandle *fh = fhOf(fi);
 	ssize_t n;
@@ -2145,6 +2181,12 @@ void opFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t l
 	DirtyLog::Guard logged = fs->recordWrite(inode, offset, length, -1);
 	std::shared_lock order(fs->orderMutex_);
 	std::lock_guard same(inode->writeMutex);
+	/* Under KILLPRIV_V2 the kernel neither strips before a fallocate nor flags it:
+	 * strip for a caller other than root (root is taken to hold CAP_FSETID). */
+	if (fs->killprivV2_ && fuse_req_ctx(req)->uid != 0) {
+		if (int err = killSuidgid(fs, req, inode, fhOf(fi)->fd))
+			return (void)fuse_reply_err(req, err);
+	}
 	if (fallocate(fhOf(fi)->fd, mode, offset, length) < 0)
 		return (void)fuse_reply_err(req, errno);
 	if (fs->capturing()) {
