@@ -152,12 +152,19 @@ test_admin_stop_loses_no_new_connection() {
 	sleep 0.3
 	farm_stop_probe p1
 	farm_stop_probe p2
-	# New connections: begun once n2 released its buckets (WAIT/leaving). A connection n2
-	# accepted just before can still be reset by the node that takes its bucket over (the
-	# filter keeps no per-flow state): those are reported, not failed on.
-	local bad leaving inflight
+	# New connections: begun once n2 released its buckets, i.e. once its filter held a table
+	# with none of them (the first install after WAIT/leaving; the transition itself comes a
+	# moment before). A connection n2 accepted before that can still be reset by the node that
+	# takes its bucket over (the filter keeps no per-flow state): those are reported, not
+	# failed on.
+	local bad leaving released inflight
 	leaving=$(farm_json n2 web | jq '[.transitions[] | select(.to == "WAIT/leaving")] | last | .at_ms')
 	[ "$leaving" != null ] || rig_fail "n2 never went through WAIT/leaving"
+	released=$(farm_json n2 web | jq --argjson t "$leaving" \
+		'[.owner_installs[] | select(.at_ms >= $t and .buckets_here == 0)] | first | .at_ms')
+	[ "$released" != null ] || rig_fail "n2 never installed a table without its buckets after WAIT/leaving"
+	rig_log "n2 went WAIT/leaving at $leaving, its filter released its buckets $((released - leaving)) ms later"
+	leaving=$released
 	bad=$(jq -r --argjson t "$leaving" '.ips | to_entries[] | select(any(.value.failed_at_ms[]; . >= $t)) | "\(.key): \(.value.errors)"' "$RIG_DIR/p1.json" "$RIG_DIR/p2.json")
 	[ -z "$bad" ] || rig_fail "new connections failed during the admin stop: $bad"
 	inflight=$(jq -s '[.[].ips[].failures] | add' "$RIG_DIR/p1.json" "$RIG_DIR/p2.json")

@@ -526,6 +526,10 @@ void FarmModule::executeOne(const FarmAction &a)
 			break;
 		}
 		ownerUpdates_++;
+		ownerInstalls_.push_back({ wallMs(), static_cast<size_t>(std::count(a.owners.begin(), a.owners.end(),
+										      ctx_.self->id)) });
+		if (ownerInstalls_.size() > kOwnerInstallsKept)
+			ownerInstalls_.pop_front();
 		std::vector<std::string> up;
 		for (NodeId id : a.upSet)
 			up.push_back(nodeName(id));
@@ -1044,6 +1048,9 @@ nlohmann::json FarmModule::status() const
 	json transitions = json::array();
 	for (const TransitionRecord &t : transitions_)
 		transitions.push_back({ { "at_ms", t.atMs }, { "from", t.from }, { "to", t.to }, { "cause", t.cause } });
+	json installs = json::array();
+	for (const OwnerInstall &i : ownerInstalls_)
+		installs.push_back({ { "at_ms", i.atMs }, { "buckets_here", i.mine } });
 	NodeId resp = sm_->responderNode();
 	return {
 		{ "name", config_.name },
@@ -1069,6 +1076,7 @@ nlohmann::json FarmModule::status() const
 		{ "checkers", checkers_->status() },
 		{ "checker_hold", checkerHold_ },
 		{ "owner_updates", ownerUpdates_ },
+		{ "owner_installs", installs },
 		{ "buckets_installed_here", installedHere },
 		{ "xdp", xdp },
 		{ "script_running", runningScript_ },

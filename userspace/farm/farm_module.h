@@ -183,6 +183,14 @@ private:
 	std::optional<EventLoop::Clock::time_point> disagreeSince_;
 	bool disagreeLogged_ = false;
 	uint64_t ownerUpdates_ = 0;
+	/* The last owner tables put into the filter: wall ms and buckets here (when
+	 * this node really started or stopped taking clients, for tests and status). */
+	struct OwnerInstall {
+		int64_t atMs;
+		size_t mine;
+	};
+	std::deque<OwnerInstall> ownerInstalls_;
+	static constexpr size_t kOwnerInstallsKept = 16;
 
 	struct TransitionRecord {
 		int64_t atMs;
