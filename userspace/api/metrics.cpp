@@ -155,6 +155,8 @@ const DirField kDirFields[] = {
 	{ "connections", "sk_replication_connections_total", "counter", "Replication connections made.", 1 },
 	{ "rejected_frames", "sk_replication_rejected_frames_total", "counter",
 	  "Connections closed for an invalid frame.", 1 },
+	{ "refused_ops", "sk_replication_refused_ops_total", "counter",
+	  "Local changes no operation could carry to the peer (it lacks them).", 1 },
 	{ "durable_flushes", "sk_replication_durable_flushes_total", "counter",
 	  "Durable barriers the target flushed to disk.", 1 },
 	{ "apply_errors", "sk_replication_apply_errors_total", "counter", "Operations that failed to apply.", 1 },

@@ -1807,6 +1807,9 @@ nlohmann::json SyncReplication::status() const
 						 { "count", c.barriersAcked } };
 			o["connections"] = c.connections;
 			o["rejected_frames"] = c.rejectedFrames;
+			/* Changes made here that no op could carry (a path over the op limit):
+			 * the peer lacks them. Non-zero is a divergence; the log names each. */
+			o["refused_ops"] = c.refusedOps;
 		}
 		if (d->capture)
 			o["write_behind_dropped_bytes"] = d->capture->counters().writeBehindDropped;

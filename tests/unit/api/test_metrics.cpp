@@ -203,6 +203,7 @@ TEST_CASE("replication on the source: one series set per dir, and the barrier la
 	CHECK(sample(m, "sk_replication_connections_total" + wal) == line("sk_replication_connections_total" + wal, "2"));
 	CHECK(sample(m, "sk_replication_rejected_frames_total" + wal) ==
 	      line("sk_replication_rejected_frames_total" + wal, "1"));
+	CHECK(sample(m, "sk_replication_refused_ops_total" + wal) == line("sk_replication_refused_ops_total" + wal, "2"));
 	CHECK(sample(m, "sk_replication_write_behind_dropped_bytes_total" + data) ==
 	      line("sk_replication_write_behind_dropped_bytes_total" + data, "524288"));
 	CHECK(sample(m, "sk_replication_barrier_latency_max_seconds" + data) ==
