@@ -295,10 +295,7 @@ uint64_t GatedSink::submit(Op &&op)
 uint64_t GatedSink::submitWrite(Op &&op, std::string_view data)
 {
 	std::lock_guard<std::mutex> g(gate_);
-	uint64_t seq = inner_->submitWrite(std::move(op), data);
-	if (seq)
-		lastSeq_.store(seq);
-	return seq;
+	return submitLocked(std::move(op), &data);
 }
 
 uint64_t GatedSink::submitBarrier(bool durable)
@@ -310,7 +307,7 @@ uint64_t GatedSink::submitBarrier(bool durable)
 	return seq;
 }
 
-uint64_t GatedSink::submitLocked(Op &&op)
+uint64_t GatedSink::submitLocked(Op &&op, const std::string_view *writeData)
 {
 	bool rename = op.type == OpType::Rename;
 	if (rename && tracking_ && !renamed_.overflow) {
@@ -321,7 +318,7 @@ uint64_t GatedSink::submitLocked(Op &&op)
 			renamed_.overflow = true;
 		}
 	}
-	uint64_t seq = inner_->submit(std::move(op));
+	uint64_t seq = writeData ? inner_->submitWrite(std::move(op), *writeData) : inner_->submit(std::move(op));
 	if (rename && seq)
 		lastRenameSeq_.store(seq);
 	if (seq)

@@ -157,7 +157,8 @@ public:
 
 	/* Resync side: hold the gate across read + submitLocked(). */
 	std::unique_lock<std::mutex> hold() { return std::unique_lock<std::mutex>(gate_); }
-	uint64_t submitLocked(Op &&op);
+	/* writeData: a Write's bytes apart from op (submitWrite), or null. */
+	uint64_t submitLocked(Op &&op, const std::string_view *writeData = nullptr);
 	uint64_t lastRenameSeq() const { return lastRenameSeq_.load(); }
 	/* Highest seq handed out so far (0: none). */
 	uint64_t lastSeq() const { return lastSeq_.load(); }

@@ -404,51 +404,8 @@ TEST_CASE("capture: EACCES for a non-root caller; files it creates are its own")
 	CHECK(cr[0].gid == 65534u);
 }
 
-TEST_CASE("capture: a write by a caller without CAP_FSETID clears suid and sgid, O_DIRECT too")
-{
-	SKIP_UNLESS_ROOT();
-	Mounted m;
-	for (const char *name : { "cached", "direct" }) {
-		CAPTURE(name);
-		REQUIRE(writeAll(m.mnt(name), std::string(4096, 'a')));
-		REQUIRE(chmod(m.mnt(name).c_str(), 06777) == 0);
-		m.sink.clear();
-		int err = -1;
-		bool direct = std::string(name) == "direct";
-		std::thread t([&] {
-			/* A non-zero fsuid drops CAP_FSETID for this thread. */
-			setfsgid(65534);
-			setfsuid(65534);
-			int fd = open(m.mnt(name).c_str(), O_WRONLY | (direct ? O_DIRECT : 0));
-			if (fd < 0) {
-				err = errno;
-				return;
-			}
-			void *buf = nullptr;
-			if (posix_memalign(&buf, 4096, 4096) == 0) {
-				memset(buf, 'b', 4096);
-				err = pwrite(fd, buf, 4096, 0) == 4096 ? 0 : errno;
-				free(buf);
-			}
-			close(fd);
-		});
-		t.join();
-		REQUIRE(err == 0);
-		struct stat st;
-		REQUIRE(stat(m.back(name).c_str(), &st) == 0);
-		CHECK((st.st_mode & 07777) == 0777);
-		REQUIRE(stat(m.mnt(name).c_str(), &st) == 0);
-		CHECK((st.st_mode & 07777) == 0777);
-		/* The peer gets the same mode. */
-		bool modeSent = false;
-		for (const Op &op : m.sink.ops())
-			if (op.type == OpType::Setattr && (op.valid & kSetMode) && (op.mode & 07777) == 0777)
-				modeSent = true;
-		CHECK(modeSent);
-	}
-}
-
-/* Runs fn on a thread whose fsuid/fsgid are 65534 (no CAP_FSETID); fn returns 0 or an errno. */
+/* Runs fn on a thread whose fsuid/fsgid are 65534 (a non-zero fsuid drops
+ * CAP_FSETID for that thread); fn returns 0 or an errno. */
 template<typename F>
 int asNobody(F fn)
 {
@@ -468,6 +425,49 @@ mode_t backMode(const Mounted &m, const std::string &name)
 	struct stat st;
 	REQUIRE(stat(m.back(name).c_str(), &st) == 0);
 	return st.st_mode & 07777;
+}
+
+/* One page-aligned 4 KiB block of c written at offset 0 of path, opened
+ * O_WRONLY | flags (O_DIRECT needs the alignment): 0 or an errno. */
+int writeBlock(const std::string &path, int flags, char c)
+{
+	int fd = open(path.c_str(), O_WRONLY | flags);
+	if (fd < 0)
+		return errno;
+	void *buf = nullptr;
+	int err = posix_memalign(&buf, 4096, 4096);
+	if (err == 0) {
+		memset(buf, c, 4096);
+		err = pwrite(fd, buf, 4096, 0) == 4096 ? 0 : errno;
+		free(buf);
+	}
+	close(fd);
+	return err;
+}
+
+TEST_CASE("capture: a write by a caller without CAP_FSETID clears suid and sgid, O_DIRECT too")
+{
+	SKIP_UNLESS_ROOT();
+	Mounted m;
+	for (const char *name : { "cached", "direct" }) {
+		CAPTURE(name);
+		REQUIRE(writeAll(m.mnt(name), std::string(4096, 'a')));
+		REQUIRE(chmod(m.mnt(name).c_str(), 06777) == 0);
+		m.sink.clear();
+		bool direct = std::string(name) == "direct";
+		REQUIRE(asNobody([&] { return writeBlock(m.mnt(name), direct ? O_DIRECT : 0, 'b'); }) == 0);
+		struct stat st;
+		REQUIRE(stat(m.back(name).c_str(), &st) == 0);
+		CHECK((st.st_mode & 07777) == 0777);
+		REQUIRE(stat(m.mnt(name).c_str(), &st) == 0);
+		CHECK((st.st_mode & 07777) == 0777);
+		/* The peer gets the same mode. */
+		bool modeSent = false;
+		for (const Op &op : m.sink.ops())
+			if (op.type == OpType::Setattr && (op.valid & kSetMode) && (op.mode & 07777) == 0777)
+				modeSent = true;
+		CHECK(modeSent);
+	}
 }
 
 TEST_CASE("capture: truncate and O_TRUNC by a caller without CAP_FSETID clear suid/sgid; root's writes keep them")
@@ -495,20 +495,7 @@ TEST_CASE("capture: truncate and O_TRUNC by a caller without CAP_FSETID clear su
 	REQUIRE(writeAll(m.mnt("sgid"), "g"));
 	REQUIRE(chown(m.mnt("sgid").c_str(), 0, 65534) == 0);
 	REQUIRE(chmod(m.mnt("sgid").c_str(), 02666) == 0);
-	CHECK(asNobody([&] {
-		int fd = open(m.mnt("sgid").c_str(), O_WRONLY | O_DIRECT);
-		if (fd < 0)
-			return errno;
-		void *buf = nullptr;
-		int err = posix_memalign(&buf, 4096, 4096);
-		if (err == 0) {
-			memset(buf, 'g', 4096);
-			err = pwrite(fd, buf, 4096, 0) == 4096 ? 0 : errno;
-			free(buf);
-		}
-		close(fd);
-		return err;
-	}) == 0);
+	CHECK(asNobody([&] { return writeBlock(m.mnt("sgid"), O_DIRECT, 'g'); }) == 0);
 	CHECK(modeOf("sgid") == 02666);
 
 	/* Root (CAP_FSETID) keeps the bits. */

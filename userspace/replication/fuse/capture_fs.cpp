@@ -1197,6 +1197,30 @@ void opGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info *)
 	fuse_reply_attr(req, &st, fs->attrTimeout());
 }
 
+/* A Setattr of inode's mode (kSetMode) or its truncation to 0 (kSetSize). */
+void submitAttr(Impl *fs, Inode *inode, uint32_t valid, mode_t mode = 0)
+{
+	if (!fs->capturing())
+		return;
+	auto path = fs->pathOf(inode);
+	if (!path) {
+		fs->skipped_++;
+		return;
+	}
+	Op op;
+	op.type = OpType::Setattr;
+	op.path = std::move(*path);
+	op.valid = valid;
+	op.mode = mode;
+	op.size = 0;
+	fs->submit(std::move(op));
+}
+
+void submitTruncate(Impl *fs, Inode *inode)
+{
+	submitAttr(fs, inode, kSetSize);
+}
+
 /*
  * The mode left once suid/sgid are stripped as the kernel strips them for a
  * caller without CAP_FSETID (see tKillSuidgid): suid always; sgid when
@@ -1226,17 +1250,7 @@ int killSuidgid(Impl *fs, fuse_req_t req, Inode *inode, int fd)
 	/* The reply to a write or an open carries no attributes: have the kernel
 	 * fetch the new mode (attributes only: takes no inode lock). */
 	fuse_lowlevel_notify_inval_inode(fs->se_, fs->idOf(inode), -1, 0);
-	if (fs->capturing()) {
-		auto path = fs->pathOf(inode);
-		if (path && !fs->excluded(*path)) {
-			Op op;
-			op.type = OpType::Setattr;
-			op.path = std::move(*path);
-			op.valid = kSetMode;
-			op.mode = mode;
-			fs->submitRaw(std::move(op));
-		}
-	}
+	submitAttr(fs, inode, kSetMode, mode);
 	return 0;
 }
 
@@ -1269,10 +1283,12 @@ void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, fus
 	Op op;
 	op.type = OpType::Setattr;
 	int err = 0;
-	/* The mode before, to replicate what a chown or a truncate changes in it
-	 * implicitly (the backing fs strips suid/sgid on chown by itself). */
+	/* The mode before, to replicate what a chown or a flagged truncate changes in
+	 * it implicitly (the backing fs strips suid/sgid on chown by itself). Not for
+	 * the times-only setattr the kernel sends at every fsync. */
 	struct stat pre;
 	bool havePre = !(valid & FUSE_SET_ATTR_MODE) &&
+		       (kill || (valid & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))) &&
 		       fstatat(inodeFd.get(), "", &pre, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0;
 	if (kill && (valid & FUSE_SET_ATTR_SIZE) && !(valid & FUSE_SET_ATTR_MODE)) {
 		/* FATTR_KILL_SUIDGID with a truncate (see tKillSuidgid): strip first, as
@@ -1705,23 +1721,6 @@ void setupFileInfo(const Impl *fs, fuse_file_info *fi, FileHandle *fh)
 	fi->fh = reinterpret_cast<uint64_t>(fh);
 }
 
-void submitTruncate(Impl *fs, Inode *inode)
-{
-	if (!fs->capturing())
-		return;
-	auto path = fs->pathOf(inode);
-	if (!path) {
-		fs->skipped_++;
-		return;
-	}
-	Op op;
-	op.type = OpType::Setattr;
-	op.path = std::move(*path);
-	op.valid = kSetSize;
-	op.size = 0;
-	fs->submit(std::move(op));
-}
-
 void opCreate(fuse_req_t req, fuse_ino_t parentIno, const char *name, mode_t mode, fuse_file_info *fi)
 {
 	Impl *fs = self(req);
@@ -1769,16 +1768,8 @@ void opCreate(fuse_req_t req, fuse_ino_t parentIno, const char *name, mode_t mod
 			fs->submit(std::move(op));
 		}
 	} else if (!created && (fi->flags & O_TRUNC)) {
-		if (havePre && (e.attr.st_mode & 07777) != (pre.st_mode & 07777) && fs->capturing()) {
-			if (auto path = fs->pathOf(inode)) {
-				Op op;
-				op.type = OpType::Setattr;
-				op.path = std::move(*path);
-				op.valid = kSetMode;
-				op.mode = e.attr.st_mode & 07777;
-				fs->submit(std::move(op));
-			}
-		}
+		if (havePre && (e.attr.st_mode & 07777) != (pre.st_mode & 07777))
+			submitAttr(fs, inode, kSetMode, e.attr.st_mode & 07777);
 		submitTruncate(fs, inode);
 	}
 	order.unlock();
