@@ -150,6 +150,8 @@ const DirField kDirFields[] = {
 	{ "ops_while_alone", "sk_replication_ops_while_alone_total", "counter",
 	  "Operations the source submitted while serving alone (left to the dirty log).", 1 },
 	{ "barriers", "sk_replication_barriers_total", "counter", "Durability barriers submitted.", 1 },
+	{ "barriers_released_alone", "sk_replication_barriers_released_alone_total", "counter",
+	  "Durability barriers whose wait ended when the source went ALONE, not by an ack.", 1 },
 	{ "barrier_latency_us_max", "sk_replication_barrier_latency_max_seconds", "gauge",
 	  "Slowest barrier acknowledgement seen.", 1e-6 },
 	{ "connections", "sk_replication_connections_total", "counter", "Replication connections made.", 1 },

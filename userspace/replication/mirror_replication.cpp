@@ -1791,7 +1791,9 @@ nlohmann::json SyncReplication::status() const
 			o["durable_seq"] = c.durableSeq;
 			o["ops_while_alone"] = c.opsWhileAlone;
 			o["barriers"] = c.barriers;
-			o["barrier_latency_us_avg"] = c.barriersAcked ? c.barrierLatencyNsSum / c.barriersAcked / 1000 : 0;
+			o["barriers_released_alone"] = c.barriersReleasedAlone;
+			uint64_t completed = c.barriersAcked + c.barriersReleasedAlone;
+			o["barrier_latency_us_avg"] = completed ? c.barrierLatencyNsSum / completed / 1000 : 0;
 			o["barrier_latency_us_max"] = c.barrierLatencyNsMax / 1000;
 			o["barrier_latency_us_p50"] = std::lround(repl::barrierLatencyQuantileUs(c.barrierLatencyHist, 0.5));
 			o["barrier_latency_us_p99"] = std::lround(repl::barrierLatencyQuantileUs(c.barrierLatencyHist, 0.99));
@@ -1804,7 +1806,7 @@ nlohmann::json SyncReplication::status() const
 			}
 			o["barrier_latency"] = { { "buckets", buckets },
 						 { "sum_s", static_cast<double>(c.barrierLatencyNsSum) / 1e9 },
-						 { "count", c.barriersAcked } };
+						 { "count", completed } };
 			o["connections"] = c.connections;
 			o["rejected_frames"] = c.rejectedFrames;
 			/* Changes made here that no op could carry (a path over the op limit):

@@ -566,6 +566,12 @@ void ReplicationSender::goneAlone()
 			options_.stream.module, queue_.size(), queuedBytes_);
 		queue_.clear();
 		queuedBytes_ = 0;
+		/* Their wait ends here: the stall the application saw counts too. */
+		auto now = std::chrono::steady_clock::now();
+		for (const auto &[seq, barrier] : pendingBarriers_) {
+			counters_.barriersReleasedAlone++;
+			recordBarrierLocked(barrier.second, now);
+		}
 		pendingBarriers_.clear();
 		if (conn_)
 			conn_->dead = true;
@@ -857,15 +863,21 @@ void ReplicationSender::onAck(uint64_t applied, uint64_t durable)
 			++it;
 			continue;
 		}
-		uint64_t ns = static_cast<uint64_t>(
-			std::chrono::duration_cast<std::chrono::nanoseconds>(now - it->second.second).count());
 		counters_.barriersAcked++;
-		counters_.barrierLatencyNsSum += ns;
-		counters_.barrierLatencyNsMax = std::max(counters_.barrierLatencyNsMax, ns);
-		auto bucket = std::lower_bound(kBarrierBucketsUs.begin(), kBarrierBucketsUs.end(), (ns + 999) / 1000);
-		counters_.barrierLatencyHist[static_cast<size_t>(bucket - kBarrierBucketsUs.begin())]++;
+		recordBarrierLocked(it->second.second, now);
 		it = pendingBarriers_.erase(it);
 	}
+}
+
+void ReplicationSender::recordBarrierLocked(std::chrono::steady_clock::time_point submitted,
+					    std::chrono::steady_clock::time_point now)
+{
+	uint64_t ns = static_cast<uint64_t>(
+		std::chrono::duration_cast<std::chrono::nanoseconds>(now - submitted).count());
+	counters_.barrierLatencyNsSum += ns;
+	counters_.barrierLatencyNsMax = std::max(counters_.barrierLatencyNsMax, ns);
+	auto bucket = std::lower_bound(kBarrierBucketsUs.begin(), kBarrierBucketsUs.end(), (ns + 999) / 1000);
+	counters_.barrierLatencyHist[static_cast<size_t>(bucket - kBarrierBucketsUs.begin())]++;
 }
 
 void ReplicationSender::readerMain(Conn *conn)

@@ -114,8 +114,10 @@ public:
 		uint64_t barriersAcked = 0;
 		uint64_t barrierLatencyNsSum = 0;
 		uint64_t barrierLatencyNsMax = 0;
-		/* Acked barriers by latency: [i] counts those <= kBarrierBucketsUs[i]
-		 * (not cumulative); the last one counts everything slower. */
+		uint64_t barriersReleasedAlone = 0;	/* waits ended by ALONE, not by an ack */
+		/* Completed barriers (acked or released by ALONE) by latency: [i] counts
+		 * those <= kBarrierBucketsUs[i] (not cumulative); the last one counts
+		 * everything slower. The sum and max cover the same barriers. */
 		BarrierLatencyHist barrierLatencyHist{};
 		uint64_t opsWhileAlone = 0;
 		uint64_t blockedSubmits = 0;	/* submits that had to wait for queue space */
@@ -199,6 +201,9 @@ private:
 	std::vector<std::shared_ptr<std::vector<uint8_t>>> spare_;	/* spareMutex_ */
 	uint64_t reused_ = 0;	/* spareMutex_ */
 	bool ackedLocked(uint64_t seq) const;
+	/* A barrier's wait from submitted to now, into the latency counters. */
+	void recordBarrierLocked(std::chrono::steady_clock::time_point submitted,
+				 std::chrono::steady_clock::time_point now);
 	void writerMain(Conn *conn);
 	void readerMain(Conn *conn);
 	void connDead(Conn *conn, const std::string &reason);

@@ -7,12 +7,14 @@
 #include "test_capture_support.h"
 
 #include <csignal>
+#include <linux/capability.h>
 #include <linux/falloc.h>
 #include <sys/file.h>
 #include <sys/fsuid.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
 using namespace sk::repl;
@@ -226,6 +228,96 @@ TEST_CASE("capture: namespace operations and their ops")
 	CHECK(S_ISFIFO(mn[0].mode));
 	CHECK((mn[0].mode & 07777) == 0600);
 	CHECK(treeOf(m.dir.path()) == "");
+}
+
+TEST_CASE("capture: a change at a path longer than an op carries is refused before it is made")
+{
+	SKIP_UNLESS_ROOT();
+	Mounted m(noWriteback());
+	/* 20 levels of 200-byte names: a 4019-byte path, reached by *at() calls
+	 * (it is longer than PATH_MAX from /). */
+	std::vector<int> fds{ open(m.mnt("").c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC) };
+	std::string deep;
+	for (int i = 0; i < 20; i++) {
+		std::string name(200, static_cast<char>('a' + i));
+		REQUIRE(mkdirat(fds.back(), name.c_str(), 0755) == 0);
+		fds.push_back(openat(fds.back(), name.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+		REQUIRE(fds.back() >= 0);
+		deep += (deep.empty() ? "" : "/") + name;
+	}
+	int d = fds.back();
+	REQUIRE(deep.size() == 4019);
+	REQUIRE(writeAll(m.mnt("top"), "t"));
+	REQUIRE(mkdir(m.mnt("sub").c_str(), 0755) == 0);
+	REQUIRE(writeAll(m.mnt("sub/f"), "f"));
+	m.sink.clear();
+
+	std::string tooLong(100, 'z');	/* 4019 + 1 + 100 > 4096 */
+	CHECK(mkdirat(d, tooLong.c_str(), 0755) == -1);
+	CHECK(errno == ENAMETOOLONG);
+	CHECK(openat(d, tooLong.c_str(), O_WRONLY | O_CREAT, 0644) == -1);
+	CHECK(errno == ENAMETOOLONG);
+	CHECK(mknodat(d, tooLong.c_str(), S_IFIFO | 0600, 0) == -1);
+	CHECK(errno == ENAMETOOLONG);
+	CHECK(symlinkat("top", d, tooLong.c_str()) == -1);
+	CHECK(errno == ENAMETOOLONG);
+	CHECK(linkat(fds[0], "top", d, tooLong.c_str(), 0) == -1);
+	CHECK(errno == ENAMETOOLONG);
+	CHECK(renameat(fds[0], "top", d, tooLong.c_str()) == -1);
+	CHECK(errno == ENAMETOOLONG);
+	CHECK(faccessat(fds[0], "top", F_OK, 0) == 0);
+	struct stat st;
+	CHECK(fstatat(d, tooLong.c_str(), &st, AT_SYMLINK_NOFOLLOW) == -1);
+	CHECK(m.sink.ops().empty());
+
+	/* A name that fits still works, at the limit. */
+	std::string fits(4096 - 4020, 'y');
+	REQUIRE(renameat(fds[0], "sub", d, fits.c_str()) == 0);
+	auto renames = opsOfType(m.sink, OpType::Rename);
+	REQUIRE(renames.size() == 1);
+	CHECK(renames[0].path2.size() == 4096);
+
+	/* "sub/f" moved along to 4098 bytes: the peer's rename moved it too, and
+	 * changes to it are refused before they are made. */
+	m.sink.clear();
+	int sub = openat(d, fits.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+	REQUIRE(sub >= 0);
+	int fd = openat(sub, "f", O_RDWR);
+	REQUIRE(fd >= 0);
+	char c = 0;
+	CHECK(pread(fd, &c, 1, 0) == 1);
+	CHECK(c == 'f');
+	CHECK(pwrite(fd, "x", 1, 0) == -1);
+	CHECK(errno == ENAMETOOLONG);
+	CHECK(ftruncate(fd, 0) == -1);
+	CHECK(errno == ENAMETOOLONG);
+	CHECK(fchmod(fd, 0600) == -1);
+	CHECK(errno == ENAMETOOLONG);
+	CHECK(fsetxattr(fd, "user.k", "v", 1, 0) == -1);
+	CHECK(errno == ENAMETOOLONG);
+	CHECK(fallocate(fd, 0, 0, 8192) == -1);
+	CHECK(errno == ENAMETOOLONG);
+	close(fd);
+	CHECK(openat(sub, "f", O_WRONLY | O_TRUNC) == -1);
+	CHECK(errno == ENAMETOOLONG);
+	CHECK(unlinkat(sub, "f", 0) == -1);
+	CHECK(errno == ENAMETOOLONG);
+	fd = openat(sub, "f", O_RDONLY | O_CREAT, 0644);	/* exists: opened, not created */
+	CHECK(fd >= 0);
+	if (fd >= 0)
+		close(fd);
+	CHECK(m.sink.ops().empty());
+	struct stat back;
+	REQUIRE(fstatat(sub, "f", &back, 0) == 0);
+	CHECK(back.st_size == 1);
+
+	/* Moved back up, it is an ordinary file again. */
+	REQUIRE(renameat(d, fits.c_str(), fds[0], "sub") == 0);
+	CHECK(writeAll(m.mnt("sub/f"), "g"));
+	CHECK(writtenContent(m.sink, "sub/f") == "g");
+	close(sub);
+	for (int f : fds)
+		close(f);
 }
 
 TEST_CASE("capture: readdir lists entries; statfs works")
@@ -553,6 +645,35 @@ TEST_CASE("capture: chown, fallocate and O_TRUNC create leave and replicate the 
 		/* The kernel strips itself without v2. */
 		CHECK(modeOf("falloc") == 0777);
 	}
+	/* Root's fallocate keeps them; root without CAP_FSETID in its effective set
+	 * loses them, as on a local fs. */
+	auto punch = [&](const std::string &name) {
+		int fd = open(m.mnt(name).c_str(), O_WRONLY);
+		if (fd < 0)
+			return errno;
+		int err = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096) == 0 ? 0 : errno;
+		close(fd);
+		return err;
+	};
+	REQUIRE(writeAll(m.mnt("rootfalloc"), std::string(8192, 'r')));
+	REQUIRE(chmod(m.mnt("rootfalloc").c_str(), 06777) == 0);
+	CHECK(punch("rootfalloc") == 0);
+	CHECK(modeOf("rootfalloc") == 06777);
+	REQUIRE(writeAll(m.mnt("nocap"), std::string(8192, 'n')));
+	REQUIRE(chmod(m.mnt("nocap").c_str(), 06777) == 0);
+	int nocap = -1;
+	std::thread([&] {
+		__user_cap_header_struct hdr{ _LINUX_CAPABILITY_VERSION_3, 0 };
+		__user_cap_data_struct caps[2]{};
+		if (syscall(SYS_capget, &hdr, caps) != 0)
+			return;
+		caps[0].effective &= ~(1u << CAP_FSETID);
+		if (syscall(SYS_capset, &hdr, caps) != 0)
+			return;
+		nocap = punch("nocap");
+	}).join();
+	CHECK(nocap == 0);
+	CHECK(modeOf("nocap") == 0777);
 
 	/* open(O_CREAT | O_TRUNC) of an existing setuid file by a caller without CAP_FSETID. */
 	REQUIRE(writeAll(m.mnt("ctrunc"), std::string(100, 'x')));

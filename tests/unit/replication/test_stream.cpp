@@ -384,10 +384,20 @@ TEST_CASE("waitAcked blocks until the ack, and returns after goneAlone")
 	auto waiter2 = std::async(std::launch::async, [&] { return sender->waitAcked(b2); });
 	CHECK(waiter2.wait_for(200ms) == std::future_status::timeout);
 
-	/* goneAlone releases it with 0; later ops are handed to the hook, not queued. */
+	/* goneAlone releases it with 0; later ops are handed to the hook, not queued.
+	 * The wait it ended is in the latency counters, as the stall it was. */
+	auto before = sender->counters();
 	sender->goneAlone();
 	REQUIRE(waiter2.wait_for(10s) == std::future_status::ready);
 	CHECK(waiter2.get() == 0);
+	auto after = sender->counters();
+	CHECK(after.barriersReleasedAlone == before.barriersReleasedAlone + 1);
+	CHECK(after.barriersAcked == before.barriersAcked);
+	CHECK(after.barrierLatencyNsMax >= 200'000'000);
+	uint64_t histogrammed = 0;
+	for (uint64_t n : after.barrierLatencyHist)
+		histogrammed += n;
+	CHECK(histogrammed == after.barriersAcked + after.barriersReleasedAlone);
 	Op w;
 	w.type = OpType::Write;
 	w.path = "f";

@@ -50,6 +50,7 @@
 #include "replication/fuse/capture_fs.h"
 #include "core/log.h"
 #include "replication/dirty_log.h"
+#include "replication/op_codec.h"
 #include "replication/write_behind.h"
 
 #include <algorithm>
@@ -58,10 +59,12 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdio>
 #include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
 #include <fnmatch.h>
+#include <linux/capability.h>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -353,6 +356,28 @@ bool callerInGroup(fuse_req_t req, gid_t gid)
 	return false;
 }
 
+/* Whether the caller holds CAP_FSETID, read from its effective set (it waits in
+ * its syscall, so its thread id still names it). A caller our pid namespace
+ * cannot see is taken to hold it when root, as most such callers do. */
+bool callerHasFsetid(fuse_req_t req)
+{
+	const fuse_ctx *ctx = fuse_req_ctx(req);
+	if (ctx->pid > 0) {
+		std::string path = "/proc/" + std::to_string(ctx->pid) + "/status";
+		if (FILE *f = fopen(path.c_str(), "re")) {
+			char line[256];
+			unsigned long long caps = 0;
+			bool found = false;
+			while (!found && fgets(line, sizeof(line), f))
+				found = sscanf(line, "CapEff: %llx", &caps) == 1;
+			fclose(f);
+			if (found)
+				return caps & (1ull << CAP_FSETID);
+		}
+	}
+	return ctx->uid == 0;
+}
+
 /* Runs create-like syscalls as the caller so ownership, setgid directories
  * and permission checks on the backing fs match a local call. setfsuid/setfsgid
  * are per thread. */
@@ -558,6 +583,12 @@ public:
 	bool excluded(const std::string &path) const
 	{
 		return captureExcluded(options_.exclude, options_.include, path);
+	}
+	/* A replicated path longer than any op carries (kMaxOpPath): a change there
+	 * is refused with ENAMETOOLONG before it is made, or the peer would lack it. */
+	bool overlong(const std::optional<std::string> &path) const
+	{
+		return capturing() && path && path->size() > kMaxOpPath && !excluded(*path);
 	}
 	void submitRaw(Op &&op);
 	/* A Write with its bytes in the FUSE request buffer (see OpSink::submitWrite). */
@@ -1280,6 +1311,12 @@ void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, fus
 		logged = fs->recordWrite(inode, from, to - from, -1);
 	}
 	std::unique_lock order(fs->orderMutex_);
+	std::optional<std::string> path;
+	if (fs->capturing()) {
+		path = fs->pathOf(inode);
+		if (fs->overlong(path))
+			return (void)fuse_reply_err(req, ENAMETOOLONG);
+	}
 	Op op;
 	op.type = OpType::Setattr;
 	int err = 0;
@@ -1372,7 +1409,7 @@ void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, fus
 		}
 	}
 	if (op.valid && fs->capturing()) {
-		if (auto path = fs->pathOf(inode)) {
+		if (path) {
 			op.path = std::move(*path);
 			fs->submit(std::move(op));
 		} else {
@@ -1439,6 +1476,8 @@ void opMknod(fuse_req_t req, fuse_ino_t parentIno, const char *name, mode_t mode
 	if (!parentFd)
 		return (void)fuse_reply_err(req, errno);
 	std::unique_lock order(fs->orderMutex_);
+	if (fs->overlong(fs->childPath(parent, name)))
+		return (void)fuse_reply_err(req, ENAMETOOLONG);
 	int r;
 	{
 		FsIdGuard ids(req);
@@ -1464,6 +1503,8 @@ void opMkdir(fuse_req_t req, fuse_ino_t parentIno, const char *name, mode_t mode
 	if (!parentFd)
 		return (void)fuse_reply_err(req, errno);
 	std::unique_lock order(fs->orderMutex_);
+	if (fs->overlong(fs->childPath(parent, name)))
+		return (void)fuse_reply_err(req, ENAMETOOLONG);
 	int r;
 	{
 		FsIdGuard ids(req);
@@ -1487,6 +1528,8 @@ void opSymlink(fuse_req_t req, const char *link, fuse_ino_t parentIno, const cha
 	if (!parentFd)
 		return (void)fuse_reply_err(req, errno);
 	std::unique_lock order(fs->orderMutex_);
+	if (fs->overlong(fs->childPath(parent, name)))
+		return (void)fuse_reply_err(req, ENAMETOOLONG);
 	int r;
 	{
 		FsIdGuard ids(req);
@@ -1514,6 +1557,8 @@ void opLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newParentIno, const char 
 	if (!newParentFd)
 		return (void)fuse_reply_err(req, errno);
 	std::unique_lock order(fs->orderMutex_);
+	if (fs->overlong(fs->childPath(newParent, newName)))
+		return (void)fuse_reply_err(req, ENAMETOOLONG);
 	if (linkat(inodeFd.get(), "", newParentFd.get(), newName, AT_EMPTY_PATH) < 0) {
 		int err = errno;
 		/* AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc link works without. */
@@ -1561,6 +1606,8 @@ void removeEntry(fuse_req_t req, fuse_ino_t parentIno, const char *name, bool di
 	struct stat st;
 	bool existed = fstatat(parentFd.get(), name, &st, AT_SYMLINK_NOFOLLOW) == 0;
 	std::optional<std::string> path = fs->childPath(parent, name);
+	if (fs->overlong(path))
+		return (void)fuse_reply_err(req, ENAMETOOLONG);
 	if (unlinkat(parentFd.get(), name, dir ? AT_REMOVEDIR : 0) < 0)
 		return (void)fuse_reply_err(req, errno);
 	Inode *victim = nullptr;
@@ -1629,6 +1676,10 @@ void opRename(fuse_req_t req, fuse_ino_t parentIno, const char *name, fuse_ino_t
 	bool dstExisted = fstatat(newParentFd.get(), newName, &dstSt, AT_SYMLINK_NOFOLLOW) == 0;
 	std::optional<std::string> srcPath = fs->childPath(parent, name);
 	std::optional<std::string> dstPath = fs->childPath(newParent, newName);
+	/* Entries below a directory moved deeper may end over the limit: the peer's
+	 * rename moves them along, and later changes to them are refused here. */
+	if (fs->overlong(srcPath) || fs->overlong(dstPath))
+		return (void)fuse_reply_err(req, ENAMETOOLONG);
 	if (renameat2(parentFd.get(), name, newParentFd.get(), newName, flags) < 0)
 		return (void)fuse_reply_err(req, errno);
 	Inode *replaced = nullptr;	/* overwritten, but other names of it remain */
@@ -1733,6 +1784,7 @@ void opCreate(fuse_req_t req, fuse_ino_t parentIno, const char *name, mode_t mod
 		return (void)fuse_reply_err(req, errno);
 	int flags = backingFlags(fs, fi->flags);
 	std::unique_lock order(fs->orderMutex_);
+	bool overlong = fs->overlong(fs->childPath(parent, name));
 	bool created = true;
 	int fd;
 	/* An existing file opened with O_TRUNC is truncated as the caller, so the
@@ -1742,10 +1794,18 @@ void opCreate(fuse_req_t req, fuse_ino_t parentIno, const char *name, mode_t mod
 		       fstatat(parentFd.get(), name, &pre, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(pre.st_mode);
 	{
 		FsIdGuard ids(req);
-		fd = openat(parentFd.get(), name, flags | O_CREAT | O_EXCL, mode);
-		if (fd < 0 && errno == EEXIST && !(fi->flags & O_EXCL)) {
+		if (overlong) {
+			/* It may exist (made before the mount): opened, never created. */
 			created = false;
-			fd = openat(parentFd.get(), name, flags, mode);
+			fd = (fi->flags & (O_EXCL | O_TRUNC)) ? -1 : openat(parentFd.get(), name, flags, mode);
+			if (fd < 0)
+				errno = ENAMETOOLONG;
+		} else {
+			fd = openat(parentFd.get(), name, flags | O_CREAT | O_EXCL, mode);
+			if (fd < 0 && errno == EEXIST && !(fi->flags & O_EXCL)) {
+				created = false;
+				fd = openat(parentFd.get(), name, flags, mode);
+			}
 		}
 	}
 	if (fd < 0)
@@ -1794,8 +1854,11 @@ void opOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi)
 		return (void)fuse_reply_err(req, EROFS);
 	int flags = backingFlags(fs, fi->flags);
 	std::unique_lock<std::shared_mutex> order;
-	if (trunc)
+	if (trunc) {
 		order = std::unique_lock(fs->orderMutex_);
+		if (fs->overlong(fs->pathOf(inode)))
+			return (void)fuse_reply_err(req, ENAMETOOLONG);
+	}
 	if (kill && trunc) {
 		/* FUSE_OPEN_KILL_SUIDGID (see tKillSuidgid): strip before truncating. */
 		int rfd = open(procPath(inodeFd.get()).c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
@@ -1843,6 +1906,12 @@ void opWrite(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_
 		DirtyLog::Guard logged = fs->recordWrite(inode, off, size, fh->fd);
 		std::shared_lock order(fs->orderMutex_);
 		std::lock_guard same(inode->writeMutex);
+		std::optional<std::string> path;
+		if (fs->capturing()) {
+			path = fs->pathOf(inode);
+			if (fs->overlong(path))
+				return (void)fuse_reply_err(req, ENAMETOOLONG);
+		}
 		if (kill) {
 			if (int err = killSuidgid(fs, req, inode, fh->fd))
 				return (void)fuse_reply_err(req, err);
@@ -1851,7 +1920,6 @@ void opWrite(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_
 		if (n < 0)
 			return (void)fuse_reply_err(req, errno);
 		if (fs->capturing() && n > 0) {
-			auto path = fs->pathOf(inode);
 			if (path && !fs->excluded(*path)) {
 				Op op;
 				op.type = OpType::Write;
@@ -2084,10 +2152,13 @@ void opSetxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *va
 	if (!inodeFd)
 		return (void)fuse_reply_err(req, errno);
 	std::unique_lock order(fs->orderMutex_);
+	std::optional<std::string> path = fs->capturing() ? fs->pathOf(inode) : std::nullopt;
+	if (fs->overlong(path))
+		return (void)fuse_reply_err(req, ENAMETOOLONG);
 	if (setxattr(procPath(inodeFd.get()).c_str(), name, value, size, flags) < 0)
 		return (void)fuse_reply_err(req, errno);
 	if (fs->capturing()) {
-		if (auto path = fs->pathOf(inode)) {
+		if (path) {
 			Op op;
 			op.type = OpType::Setxattr;
 			op.path = std::move(*path);
@@ -2149,10 +2220,13 @@ void opRemovexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	if (!inodeFd)
 		return (void)fuse_reply_err(req, errno);
 	std::unique_lock order(fs->orderMutex_);
+	std::optional<std::string> path = fs->capturing() ? fs->pathOf(inode) : std::nullopt;
+	if (fs->overlong(path))
+		return (void)fuse_reply_err(req, ENAMETOOLONG);
 	if (removexattr(procPath(inodeFd.get()).c_str(), name) < 0)
 		return (void)fuse_reply_err(req, errno);
 	if (fs->capturing()) {
-		if (auto path = fs->pathOf(inode)) {
+		if (path) {
 			Op op;
 			op.type = OpType::Removexattr;
 			op.path = std::move(*path);
@@ -2172,16 +2246,20 @@ void opFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t l
 	DirtyLog::Guard logged = fs->recordWrite(inode, offset, length, -1);
 	std::shared_lock order(fs->orderMutex_);
 	std::lock_guard same(inode->writeMutex);
-	/* Under KILLPRIV_V2 the kernel neither strips before a fallocate nor flags it:
-	 * strip for a caller other than root (root is taken to hold CAP_FSETID). */
-	if (fs->killprivV2_ && fuse_req_ctx(req)->uid != 0) {
+	std::optional<std::string> path = fs->capturing() ? fs->pathOf(inode) : std::nullopt;
+	if (fs->overlong(path))
+		return (void)fuse_reply_err(req, ENAMETOOLONG);
+	/* Under KILLPRIV_V2 the kernel neither strips before a fallocate nor flags
+	 * it: strip as the VFS does for a caller without CAP_FSETID. */
+	struct stat st;
+	if (fs->killprivV2_ && fstat(fhOf(fi)->fd, &st) == 0 && (st.st_mode & (S_ISUID | S_ISGID)) &&
+	    !callerHasFsetid(req)) {
 		if (int err = killSuidgid(fs, req, inode, fhOf(fi)->fd))
 			return (void)fuse_reply_err(req, err);
 	}
 	if (fallocate(fhOf(fi)->fd, mode, offset, length) < 0)
 		return (void)fuse_reply_err(req, errno);
 	if (fs->capturing()) {
-		auto path = fs->pathOf(inode);
 		if (path) {
 			Op op;
 			op.type = OpType::Fallocate;
