@@ -1813,8 +1813,13 @@ nlohmann::json SyncReplication::status() const
 			 * the peer lacks them. Non-zero is a divergence; the log names each. */
 			o["refused_ops"] = c.refusedOps;
 		}
-		if (d->capture)
-			o["write_behind_dropped_bytes"] = d->capture->counters().writeBehindDropped;
+		if (d->capture) {
+			auto cc = d->capture->counters();
+			o["write_behind_dropped_bytes"] = cc.writeBehindDropped;
+			/* What a durability call waited for the peer once its own flush was
+			 * done: the part of replication its caller sees. */
+			o["peer_wait_us_avg"] = cc.barriers ? cc.barrierWaitNs / cc.barriers / 1000 : 0;
+		}
 		uint64_t start = d->resyncStartMs, end = d->resyncEndMs;
 		uint64_t done = d->done, total = d->total;
 		uint64_t elapsed = (end >= start && end ? end : now) - start;

@@ -446,6 +446,7 @@ uint64_t ReplicationSender::enqueue(Op &&op, bool durableBarrier, const std::str
 
 	std::function<void(const Op &)> aloneHook;
 	uint64_t seq;
+	bool wake = false;
 	{
 		std::unique_lock<std::mutex> lock(mutex_);
 		bool counted = false;
@@ -466,12 +467,19 @@ uint64_t ReplicationSender::enqueue(Op &&op, bool durableBarrier, const std::str
 		} else {
 			for (int i = 0; i < 8; i++)
 				(*bytes)[4 + i] = static_cast<uint8_t>(seq >> (8 * i));
+			auto now = std::chrono::steady_clock::now();
 			queuedBytes_ += bytes->size();
-			queue_.push_back({ seq, std::move(bytes) });
+			enqueuedBytes_ += bytes->size();
+			queue_.push_back({ seq, std::move(bytes), enqueuedBytes_, now });
 			if (op.type == OpType::Barrier) {
 				counters_.barriers++;
-				pendingBarriers_[seq] = { durableBarrier, std::chrono::steady_clock::now() };
+				pendingBarriers_[seq] = { durableBarrier, now };
+				urgentSeq_ = seq;
 			}
+			/* The writer needs waking when this may go now, or to time the cork
+			 * when it is the first op waiting; else it is already timing it. */
+			std::chrono::steady_clock::time_point until;
+			wake = sendCursor_ >= seq || uncorkedLocked(&until);
 		}
 	}
 	if (aloneHook) {
@@ -479,7 +487,7 @@ uint64_t ReplicationSender::enqueue(Op &&op, bool durableBarrier, const std::str
 		if (writeData)
 			op.data.assign(*writeData);
 		aloneHook(op);
-	} else {
+	} else if (wake) {
 		cv_.notify_all();
 	}
 	return seq;
@@ -517,6 +525,28 @@ uint64_t ReplicationSender::submitBarrier(bool durable)
 	return enqueue(std::move(op), durable);
 }
 
+bool ReplicationSender::uncorkedLocked(std::chrono::steady_clock::time_point *until) const
+{
+	if (queue_.empty() || sendCursor_ > queue_.back().seq)
+		return false;
+	if (options_.corkDelay.count() <= 0 || urgentSeq_ >= sendCursor_)
+		return true;
+	const Entry &first = queue_[std::max(sendCursor_, queue_.front().seq) - queue_.front().seq];
+	if (queue_.back().cumBytes - first.cumBytes + first.bytes->size() >= options_.batchBytes)
+		return true;
+	*until = first.queued + options_.corkDelay;
+	return std::chrono::steady_clock::now() >= *until;
+}
+
+void ReplicationSender::urgeLocked(uint64_t seq)
+{
+	if (seq <= urgentSeq_)
+		return;
+	urgentSeq_ = seq;
+	if (seq >= sendCursor_)
+		cv_.notify_all();
+}
+
 bool ReplicationSender::ackedLocked(uint64_t seq) const
 {
 	if (durableAck_ >= seq)
@@ -533,6 +563,7 @@ int ReplicationSender::waitAckedFor(uint64_t seq, std::chrono::milliseconds time
 	std::unique_lock<std::mutex> lock(mutex_);
 	if (seq >= nextSeq_)
 		return -EINVAL;
+	urgeLocked(seq);
 	/* Never acknowledge silently: only an ack, ALONE or shutdown ends the wait. */
 	while (!alone_ && !ackedLocked(seq)) {
 		if (stopping_)
@@ -548,6 +579,7 @@ int ReplicationSender::waitAcked(uint64_t seq)
 	std::unique_lock<std::mutex> lock(mutex_);
 	if (seq >= nextSeq_)
 		return -EINVAL;
+	urgeLocked(seq);
 	cv_.wait(lock, [&] { return alone_ || stopping_ || ackedLocked(seq); });
 	if (alone_ || ackedLocked(seq))
 		return 0;
@@ -785,10 +817,17 @@ void ReplicationSender::writerMain(Conn *conn)
 		batch.clear();
 		{
 			std::unique_lock<std::mutex> lock(mutex_);
-			cv_.wait(lock, [&] {
-				return conn->dead || stopping_ || alone_ || conn->verifyAsk ||
-				       (!queue_.empty() && sendCursor_ <= queue_.back().seq);
-			});
+			for (;;) {
+				if (conn->dead || stopping_ || alone_ || conn->verifyAsk)
+					break;
+				auto until = std::chrono::steady_clock::time_point::max();
+				if (uncorkedLocked(&until))
+					break;
+				if (until == std::chrono::steady_clock::time_point::max())
+					cv_.wait(lock);
+				else
+					cv_.wait_until(lock, until);
+			}
 			if (conn->dead || stopping_ || alone_)
 				return;
 			verifyAsk = std::exchange(conn->verifyAsk, false);

@@ -99,6 +99,11 @@ public:
 		size_t queueLimitBytes = 64u << 20;
 		/* Target payload of one Ops frame: many small ops share a frame. */
 		size_t batchBytes = 1u << 20;
+		/* How long ops nobody waits for may be held back to share a frame with
+		 * those that follow (a write, its times, then the fsync's barrier: one
+		 * frame, one ack). A barrier, a wait on an unsent op or a full frame
+		 * sends at once. 0: every op goes as soon as it is queued. */
+		std::chrono::microseconds corkDelay{ 500 };
 	};
 
 	struct Counters {
@@ -185,6 +190,8 @@ private:
 	struct Entry {
 		uint64_t seq;
 		std::shared_ptr<const std::vector<uint8_t>> bytes;
+		uint64_t cumBytes;	/* enqueuedBytes_ with this entry */
+		std::chrono::steady_clock::time_point queued;
 	};
 	struct Conn;
 
@@ -201,6 +208,10 @@ private:
 	std::vector<std::shared_ptr<std::vector<uint8_t>>> spare_;	/* spareMutex_ */
 	uint64_t reused_ = 0;	/* spareMutex_ */
 	bool ackedLocked(uint64_t seq) const;
+	/* The writer may send now (see Options::corkDelay); else *until is when it may. */
+	bool uncorkedLocked(std::chrono::steady_clock::time_point *until) const;
+	/* A caller waits for seq: have it sent without the cork's delay. */
+	void urgeLocked(uint64_t seq);
 	/* A barrier's wait from submitted to now, into the latency counters. */
 	void recordBarrierLocked(std::chrono::steady_clock::time_point submitted,
 				 std::chrono::steady_clock::time_point now);
@@ -228,6 +239,8 @@ private:
 	uint64_t sendCursor_ = 1;	/* next seq the writer sends */
 	std::deque<Entry> queue_;	/* consecutive seqs, oldest unacked first */
 	size_t queuedBytes_ = 0;
+	uint64_t enqueuedBytes_ = 0;	/* all time, for Entry::cumBytes */
+	uint64_t urgentSeq_ = 0;	/* send up to here without corking */
 	/* seq -> (durable, submit time) of barriers not acked yet. */
 	std::map<uint64_t, std::pair<bool, std::chrono::steady_clock::time_point>> pendingBarriers_;
 	Counters counters_;

@@ -141,9 +141,10 @@ def main():
         p(t)
     for r in pick("sk_counters"):
         d = r.get("dir", {})
-        p("  %-11s skd: %d barriers, submit to ack median %d us, p99 %d us, avg %d us, max %d us (status replication.dirs[0])"
+        p("  %-11s skd: %d barriers, submit to ack median %d us, p99 %d us, avg %d us, max %d us; waited after the"
+          " local flush avg %d us (status replication.dirs[0])"
           % (r["sys"], d.get("barriers", 0), d.get("barrier_latency_us_p50", 0), d.get("barrier_latency_us_p99", 0),
-             d.get("barrier_latency_us_avg", 0), d.get("barrier_latency_us_max", 0)))
+             d.get("barrier_latency_us_avg", 0), d.get("barrier_latency_us_max", 0), d.get("peer_wait_us_avg", 0)))
     if "lat" in catch:
         p("  lsyncd: peer complete %.1f s after the last fsync returned" % catch["lat"])
 

@@ -116,11 +116,13 @@ Op mkdirOp(const std::string &path)
 	return m;
 }
 
-std::unique_ptr<ReplicationSender> makeSender(size_t queueLimit = 64u << 20)
+std::unique_ptr<ReplicationSender> makeSender(size_t queueLimit = 64u << 20,
+					      std::chrono::microseconds corkDelay = ReplicationSender::Options{}.corkDelay)
 {
 	ReplicationSender::Options o;
 	o.stream = testConfig(1, 2);
 	o.queueLimitBytes = queueLimit;
+	o.corkDelay = corkDelay;
 	auto s = ReplicationSender::create(testKey(), o);
 	REQUIRE(s.ok());
 	return std::move(s.value());
@@ -413,6 +415,63 @@ TEST_CASE("waitAcked blocks until the ack, and returns after goneAlone")
 	CHECK(seen[1].type == OpType::Barrier);
 	CHECK(sender->alone());
 	CHECK(sender->attach(rx.dial()) == -EPERM);
+}
+
+TEST_CASE("ops nobody waits for are corked until a barrier, a wait, a full frame or the delay")
+{
+	ReceiverSide rx;
+	auto sender = makeSender(64u << 20, 30s);
+	REQUIRE(sender->attach(rx.dial()) == 0);
+	auto frames = [&] { return rx.receiver->counters().frames; };
+	auto waitFrames = [&](uint64_t n) {
+		for (int i = 0; i < 1000 && frames() < n; i++)
+			std::this_thread::sleep_for(10ms);
+		return frames();
+	};
+
+	/* Held: nothing reaches the peer while nobody needs it there. */
+	REQUIRE(sender->submit(mkdirOp("a")) > 0);
+	REQUIRE(sender->submit(mkdirOp("b")) > 0);
+	std::this_thread::sleep_for(200ms);
+	CHECK(frames() == 0);
+	/* A barrier takes them along, all in one frame. */
+	REQUIRE(sender->waitAckedFor(sender->submitBarrier(false), 10s) == 0);
+	CHECK(frames() == 1);
+	CHECK(sender->counters().frames == 1);
+
+	/* Waiting on a held op sends it. */
+	uint64_t c = sender->submit(mkdirOp("c"));
+	REQUIRE(c > 0);
+	std::this_thread::sleep_for(100ms);
+	CHECK(frames() == 1);
+	CHECK(sender->waitAckedFor(c, 10s) == 0);
+	CHECK(frames() == 2);
+
+	/* A full frame goes without waiting for anyone. */
+	Op w;
+	w.type = OpType::Write;
+	w.path = "c/big";
+	w.data.assign(1u << 20, 'w');
+	Op create;
+	create.type = OpType::Create;
+	create.path = "c/big";
+	create.mode = 0644;
+	REQUIRE(sender->submit(std::move(create)) > 0);
+	REQUIRE(sender->submit(std::move(w)) > 0);
+	CHECK(waitFrames(3) >= 3);
+	struct stat st;
+	CHECK(stat((rx.dir / "a").c_str(), &st) == 0);
+	CHECK(stat((rx.dir / "c").c_str(), &st) == 0);
+
+	/* With the default delay an op nobody waits for still arrives by itself. */
+	ReceiverSide rx2;
+	auto quick = makeSender();
+	REQUIRE(quick->attach(rx2.dial()) == 0);
+	REQUIRE(quick->submit(mkdirOp("d")) > 0);
+	for (int i = 0; i < 1000 && rx2.receiver->counters().frames == 0; i++)
+		std::this_thread::sleep_for(10ms);
+	CHECK(rx2.receiver->counters().frames == 1);
+	CHECK(stat((rx2.dir / "d").c_str(), &st) == 0);
 }
 
 TEST_CASE("a lost connection resumes where the receiver stopped, without loss or repeats")
