@@ -152,6 +152,8 @@ const DirField kDirFields[] = {
 	{ "barriers", "sk_replication_barriers_total", "counter", "Durability barriers submitted.", 1 },
 	{ "barriers_released_alone", "sk_replication_barriers_released_alone_total", "counter",
 	  "Durability barriers whose wait ended when the source went ALONE, not by an ack.", 1 },
+	{ "peer_wait_us_avg", "sk_replication_peer_wait_avg_seconds", "gauge",
+	  "Average time a durability call waited for the peer after its own local flush.", 1e-6 },
 	{ "barrier_latency_us_max", "sk_replication_barrier_latency_max_seconds", "gauge",
 	  "Slowest barrier acknowledgement seen.", 1e-6 },
 	{ "connections", "sk_replication_connections_total", "counter", "Replication connections made.", 1 },

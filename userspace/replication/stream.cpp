@@ -540,6 +540,8 @@ bool ReplicationSender::uncorkedLocked(std::chrono::steady_clock::time_point *un
 
 void ReplicationSender::urgeLocked(uint64_t seq)
 {
+	if (auto it = pendingBarriers_.find(seq); it != pendingBarriers_.end())
+		it->second.waited = true;
 	if (seq <= urgentSeq_)
 		return;
 	urgentSeq_ = seq;
@@ -554,7 +556,7 @@ bool ReplicationSender::ackedLocked(uint64_t seq) const
 	if (appliedAck_ < seq)
 		return false;
 	auto it = pendingBarriers_.find(seq);
-	return it == pendingBarriers_.end() || !it->second.first;
+	return it == pendingBarriers_.end() || !it->second.durable;
 }
 
 int ReplicationSender::waitAckedFor(uint64_t seq, std::chrono::milliseconds timeout)
@@ -598,11 +600,13 @@ void ReplicationSender::goneAlone()
 			options_.stream.module, queue_.size(), queuedBytes_);
 		queue_.clear();
 		queuedBytes_ = 0;
-		/* Their wait ends here: the stall the application saw counts too. */
+		/* Waits end here: the stall their callers saw counts too. */
 		auto now = std::chrono::steady_clock::now();
 		for (const auto &[seq, barrier] : pendingBarriers_) {
+			if (!barrier.waited)
+				continue;
 			counters_.barriersReleasedAlone++;
-			recordBarrierLocked(barrier.second, now);
+			recordBarrierLocked(barrier.submitted, now);
 		}
 		pendingBarriers_.clear();
 		if (conn_)
@@ -897,13 +901,13 @@ void ReplicationSender::onAck(uint64_t applied, uint64_t durable)
 	for (auto it = pendingBarriers_.begin(); it != pendingBarriers_.end();) {
 		if (it->first > appliedAck_)
 			break;
-		bool done = it->second.first ? durableAck_ >= it->first : true;
+		bool done = it->second.durable ? durableAck_ >= it->first : true;
 		if (!done) {
 			++it;
 			continue;
 		}
 		counters_.barriersAcked++;
-		recordBarrierLocked(it->second.second, now);
+		recordBarrierLocked(it->second.submitted, now);
 		it = pendingBarriers_.erase(it);
 	}
 }

@@ -241,8 +241,13 @@ private:
 	size_t queuedBytes_ = 0;
 	uint64_t enqueuedBytes_ = 0;	/* all time, for Entry::cumBytes */
 	uint64_t urgentSeq_ = 0;	/* send up to here without corking */
-	/* seq -> (durable, submit time) of barriers not acked yet. */
-	std::map<uint64_t, std::pair<bool, std::chrono::steady_clock::time_point>> pendingBarriers_;
+	struct PendingBarrier {
+		bool durable;
+		std::chrono::steady_clock::time_point submitted;
+		bool waited = false;	/* somebody waited for it (urgeLocked) */
+	};
+	/* Barriers not acked yet, by seq. */
+	std::map<uint64_t, PendingBarrier> pendingBarriers_;
 	Counters counters_;
 	std::unique_ptr<Conn> conn_;
 	/* Connections dropped from their own thread (a hook), joined later. */

@@ -230,6 +230,18 @@ TEST_CASE("capture: namespace operations and their ops")
 	CHECK(treeOf(m.dir.path()) == "");
 }
 
+/* truncate(2) of dirFd/name (through /proc: the full path is too long): 0 or an errno. */
+int truncateat_helper(int dirFd, const std::string &name)
+{
+	int fd = openat(dirFd, name.c_str(), O_PATH | O_CLOEXEC);
+	if (fd < 0)
+		return errno;
+	std::string proc = "/proc/self/fd/" + std::to_string(fd);
+	int err = truncate(proc.c_str(), 0) == 0 ? 0 : errno;
+	close(fd);
+	return err;
+}
+
 TEST_CASE("capture: a change at a path longer than an op carries is refused before it is made")
 {
 	SKIP_UNLESS_ROOT();
@@ -270,54 +282,112 @@ TEST_CASE("capture: a change at a path longer than an op carries is refused befo
 	CHECK(fstatat(d, tooLong.c_str(), &st, AT_SYMLINK_NOFOLLOW) == -1);
 	CHECK(m.sink.ops().empty());
 
-	/* A name that fits still works, at the limit. */
+	/* A name that fits still works, at the limit; a directory moved there
+	 * whose entries would end over it does not move. */
 	std::string fits(4096 - 4020, 'y');
-	REQUIRE(renameat(fds[0], "sub", d, fits.c_str()) == 0);
+	REQUIRE(renameat(fds[0], "top", d, fits.c_str()) == 0);
 	auto renames = opsOfType(m.sink, OpType::Rename);
 	REQUIRE(renames.size() == 1);
 	CHECK(renames[0].path2.size() == 4096);
-
-	/* "sub/f" moved along to 4098 bytes: the peer's rename moved it too, and
-	 * changes to it are refused before they are made. */
+	std::string almost(4096 - 4020 - 2, 'x');	/* almost/f: 4096 exactly */
+	REQUIRE(renameat(fds[0], "sub", d, almost.c_str()) == 0);
+	REQUIRE(renameat(d, almost.c_str(), fds[0], "sub") == 0);
+	std::string over(4096 - 4020 - 1, 'w');	/* over/f: 4097 */
+	CHECK(renameat(fds[0], "sub", d, over.c_str()) == -1);
+	CHECK(errno == ENAMETOOLONG);
+	CHECK(faccessat(fds[0], "sub/f", F_OK, 0) == 0);
 	m.sink.clear();
-	int sub = openat(d, fits.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-	REQUIRE(sub >= 0);
-	int fd = openat(sub, "f", O_RDWR);
+
+	/* A file that was there over the limit before the mount (made below it):
+	 * read, never changed. */
+	std::string before(100, 'q');	/* not looked up yet (no negative entry) */
+	int backDeep = m.backFd;
+	std::vector<int> backFds;
+	for (int i = 0; i < 20; i++) {
+		std::string name(200, static_cast<char>('a' + i));
+		backDeep = openat(backDeep, name.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+		REQUIRE(backDeep >= 0);
+		backFds.push_back(backDeep);
+	}
+	int made = openat(backDeep, before.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+	REQUIRE(made >= 0);
+	REQUIRE(write(made, "f", 1) == 1);
+	close(made);
+	/* No hard link of it either: the op would carry its path. */
+	CHECK(linkat(d, before.c_str(), fds[0], "short", 0) == -1);
+	CHECK(errno == ENAMETOOLONG);
+	int fd = openat(d, before.c_str(), O_RDONLY);
 	REQUIRE(fd >= 0);
 	char c = 0;
 	CHECK(pread(fd, &c, 1, 0) == 1);
 	CHECK(c == 'f');
-	CHECK(pwrite(fd, "x", 1, 0) == -1);
-	CHECK(errno == ENAMETOOLONG);
-	CHECK(ftruncate(fd, 0) == -1);
-	CHECK(errno == ENAMETOOLONG);
 	CHECK(fchmod(fd, 0600) == -1);
 	CHECK(errno == ENAMETOOLONG);
 	CHECK(fsetxattr(fd, "user.k", "v", 1, 0) == -1);
 	CHECK(errno == ENAMETOOLONG);
-	CHECK(fallocate(fd, 0, 0, 8192) == -1);
-	CHECK(errno == ENAMETOOLONG);
 	close(fd);
-	CHECK(openat(sub, "f", O_WRONLY | O_TRUNC) == -1);
-	CHECK(errno == ENAMETOOLONG);
-	CHECK(unlinkat(sub, "f", 0) == -1);
-	CHECK(errno == ENAMETOOLONG);
-	fd = openat(sub, "f", O_RDONLY | O_CREAT, 0644);	/* exists: opened, not created */
+	for (int flags : { O_WRONLY, O_RDWR, O_RDONLY | O_TRUNC, O_WRONLY | O_CREAT }) {
+		CAPTURE(flags);
+		CHECK(openat(d, before.c_str(), flags, 0644) == -1);
+		CHECK(errno == ENAMETOOLONG);
+	}
+	CHECK(openat(d, before.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644) == -1);
+	CHECK(errno == EEXIST);
+	fd = openat(d, before.c_str(), O_RDONLY | O_CREAT, 0644);	/* exists: opened, not created */
 	CHECK(fd >= 0);
 	if (fd >= 0)
 		close(fd);
+	CHECK(truncateat_helper(d, before) == ENAMETOOLONG);
+	CHECK(unlinkat(d, before.c_str(), 0) == -1);
+	CHECK(errno == ENAMETOOLONG);
 	CHECK(m.sink.ops().empty());
 	struct stat back;
-	REQUIRE(fstatat(sub, "f", &back, 0) == 0);
+	REQUIRE(fstatat(backDeep, before.c_str(), &back, 0) == 0);
 	CHECK(back.st_size == 1);
-
-	/* Moved back up, it is an ordinary file again. */
-	REQUIRE(renameat(d, fits.c_str(), fds[0], "sub") == 0);
-	CHECK(writeAll(m.mnt("sub/f"), "g"));
-	CHECK(writtenContent(m.sink, "sub/f") == "g");
-	close(sub);
+	CHECK(unlinkat(backDeep, before.c_str(), 0) == 0);
+	for (int f : backFds)
+		close(f);
 	for (int f : fds)
 		close(f);
+}
+
+TEST_CASE("capture: a tree moved in from an excluded path must fit the op path limit")
+{
+	SKIP_UNLESS_ROOT();
+	CaptureOptions o;
+	o.exclude = { "tmp" };
+	Mounted m(o);
+	REQUIRE(mkdir(m.mnt("tmp").c_str(), 0755) == 0);
+	int dir = open(m.mnt("tmp").c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+	REQUIRE(dir >= 0);
+	REQUIRE(mkdirat(dir, "t", 0755) == 0);
+	int cur = openat(dir, "t", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	std::vector<int> fds{ dir, cur };
+	for (int i = 0; i < 21; i++) {	/* t/ + 21 x 201: over 4096 below "t" */
+		std::string name(200, static_cast<char>('a' + i));
+		REQUIRE(mkdirat(cur, name.c_str(), 0755) == 0);
+		cur = openat(cur, name.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+		REQUIRE(cur >= 0);
+		fds.push_back(cur);
+	}
+	REQUIRE(mkdir(m.mnt("tmp/small").c_str(), 0755) == 0);
+	REQUIRE(writeAll(m.mnt("tmp/small/f"), "s"));
+	CHECK(m.sink.ops().empty());
+
+	CHECK(rename(m.mnt("tmp/t").c_str(), m.mnt("t").c_str()) == -1);
+	CHECK(errno == ENAMETOOLONG);
+	CHECK(m.sink.ops().empty());
+	struct stat st;
+	CHECK(stat(m.mnt("tmp/t").c_str(), &st) == 0);
+	/* One that fits moves and is sent whole. */
+	REQUIRE(rename(m.mnt("tmp/small").c_str(), m.mnt("small").c_str()) == 0);
+	CHECK(writtenContent(m.sink, "small/f") == "s");
+	/* Removed level by level: the whole path is over PATH_MAX. */
+	for (int i = 20; i >= 0; i--)
+		CHECK(unlinkat(fds[static_cast<size_t>(i) + 1], std::string(200, static_cast<char>('a' + i)).c_str(),
+			       AT_REMOVEDIR) == 0);
+	for (auto it = fds.rbegin(); it != fds.rend(); ++it)
+		close(*it);
 }
 
 TEST_CASE("capture: readdir lists entries; statfs works")

@@ -596,6 +596,9 @@ public:
 	void submit(Op &&op);
 	void emitTree(int dirFd, const std::string &name, const std::string &peerPath, int depth);
 	void emitRemoveTree(int dirFd, const std::string &name, const std::string &peerPath, int depth);
+	/* Whether every replicated path of the tree dirFd/name, placed at peerPath,
+	 * fits in an op (see overlong): checked before a move that emits the tree. */
+	bool treeFits(int dirFd, const std::string &name, const std::string &peerPath, int depth);
 	/*
 	 * Barrier + wait for the peer, overlapped with local(fd). While the sink acks
 	 * locally (resync) the local flush is the only durability there is: with no
@@ -1004,6 +1007,45 @@ void CaptureFs::Impl::submit(Op &&op)
 	submitRaw(std::move(op));
 }
 
+/* fn(dirfd, child name, child's path at the peer) for each replicated entry of
+ * the directory dirFd/name; false when it cannot be read. */
+template<typename F>
+bool forEachChild(const CaptureFs::Impl *fs, int dirFd, const std::string &name, const std::string &peerPath, F fn)
+{
+	int fd = openat(dirFd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	DIR *dp = fd >= 0 ? fdopendir(fd) : nullptr;
+	if (!dp) {
+		if (fd >= 0)
+			close(fd);
+		return false;
+	}
+	while (struct dirent *ent = readdir(dp)) {
+		std::string child = ent->d_name;
+		if (child == "." || child == "..")
+			continue;
+		std::string childPeer = peerPath + "/" + child;
+		if (!fs->excluded(childPeer) && !fn(dirfd(dp), child, childPeer))
+			break;
+	}
+	closedir(dp);
+	return true;
+}
+
+bool CaptureFs::Impl::treeFits(int dirFd, const std::string &name, const std::string &peerPath, int depth)
+{
+	if (peerPath.size() > kMaxOpPath)
+		return false;
+	struct stat st;
+	if (depth > kMaxDepth || fstatat(dirFd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode))
+		return true;
+	bool fits = true;
+	forEachChild(this, dirFd, name, peerPath, [&](int fd, const std::string &child, const std::string &childPeer) {
+		fits = treeFits(fd, child, childPeer, depth + 1);
+		return fits;
+	});
+	return fits;
+}
+
 /* Ops recreating on the peer, at peerPath, what is now dirFd/name locally: used
  * when an object moves from an excluded path into a replicated one. */
 void CaptureFs::Impl::emitTree(int dirFd, const std::string &name, const std::string &peerPath, int depth)
@@ -1019,22 +1061,10 @@ void CaptureFs::Impl::emitTree(int dirFd, const std::string &name, const std::st
 		op.type = OpType::Mkdir;
 		op.mode = st.st_mode & 07777;
 		submitRaw(std::move(op));
-		int fd = openat(dirFd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		DIR *dp = fd >= 0 ? fdopendir(fd) : nullptr;
-		if (!dp) {
-			if (fd >= 0)
-				close(fd);
-			return;
-		}
-		while (struct dirent *ent = readdir(dp)) {
-			std::string child = ent->d_name;
-			if (child == "." || child == "..")
-				continue;
-			std::string childPeer = peerPath + "/" + child;
-			if (!excluded(childPeer))
-				emitTree(dirfd(dp), child, childPeer, depth + 1);
-		}
-		closedir(dp);
+		forEachChild(this, dirFd, name, peerPath, [&](int fd, const std::string &child, const std::string &childPeer) {
+			emitTree(fd, child, childPeer, depth + 1);
+			return true;
+		});
 	} else if (S_ISREG(st.st_mode)) {
 		op.type = OpType::Create;
 		op.mode = st.st_mode & 07777;
@@ -1089,23 +1119,10 @@ void CaptureFs::Impl::emitRemoveTree(int dirFd, const std::string &name, const s
 	Op op;
 	op.path = peerPath;
 	if (S_ISDIR(st.st_mode)) {
-		int fd = openat(dirFd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		DIR *dp = fd >= 0 ? fdopendir(fd) : nullptr;
-		if (!dp && fd >= 0)
-			close(fd);
-		while (dp) {
-			struct dirent *ent = readdir(dp);
-			if (!ent)
-				break;
-			std::string child = ent->d_name;
-			if (child == "." || child == "..")
-				continue;
-			std::string childPeer = peerPath + "/" + child;
-			if (!excluded(childPeer))
-				emitRemoveTree(dirfd(dp), child, childPeer, depth + 1);
-		}
-		if (dp)
-			closedir(dp);
+		forEachChild(this, dirFd, name, peerPath, [&](int fd, const std::string &child, const std::string &childPeer) {
+			emitRemoveTree(fd, child, childPeer, depth + 1);
+			return true;
+		});
 		op.type = OpType::Rmdir;
 	} else {
 		op.type = OpType::Unlink;
@@ -1557,7 +1574,8 @@ void opLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newParentIno, const char 
 	if (!newParentFd)
 		return (void)fuse_reply_err(req, errno);
 	std::unique_lock order(fs->orderMutex_);
-	if (fs->overlong(fs->childPath(newParent, newName)))
+	std::optional<std::string> src = fs->pathOf(inode);
+	if (fs->overlong(src) || fs->overlong(fs->childPath(newParent, newName)))
 		return (void)fuse_reply_err(req, ENAMETOOLONG);
 	if (linkat(inodeFd.get(), "", newParentFd.get(), newName, AT_EMPTY_PATH) < 0) {
 		int err = errno;
@@ -1567,7 +1585,6 @@ void opLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newParentIno, const char 
 		if (linkat(AT_FDCWD, procPath(inodeFd.get()).c_str(), newParentFd.get(), newName, AT_SYMLINK_FOLLOW) < 0)
 			return (void)fuse_reply_err(req, errno);
 	}
-	std::optional<std::string> src = fs->pathOf(inode);
 	fuse_entry_param e;
 	int err = fs->doLookup(newParent, newName, &e);
 	if (fs->capturing()) {
@@ -1642,6 +1659,30 @@ void opRmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	removeEntry(req, parent, name, true);
 }
 
+/*
+ * Whether every path a rename leaves to replicate fits in an op: the entries
+ * below a directory moved deeper, a tree moved in from an excluded path (sent
+ * whole) and one moved out to an excluded path (removed one by one). Only a
+ * move that lengthens a replicated tree's paths walks it.
+ */
+bool renameFits(Impl *fs, int parentFd, const char *name, const std::optional<std::string> &srcPath,
+		int newParentFd, const char *newName, const std::optional<std::string> &dstPath, unsigned flags)
+{
+	if (!fs->capturing() || !srcPath || !dstPath)
+		return true;
+	bool srcEx = fs->excluded(*srcPath), dstEx = fs->excluded(*dstPath);
+	/* One entry, now at fd/entry, leaving from's path for to's. */
+	auto fits = [&](int fd, const char *entry, const std::string &from, bool fromEx, const std::string &to,
+			bool toEx) {
+		if (!toEx)
+			return (!fromEx && to.size() <= from.size()) || fs->treeFits(fd, entry, to, 0);
+		return fromEx || fs->treeFits(fd, entry, from, 0);
+	};
+	if (!fits(parentFd, name, *srcPath, srcEx, *dstPath, dstEx))
+		return false;
+	return !(flags & RENAME_EXCHANGE) || fits(newParentFd, newName, *dstPath, dstEx, *srcPath, srcEx);
+}
+
 void opRename(fuse_req_t req, fuse_ino_t parentIno, const char *name, fuse_ino_t newParentIno,
 	      const char *newName, unsigned int flags)
 {
@@ -1676,9 +1717,8 @@ void opRename(fuse_req_t req, fuse_ino_t parentIno, const char *name, fuse_ino_t
 	bool dstExisted = fstatat(newParentFd.get(), newName, &dstSt, AT_SYMLINK_NOFOLLOW) == 0;
 	std::optional<std::string> srcPath = fs->childPath(parent, name);
 	std::optional<std::string> dstPath = fs->childPath(newParent, newName);
-	/* Entries below a directory moved deeper may end over the limit: the peer's
-	 * rename moves them along, and later changes to them are refused here. */
-	if (fs->overlong(srcPath) || fs->overlong(dstPath))
+	if (fs->overlong(srcPath) || fs->overlong(dstPath) ||
+	    !renameFits(fs, parentFd.get(), name, srcPath, newParentFd.get(), newName, dstPath, flags))
 		return (void)fuse_reply_err(req, ENAMETOOLONG);
 	if (renameat2(parentFd.get(), name, newParentFd.get(), newName, flags) < 0)
 		return (void)fuse_reply_err(req, errno);
@@ -1795,11 +1835,18 @@ void opCreate(fuse_req_t req, fuse_ino_t parentIno, const char *name, mode_t mod
 	{
 		FsIdGuard ids(req);
 		if (overlong) {
-			/* It may exist (made before the mount): opened, never created. */
+			/* It may exist (made before the mount): opened for reading, never
+			 * created or written (the writeback cache would accept writes that
+			 * no op can carry). */
 			created = false;
-			fd = (fi->flags & (O_EXCL | O_TRUNC)) ? -1 : openat(parentFd.get(), name, flags, mode);
-			if (fd < 0)
+			fd = openat(parentFd.get(), name, flags, mode);
+			if (fd >= 0 && ((fi->flags & (O_EXCL | O_TRUNC)) || (fi->flags & O_ACCMODE) != O_RDONLY)) {
+				close(fd);
+				fd = -1;
+				errno = (fi->flags & O_EXCL) ? EEXIST : ENAMETOOLONG;
+			} else if (fd < 0 && errno == ENOENT) {
 				errno = ENAMETOOLONG;
+			}
 		} else {
 			fd = openat(parentFd.get(), name, flags | O_CREAT | O_EXCL, mode);
 			if (fd < 0 && errno == EEXIST && !(fi->flags & O_EXCL)) {
@@ -1854,8 +1901,13 @@ void opOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi)
 		return (void)fuse_reply_err(req, EROFS);
 	int flags = backingFlags(fs, fi->flags);
 	std::unique_lock<std::shared_mutex> order;
-	if (trunc) {
+	if (trunc)
 		order = std::unique_lock(fs->orderMutex_);
+	/* Writes through the writeback cache could not be refused in time. */
+	if ((trunc || (fi->flags & O_ACCMODE) != O_RDONLY) && fs->capturing()) {
+		std::shared_lock check(fs->orderMutex_, std::defer_lock);
+		if (!trunc)
+			check.lock();
 		if (fs->overlong(fs->pathOf(inode)))
 			return (void)fuse_reply_err(req, ENAMETOOLONG);
 	}
