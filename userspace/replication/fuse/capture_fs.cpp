@@ -357,13 +357,20 @@ bool callerInGroup(fuse_req_t req, gid_t gid)
 }
 
 /* Whether the caller holds CAP_FSETID, read from its effective set (it waits in
- * its syscall, so its thread id still names it). A caller our pid namespace
- * cannot see is taken to hold it when root, as most such callers do. */
+ * its syscall, so its thread id still names it). Capabilities in another user
+ * namespace (a rootless container) are not ours to judge: taken as lacking it,
+ * so the bits go (the safe side). A caller our pid namespace cannot see is
+ * taken to hold it when root, as most such callers do. */
 bool callerHasFsetid(fuse_req_t req)
 {
 	const fuse_ctx *ctx = fuse_req_ctx(req);
 	if (ctx->pid > 0) {
-		std::string path = "/proc/" + std::to_string(ctx->pid) + "/status";
+		std::string proc = "/proc/" + std::to_string(ctx->pid);
+		struct stat mine, theirs;
+		if (stat("/proc/self/ns/user", &mine) == 0 && stat((proc + "/ns/user").c_str(), &theirs) == 0 &&
+		    mine.st_ino != theirs.st_ino)
+			return false;
+		std::string path = proc + "/status";
 		if (FILE *f = fopen(path.c_str(), "re")) {
 			char line[256];
 			unsigned long long caps = 0;
