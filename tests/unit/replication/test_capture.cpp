@@ -785,6 +785,23 @@ TEST_CASE("capture: with KILLPRIV_V2 a stream of writes does not ask for securit
 	CHECK(readAll(m.back("log")).size() == 200u * 16);
 }
 
+TEST_CASE("capture: close() costs no FLUSH round trip; its data still reaches the file and the peer")
+{
+	SKIP_UNLESS_ROOT();
+	Mounted m;
+	for (int i = 0; i < 50; i++) {
+		std::string name = "f" + std::to_string(i);
+		int fd = open(m.mnt(name).c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		REQUIRE(fd >= 0);
+		REQUIRE(write(fd, name.data(), name.size()) == static_cast<ssize_t>(name.size()));
+		REQUIRE(close(fd) == 0);
+		/* The writeback cache is written at close as before. */
+		CHECK(readAll(m.back(name)) == name);
+		CHECK(writtenContent(m.sink, name) == name);
+	}
+	CHECK(m.fs->counters().flushRequests <= 1);
+}
+
 TEST_CASE("capture: xattrs")
 {
 	SKIP_UNLESS_ROOT();

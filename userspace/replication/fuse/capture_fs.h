@@ -58,6 +58,7 @@ struct CaptureCounters {
 	uint64_t handleOnlyInodes = 0;		/* inodes made with a file handle when out of fds */
 	uint64_t writeBehindDropped = 0;	/* backing bytes written back and dropped early */
 	uint64_t getxattrRequests = 0;		/* GETXATTR requests served */
+	uint64_t flushRequests = 0;		/* FLUSH requests (the first one turns them off) */
 	bool killprivV2 = false;		/* FUSE_HANDLE_KILLPRIV_V2 negotiated (suid/sgid stripped here) */
 };
 
