@@ -155,7 +155,7 @@ const DirField kDirFields[] = {
 	{ "peer_wait_us_avg", "sk_replication_peer_wait_avg_seconds", "gauge",
 	  "Average time a durability call waited for the peer after its own local flush.", 1e-6 },
 	{ "barrier_latency_us_max", "sk_replication_barrier_latency_max_seconds", "gauge",
-	  "Slowest barrier acknowledgement seen.", 1e-6 },
+	  "Slowest barrier wait seen (acknowledged, or ended by going ALONE).", 1e-6 },
 	{ "connections", "sk_replication_connections_total", "counter", "Replication connections made.", 1 },
 	{ "rejected_frames", "sk_replication_rejected_frames_total", "counter",
 	  "Connections closed for an invalid frame.", 1 },

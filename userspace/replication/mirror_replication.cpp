@@ -1809,8 +1809,9 @@ nlohmann::json SyncReplication::status() const
 						 { "count", completed } };
 			o["connections"] = c.connections;
 			o["rejected_frames"] = c.rejectedFrames;
-			/* Changes made here that no op could carry (a path over the op limit):
-			 * the peer lacks them. Non-zero is a divergence; the log names each. */
+			/* Ops the stream could not encode: the peer lacks their changes. The
+			 * capture refuses over-long paths before making them, so this stays 0;
+			 * non-zero is a divergence, and the log names each. */
 			o["refused_ops"] = c.refusedOps;
 		}
 		if (d->capture) {

@@ -478,8 +478,7 @@ uint64_t ReplicationSender::enqueue(Op &&op, bool durableBarrier, const std::str
 			}
 			/* The writer needs waking when this may go now, or to time the cork
 			 * when it is the first op waiting; else it is already timing it. */
-			std::chrono::steady_clock::time_point until;
-			wake = sendCursor_ >= seq || uncorkedLocked(&until);
+			wake = sendCursor_ >= seq || uncorkedLocked();
 		}
 	}
 	if (aloneHook) {
@@ -534,8 +533,10 @@ bool ReplicationSender::uncorkedLocked(std::chrono::steady_clock::time_point *un
 	const Entry &first = queue_[std::max(sendCursor_, queue_.front().seq) - queue_.front().seq];
 	if (queue_.back().cumBytes - first.cumBytes + first.bytes->size() >= options_.batchBytes)
 		return true;
-	*until = first.queued + options_.corkDelay;
-	return std::chrono::steady_clock::now() >= *until;
+	auto deadline = first.queued + options_.corkDelay;
+	if (until)
+		*until = deadline;
+	return std::chrono::steady_clock::now() >= deadline;
 }
 
 void ReplicationSender::urgeLocked(uint64_t seq)

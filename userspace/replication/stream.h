@@ -208,8 +208,9 @@ private:
 	std::vector<std::shared_ptr<std::vector<uint8_t>>> spare_;	/* spareMutex_ */
 	uint64_t reused_ = 0;	/* spareMutex_ */
 	bool ackedLocked(uint64_t seq) const;
-	/* The writer may send now (see Options::corkDelay); else *until is when it may. */
-	bool uncorkedLocked(std::chrono::steady_clock::time_point *until) const;
+	/* The writer may send now (see Options::corkDelay); else *until (if asked)
+	 * is when it may, left alone when nothing waits to be sent. */
+	bool uncorkedLocked(std::chrono::steady_clock::time_point *until = nullptr) const;
 	/* A caller waits for seq: have it sent without the cork's delay. */
 	void urgeLocked(uint64_t seq);
 	/* A barrier's wait from submitted to now, into the latency counters. */

@@ -598,6 +598,15 @@ public:
 	{
 		return capturing() && path && path->size() > kMaxOpPath && !excluded(*path);
 	}
+	/* Before changing inode (under orderMutex_ for the path to hold): *path =
+	 * its path when capturing, for the op; ENAMETOOLONG when no op could carry
+	 * it, else 0. */
+	int changePath(Inode *inode, std::optional<std::string> *path)
+	{
+		if (capturing())
+			*path = pathOf(inode);
+		return overlong(*path) ? ENAMETOOLONG : 0;
+	}
 	void submitRaw(Op &&op);
 	/* A Write with its bytes in the FUSE request buffer (see OpSink::submitWrite). */
 	void submitRawWrite(Op &&op, std::string_view data);
@@ -1337,11 +1346,8 @@ void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, fus
 	}
 	std::unique_lock order(fs->orderMutex_);
 	std::optional<std::string> path;
-	if (fs->capturing()) {
-		path = fs->pathOf(inode);
-		if (fs->overlong(path))
-			return (void)fuse_reply_err(req, ENAMETOOLONG);
-	}
+	if (int err = fs->changePath(inode, &path))
+		return (void)fuse_reply_err(req, err);
 	Op op;
 	op.type = OpType::Setattr;
 	int err = 0;
@@ -1911,13 +1917,13 @@ void opOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi)
 	std::unique_lock<std::shared_mutex> order;
 	if (trunc)
 		order = std::unique_lock(fs->orderMutex_);
-	/* Writes through the writeback cache could not be refused in time. */
-	if ((trunc || (fi->flags & O_ACCMODE) != O_RDONLY) && fs->capturing()) {
-		std::shared_lock check(fs->orderMutex_, std::defer_lock);
-		if (!trunc)
-			check.lock();
-		if (fs->overlong(fs->pathOf(inode)))
-			return (void)fuse_reply_err(req, ENAMETOOLONG);
+	/* Writes through the writeback cache could not be refused in time. Without
+	 * the order lock a rename may still push it over the limit afterwards: its
+	 * writes are then refused one by one. */
+	std::optional<std::string> path;
+	if (trunc || (fi->flags & O_ACCMODE) != O_RDONLY) {
+		if (int err = fs->changePath(inode, &path))
+			return (void)fuse_reply_err(req, err);
 	}
 	if (kill && trunc) {
 		/* FUSE_OPEN_KILL_SUIDGID (see tKillSuidgid): strip before truncating. */
@@ -1967,11 +1973,8 @@ void opWrite(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_
 		std::shared_lock order(fs->orderMutex_);
 		std::lock_guard same(inode->writeMutex);
 		std::optional<std::string> path;
-		if (fs->capturing()) {
-			path = fs->pathOf(inode);
-			if (fs->overlong(path))
-				return (void)fuse_reply_err(req, ENAMETOOLONG);
-		}
+		if (int err = fs->changePath(inode, &path))
+			return (void)fuse_reply_err(req, err);
 		if (kill) {
 			if (int err = killSuidgid(fs, req, inode, fh->fd))
 				return (void)fuse_reply_err(req, err);
@@ -2215,9 +2218,9 @@ void opSetxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *va
 	if (!inodeFd)
 		return (void)fuse_reply_err(req, errno);
 	std::unique_lock order(fs->orderMutex_);
-	std::optional<std::string> path = fs->capturing() ? fs->pathOf(inode) : std::nullopt;
-	if (fs->overlong(path))
-		return (void)fuse_reply_err(req, ENAMETOOLONG);
+	std::optional<std::string> path;
+	if (int err = fs->changePath(inode, &path))
+		return (void)fuse_reply_err(req, err);
 	if (setxattr(procPath(inodeFd.get()).c_str(), name, value, size, flags) < 0)
 		return (void)fuse_reply_err(req, errno);
 	if (fs->capturing()) {
@@ -2283,9 +2286,9 @@ void opRemovexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	if (!inodeFd)
 		return (void)fuse_reply_err(req, errno);
 	std::unique_lock order(fs->orderMutex_);
-	std::optional<std::string> path = fs->capturing() ? fs->pathOf(inode) : std::nullopt;
-	if (fs->overlong(path))
-		return (void)fuse_reply_err(req, ENAMETOOLONG);
+	std::optional<std::string> path;
+	if (int err = fs->changePath(inode, &path))
+		return (void)fuse_reply_err(req, err);
 	if (removexattr(procPath(inodeFd.get()).c_str(), name) < 0)
 		return (void)fuse_reply_err(req, errno);
 	if (fs->capturing()) {
@@ -2309,9 +2312,9 @@ void opFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t l
 	DirtyLog::Guard logged = fs->recordWrite(inode, offset, length, -1);
 	std::shared_lock order(fs->orderMutex_);
 	std::lock_guard same(inode->writeMutex);
-	std::optional<std::string> path = fs->capturing() ? fs->pathOf(inode) : std::nullopt;
-	if (fs->overlong(path))
-		return (void)fuse_reply_err(req, ENAMETOOLONG);
+	std::optional<std::string> path;
+	if (int err = fs->changePath(inode, &path))
+		return (void)fuse_reply_err(req, err);
 	/* Under KILLPRIV_V2 the kernel neither strips before a fallocate nor flags
 	 * it: strip as the VFS does for a caller without CAP_FSETID. */
 	struct stat st;
