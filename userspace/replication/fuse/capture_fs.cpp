@@ -1966,23 +1966,25 @@ void opWrite(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_
 	bool kill = std::exchange(tKillSuidgid, false);
 	Inode *inode = fs->inodeOf(ino);
 	FileHandle *fh = fhOf(fi);
-	ssize_t n;
+	ssize_t n = 0;
 	bool replicated = false;
+	/* Every reply after the scope: once one is sent, the inode (and the mutex
+	 * held here) may be forgotten and freed. */
+	int err = 0;
 	{
 		DirtyLog::Guard logged = fs->recordWrite(inode, off, size, fh->fd);
 		std::shared_lock order(fs->orderMutex_);
 		std::lock_guard same(inode->writeMutex);
 		std::optional<std::string> path;
-		if (int err = fs->changePath(inode, &path))
-			return (void)fuse_reply_err(req, err);
-		if (kill) {
-			if (int err = killSuidgid(fs, req, inode, fh->fd))
-				return (void)fuse_reply_err(req, err);
+		err = fs->changePath(inode, &path);
+		if (!err && kill)
+			err = killSuidgid(fs, req, inode, fh->fd);
+		if (!err) {
+			n = pwrite(fh->fd, data, size, off);
+			if (n < 0)
+				err = errno;
 		}
-		n = pwrite(fh->fd, data, size, off);
-		if (n < 0)
-			return (void)fuse_reply_err(req, errno);
-		if (fs->capturing() && n > 0) {
+		if (!err && fs->capturing() && n > 0) {
 			if (path && !fs->excluded(*path)) {
 				Op op;
 				op.type = OpType::Write;
@@ -1994,19 +1996,22 @@ void opWrite(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_
 				fs->skipped_++;
 			}
 		}
-		/* Never blocks, never consumes a writeback error (see WriteBehind). */
-		uint64_t before = inode->writeBehind.droppedBytes();
-		inode->writeBehind.wrote(fh->fd, static_cast<uint64_t>(off), static_cast<uint64_t>(n));
-		fs->writeBehindDropped_ += inode->writeBehind.droppedBytes() - before;
+		if (!err) {
+			/* Never blocks, never consumes a writeback error (see WriteBehind). */
+			uint64_t before = inode->writeBehind.droppedBytes();
+			inode->writeBehind.wrote(fh->fd, static_cast<uint64_t>(off), static_cast<uint64_t>(n));
+			fs->writeBehindDropped_ += inode->writeBehind.droppedBytes() - before;
+		}
 	}
+	if (err)
+		return (void)fuse_reply_err(req, err);
 	/* A page-cache writeback (fi->writepage) is not the app's write: an O_SYNC
 	 * app write with the writeback cache reaches us as FUSE_FSYNC instead. */
 	bool syncWrite = fh->syncWrites && !fi->writepage;
 	if (replicated && (fs->options_.perWrite || syncWrite)) {
 		/* O_SYNC/O_DSYNC writes are durable here already: no fd to flush. */
-		int err = fs->durabilityPoint(syncWrite, nullptr, fh->localSync ? -1 : fh->fd);
-		if (err)
-			return (void)fuse_reply_err(req, err);
+		if (int synced = fs->durabilityPoint(syncWrite, nullptr, fh->localSync ? -1 : fh->fd))
+			return (void)fuse_reply_err(req, synced);
 	}
 	fuse_reply_write(req, n);
 }
@@ -2102,15 +2107,16 @@ void doReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_f
 	Impl *fs = self(req);
 	DirHandle *dh = dhOf(fi);
 	Inode *dir = fs->inodeOf(ino);
-	std::lock_guard lock(dh->mutex);
 	std::vector<char> buf(size);
 	size_t used = 0;
+	int err = 0;
+	/* Unlocked before the reply: once it is sent, a RELEASEDIR may free dh. */
+	std::unique_lock lock(dh->mutex);
 	if (offset != dh->offset) {
 		seekdir(dh->dp, offset);
 		dh->entry = nullptr;
 		dh->offset = offset;
 	}
-	int err = 0;
 	for (;;) {
 		if (!dh->entry) {
 			errno = 0;
@@ -2163,6 +2169,7 @@ void doReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_f
 		dh->entry = nullptr;
 		dh->offset = next;
 	}
+	lock.unlock();
 	/* An error after some entries: return those; the next call reports it. */
 	if (err && used == 0)
 		fuse_reply_err(req, err);
@@ -2303,28 +2310,23 @@ void opRemovexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	fuse_reply_err(req, 0);
 }
 
-void opFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length, fuse_file_info *fi)
+/* The fallocate of opFallocate, under the locks it needs: 0 or an errno. */
+int fallocateLocked(Impl *fs, fuse_req_t req, Inode *inode, int mode, off_t offset, off_t length, int fd)
 {
-	Impl *fs = self(req);
-	if (fs->options_.readOnly)
-		return (void)fuse_reply_err(req, EROFS);
-	Inode *inode = fs->inodeOf(ino);
-	DirtyLog::Guard logged = fs->recordWrite(inode, offset, length, -1);
 	std::shared_lock order(fs->orderMutex_);
 	std::lock_guard same(inode->writeMutex);
 	std::optional<std::string> path;
 	if (int err = fs->changePath(inode, &path))
-		return (void)fuse_reply_err(req, err);
+		return err;
 	/* Under KILLPRIV_V2 the kernel neither strips before a fallocate nor flags
 	 * it: strip as the VFS does for a caller without CAP_FSETID. */
 	struct stat st;
-	if (fs->killprivV2_ && fstat(fhOf(fi)->fd, &st) == 0 && (st.st_mode & (S_ISUID | S_ISGID)) &&
-	    !callerHasFsetid(req)) {
-		if (int err = killSuidgid(fs, req, inode, fhOf(fi)->fd))
-			return (void)fuse_reply_err(req, err);
+	if (fs->killprivV2_ && fstat(fd, &st) == 0 && (st.st_mode & (S_ISUID | S_ISGID)) && !callerHasFsetid(req)) {
+		if (int err = killSuidgid(fs, req, inode, fd))
+			return err;
 	}
-	if (fallocate(fhOf(fi)->fd, mode, offset, length) < 0)
-		return (void)fuse_reply_err(req, errno);
+	if (fallocate(fd, mode, offset, length) < 0)
+		return errno;
 	if (fs->capturing()) {
 		if (path) {
 			Op op;
@@ -2338,7 +2340,22 @@ void opFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t l
 			fs->skipped_++;
 		}
 	}
-	fuse_reply_err(req, 0);
+	return 0;
+}
+
+void opFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length, fuse_file_info *fi)
+{
+	Impl *fs = self(req);
+	if (fs->options_.readOnly)
+		return (void)fuse_reply_err(req, EROFS);
+	Inode *inode = fs->inodeOf(ino);
+	int err;
+	{
+		DirtyLog::Guard logged = fs->recordWrite(inode, offset, length, -1);
+		/* Replied once unlocked: after the reply the inode may be freed. */
+		err = fallocateLocked(fs, req, inode, mode, offset, length, fhOf(fi)->fd);
+	}
+	fuse_reply_err(req, err);
 }
 
 void opLseek(fuse_req_t req, fuse_ino_t, off_t off, int whence, fuse_file_info *fi)
