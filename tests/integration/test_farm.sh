@@ -154,18 +154,18 @@ test_admin_stop_loses_no_new_connection() {
 	farm_stop_probe p2
 	# New connections: begun once n2 released its buckets, i.e. once its filter held a table
 	# with none of them (the first install after WAIT/leaving; the transition itself comes a
-	# moment before). A connection n2 accepted before that can still be reset by the node that
-	# takes its bucket over (the filter keeps no per-flow state): those are reported, not
-	# failed on.
+	# moment before). Compared in microseconds: an attempt begun in the same millisecond
+	# but before the switch can still have its SYN accepted by n2. A connection n2 accepted
+	# before the switch can still be reset by the node that takes its bucket over (the
+	# filter keeps no per-flow state): those are reported, not failed on.
 	local bad leaving released inflight
 	leaving=$(farm_json n2 web | jq '[.transitions[] | select(.to == "WAIT/leaving")] | last | .at_ms')
 	[ "$leaving" != null ] || rig_fail "n2 never went through WAIT/leaving"
 	released=$(farm_json n2 web | jq --argjson t "$leaving" \
-		'[.owner_installs[] | select(.at_ms >= $t and .buckets_here == 0)] | first | .at_ms')
+		'[.owner_installs[] | select(.at_ms >= $t and .buckets_here == 0)] | first | .at_us')
 	[ "$released" != null ] || rig_fail "n2 never installed a table without its buckets after WAIT/leaving"
-	rig_log "n2 went WAIT/leaving at $leaving, its filter released its buckets $((released - leaving)) ms later"
-	leaving=$released
-	bad=$(jq -r --argjson t "$leaving" '.ips | to_entries[] | select(any(.value.failed_at_ms[]; . >= $t)) | "\(.key): \(.value.errors)"' "$RIG_DIR/p1.json" "$RIG_DIR/p2.json")
+	rig_log "n2 went WAIT/leaving at $leaving ms, its filter released its buckets $((released / 1000 - leaving)) ms later"
+	bad=$(jq -r --argjson t "$released" '.ips | to_entries[] | select(any(.value.failed_at_us[]; . >= $t)) | "\(.key): \(.value.errors), begun \([.value.failed_at_us[] - $t]) µs after the release"' "$RIG_DIR/p1.json" "$RIG_DIR/p2.json")
 	[ -z "$bad" ] || rig_fail "new connections failed during the admin stop: $bad"
 	inflight=$(jq -s '[.[].ips[].failures] | add' "$RIG_DIR/p1.json" "$RIG_DIR/p2.json")
 	rig_log "connections in flight at n2's release that failed: $inflight"

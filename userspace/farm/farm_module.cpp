@@ -43,11 +43,16 @@ LogCategory kLog("farm");
 constexpr size_t kKeepTransitions = 50;
 constexpr const char *kBpfFsMount = "/sys/fs/bpf";
 
-int64_t wallMs()
+int64_t wallUs()
 {
-	return std::chrono::duration_cast<std::chrono::milliseconds>(
+	return std::chrono::duration_cast<std::chrono::microseconds>(
 		       std::chrono::system_clock::now().time_since_epoch())
 		.count();
+}
+
+int64_t wallMs()
+{
+	return wallUs() / 1000;
 }
 
 uint64_t fnv1a64(std::string_view s)
@@ -526,7 +531,7 @@ void FarmModule::executeOne(const FarmAction &a)
 			break;
 		}
 		ownerUpdates_++;
-		ownerInstalls_.push_back({ wallMs(), static_cast<size_t>(std::count(a.owners.begin(), a.owners.end(),
+		ownerInstalls_.push_back({ wallUs(), static_cast<size_t>(std::count(a.owners.begin(), a.owners.end(),
 										      ctx_.self->id)) });
 		if (ownerInstalls_.size() > kOwnerInstallsKept)
 			ownerInstalls_.pop_front();
@@ -1050,7 +1055,7 @@ nlohmann::json FarmModule::status() const
 		transitions.push_back({ { "at_ms", t.atMs }, { "from", t.from }, { "to", t.to }, { "cause", t.cause } });
 	json installs = json::array();
 	for (const OwnerInstall &i : ownerInstalls_)
-		installs.push_back({ { "at_ms", i.atMs }, { "buckets_here", i.mine } });
+		installs.push_back({ { "at_ms", i.atUs / 1000 }, { "at_us", i.atUs }, { "buckets_here", i.mine } });
 	NodeId resp = sm_->responderNode();
 	return {
 		{ "name", config_.name },

@@ -186,7 +186,7 @@ private:
 	/* The last owner tables put into the filter: wall ms and buckets here (when
 	 * this node really started or stopped taking clients, for tests and status). */
 	struct OwnerInstall {
-		int64_t atMs;
+		int64_t atUs;	/* wall clock once the table is active (tests order client attempts by it) */
 		size_t mine;
 	};
 	std::deque<OwnerInstall> ownerInstalls_;

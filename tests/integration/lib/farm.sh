@@ -101,7 +101,7 @@ farm_client_ips() {
 #     prints {"results": [{"src", "answer", "error", "ms"}...]}.
 #   probe IPS STOPFILE READYFILE CONNECT_TIMEOUT: one thread per source IP connects
 #     again and again until STOPFILE exists; prints per IP the attempts, failures,
-#     the answers in order (runs), the first errors with their start times (wall ms),
+#     the answers in order (runs), the first errors with their start times (wall ms and µs),
 #     and the longest gap between two successes (ms).
 FARM_CLIENT_PY='
 import json, os, socket, sys, threading, time
@@ -145,7 +145,7 @@ if mode == "once":
     print(json.dumps({"results": results}))
 else:
     stop, ready, timeout = sys.argv[5], sys.argv[6], float(sys.argv[7])
-    stats = {ip: {"attempts": 0, "failures": 0, "runs": [], "errors": [], "failed_at_ms": [], "gap_ms": 0.0, "gap_at": None} for ip in ips}
+    stats = {ip: {"attempts": 0, "failures": 0, "runs": [], "errors": [], "failed_at_ms": [], "failed_at_us": [], "gap_ms": 0.0, "gap_at": None} for ip in ips}
     answered = set()
     def run(ip):
         st, last_ok, signalled = stats[ip], None, False
@@ -158,7 +158,9 @@ else:
                 if len(st["errors"]) < 5:
                     st["errors"].append(err)
                     # Wall clock of the attempt start, comparable with the transition times of skd.
-                    st["failed_at_ms"].append(int((time.time() - (now - t0)) * 1000))
+                    start = time.time() - (now - t0)
+                    st["failed_at_ms"].append(int(start * 1000))
+                    st["failed_at_us"].append(int(start * 1000000))
                 time.sleep(0.005)
                 continue
             if last_ok is not None and (now - last_ok) * 1000 > st["gap_ms"]:
