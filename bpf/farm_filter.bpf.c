@@ -54,7 +54,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 2 * SK_FARM_MAX_BUCKETS);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct sk_farm_owner);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } farm_owners SEC(".maps");
 
@@ -232,16 +232,67 @@ static __always_inline int port_listed(__u8 family, const __u32 *dst, __u32 flag
 	return 0;
 }
 
+/* A TCP segment to a VIP, as the flow lookup needs it (addresses and ports in network order). */
+struct sk_farm_flow {
+	__u32 src[4];
+	__u32 dst[4];
+	__u16 sport;
+	__u16 dport;
+	__u8 family;
+	__u8 pad[3];
+};
+
+/*
+ * Whether this node holds a socket of the flow (established, opening or in
+ * TIME_WAIT; a listener does not count), in the namespace of the receiving
+ * device. Out of line: only segments in draining buckets (struct
+ * sk_farm_owner) pay for the lookup.
+ */
+__noinline int sk_farm_flow_here(struct xdp_md *ctx, const struct sk_farm_flow *f)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	__u32 len;
+	int here;
+
+	if (!ctx || !f)
+		return 0;
+	if (f->family == 4) {
+		t.ipv4.saddr = f->src[0];
+		t.ipv4.daddr = f->dst[0];
+		t.ipv4.sport = f->sport;
+		t.ipv4.dport = f->dport;
+		len = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, f->src, 16);
+		__builtin_memcpy(t.ipv6.daddr, f->dst, 16);
+		t.ipv6.sport = f->sport;
+		t.ipv6.dport = f->dport;
+		len = sizeof(t.ipv6);
+	}
+	sk = bpf_skc_lookup_tcp(ctx, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	here = sk->state != BPF_TCP_LISTEN;
+	bpf_sk_release(sk);
+	return here;
+}
+
 /*
  * A packet to a VIP, hashed on key (1 or 4 words) and, with has_port, the
  * client port: counts it in its bucket, keeps it (destination MAC rewritten)
- * when the bucket is ours, drops it otherwise.
+ * when the bucket is ours, drops it otherwise. In a draining bucket (see
+ * struct sk_farm_owner) a TCP segment from the client decides by its socket:
+ * proto with has_port says whether the packet is one, l4 (a packet pointer,
+ * bounds checked here) is its header, key/dst/sport/dport its flow.
  */
-static __always_inline __u32 balance(const struct sk_farm_config *cfg, struct ethhdr *eth, void *end,
-				     const __u32 *key, __u8 family, int has_port, __u16 sport)
+static __always_inline __u32 balance(struct xdp_md *ctx, const struct sk_farm_config *cfg, struct ethhdr *eth,
+				     void *end, const __u32 *key, __u8 family, int has_port, __u16 sport,
+				     const __u32 *dst, __u16 dport, __u8 proto, const __u8 *l4)
 {
 	struct sk_farm_bucket_count *counts;
-	__u32 bucket, idx, *owner;
+	struct sk_farm_owner *owner;
+	__u32 bucket, idx, verdict;
 
 	bucket = sk_farm_hash(hash_seed, key, family == 4 ? 1 : 4, hash_mode == SK_FARM_HASH_IP_PORT && has_port,
 			      has_port ? sport : 0) & (bucket_count - 1);
@@ -249,11 +300,38 @@ static __always_inline __u32 balance(const struct sk_farm_config *cfg, struct et
 	owner = bpf_map_lookup_elem(&farm_owners, &idx);
 	counts = bpf_map_lookup_elem(&farm_bkt_pkts, &bucket);
 	/* eth + 1 <= end was proven by the parse; the verifier wants it again here. */
-	if (!owner || *owner != node_id || node_id == SK_FARM_NODE_NONE || (void *)(eth + 1) > end) {
-		if (counts)
-			counts->dropped++;
-		return SK_FARM_DROP_NOT_OWNED;
+	if (!owner || node_id == SK_FARM_NODE_NONE || (void *)(eth + 1) > end)
+		goto drop;
+	verdict = owner->node == node_id ? SK_FARM_PASS_OWNED : SK_FARM_DROP_NOT_OWNED;
+	if (owner->drain_from != SK_FARM_NODE_NONE && has_port && proto == SK_IPPROTO_TCP &&
+	    (void *)(l4 + 14) <= end && !(l4[13] & SK_TCP_SYN) &&
+	    (verdict == SK_FARM_PASS_OWNED || owner->drain_from == node_id)) {
+		struct sk_farm_flow f = {};
+
+		f.family = family;
+		f.sport = sport;
+		f.dport = dport;
+		f.src[0] = key[0];
+		f.dst[0] = dst[0];
+		if (family == 6) {
+			f.src[1] = key[1];
+			f.src[2] = key[2];
+			f.src[3] = key[3];
+			f.dst[1] = dst[1];
+			f.dst[2] = dst[2];
+			f.dst[3] = dst[3];
+		}
+		if (sk_farm_flow_here(ctx, &f)) {
+			if (verdict != SK_FARM_PASS_OWNED)
+				verdict = SK_FARM_PASS_FLOW_HERE;
+		} else if (verdict == SK_FARM_PASS_OWNED) {
+			verdict = SK_FARM_DROP_FLOW_ELSEWHERE;
+		}
 	}
+	if (verdict == SK_FARM_DROP_NOT_OWNED)
+		goto drop;
+	if (verdict == SK_FARM_DROP_FLOW_ELSEWHERE)
+		return verdict;
 	/* Byte by byte: memcpy would drop the volatile and fold in the zero initializer. */
 	eth->h_dest[0] = own_mac[0];
 	eth->h_dest[1] = own_mac[1];
@@ -261,14 +339,18 @@ static __always_inline __u32 balance(const struct sk_farm_config *cfg, struct et
 	eth->h_dest[3] = own_mac[3];
 	eth->h_dest[4] = own_mac[4];
 	eth->h_dest[5] = own_mac[5];
-	if (counts)
+	if (verdict == SK_FARM_PASS_OWNED && counts)
 		counts->kept++;
-	return SK_FARM_PASS_OWNED;
+	return verdict;
+drop:
+	if (counts)
+		counts->dropped++;
+	return SK_FARM_DROP_NOT_OWNED;
 }
 
 /* Fast path: TCP/UDP with ports visible, addresses read in place. */
-static __always_inline __u32 classify_ports(struct ethhdr *eth, void *end, __u8 family, const __u32 *src,
-					    const __u32 *dst, __u8 proto, const __u16 *ports)
+static __always_inline __u32 classify_ports(struct xdp_md *ctx, struct ethhdr *eth, void *end, __u8 family,
+					    const __u32 *src, const __u32 *dst, __u8 proto, const __u16 *ports)
 {
 	struct sk_farm_config *cfg;
 	__u32 zero = 0;
@@ -283,7 +365,7 @@ static __always_inline __u32 classify_ports(struct ethhdr *eth, void *end, __u8 
 	if ((flags & (SK_FARM_VIP_PORTS_OWN | SK_FARM_VIP_PORTS_GLOBAL)) &&
 	    !port_listed(family, dst, flags, proto, ports[1]))
 		return SK_FARM_PASS_PORT_UNLISTED;
-	return balance(cfg, eth, end, src, family, 1, ports[0]);
+	return balance(ctx, cfg, eth, end, src, family, 1, ports[0], dst, ports[1], proto, (const __u8 *)ports);
 }
 
 /*
@@ -303,12 +385,14 @@ __noinline int sk_farm_decide(struct xdp_md *ctx, const struct sk_l3 *l3, __u32 
 	struct sk_farm_config *cfg;
 	__u32 key[4], zero = 0;
 	__u16 sport = 0, dport = 0;
+	const __u8 *l4;
 	int has_port = 0, flags;
 
 	/* The bound lets the verifier add header lengths to the offset (XDP sees at most a page anyway). */
 	if (!l3 || l4_off > 0x7fff)
 		return SK_FARM_PASS_MALFORMED;
 	c.pos += l4_off;
+	l4 = c.pos;
 	cfg = bpf_map_lookup_elem(&farm_config, &zero);
 	if (!cfg)
 		return SK_FARM_PASS_NOT_VIP;
@@ -343,7 +427,7 @@ __noinline int sk_farm_decide(struct xdp_md *ctx, const struct sk_l3 *l3, __u32 
 		}
 	}
 	/* quoted_client stores the client port in sport; outer TCP/UDP has it there too. */
-	return balance(cfg, eth, c.end, key, l3->family, has_port, sport);
+	return balance(ctx, cfg, eth, c.end, key, l3->family, has_port, sport, l3->dst, dport, l3->proto, l4);
 }
 
 /* The verdict for one packet (enum sk_farm_verdict); rewrites the destination MAC of kept ones. */
@@ -369,7 +453,7 @@ static __always_inline __u32 classify(struct xdp_md *ctx)
 
 		if (*(__u8 *)iph == 0x45 && !(iph->frag_off & bpf_htons(SK_IP_MF | SK_IP_OFFSET)) &&
 		    (iph->protocol == SK_IPPROTO_TCP || iph->protocol == SK_IPPROTO_UDP))
-			return classify_ports(eth, c.end, 4, (__u32 *)&iph->saddr, (__u32 *)&iph->daddr,
+			return classify_ports(ctx, eth, c.end, 4, (__u32 *)&iph->saddr, (__u32 *)&iph->daddr,
 					      iph->protocol, (__u16 *)(iph + 1));
 	}
 	if (c.pos + sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + 4 <= c.end &&
@@ -377,7 +461,7 @@ static __always_inline __u32 classify(struct xdp_md *ctx)
 		struct ipv6hdr *ip6h = (void *)(eth + 1);
 
 		if (ip6h->version == 6 && (ip6h->nexthdr == SK_IPPROTO_TCP || ip6h->nexthdr == SK_IPPROTO_UDP))
-			return classify_ports(eth, c.end, 6, (__u32 *)&ip6h->saddr, (__u32 *)&ip6h->daddr,
+			return classify_ports(ctx, eth, c.end, 6, (__u32 *)&ip6h->saddr, (__u32 *)&ip6h->daddr,
 					      ip6h->nexthdr, (__u16 *)(ip6h + 1));
 	}
 
@@ -406,7 +490,7 @@ int sk_farm_filter(struct xdp_md *ctx)
 		return XDP_DROP;
 	if (verdict != SK_FARM_PASS_OWNED)
 		count(&farm_verdicts, verdict);
-	return XDP_PASS;
+	return verdict == SK_FARM_DROP_FLOW_ELSEWHERE ? XDP_DROP : XDP_PASS;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

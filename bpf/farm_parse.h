@@ -29,6 +29,7 @@
 #define SK_IPPROTO_ICMP 1
 #define SK_IPPROTO_TCP 6
 #define SK_IPPROTO_UDP 17
+#define SK_TCP_SYN 0x02	/* in byte 13 of the TCP header */
 #define SK_IPPROTO_ROUTING 43
 #define SK_IPPROTO_FRAGMENT 44
 #define SK_IPPROTO_AH 51

@@ -52,7 +52,8 @@
  * Verdicts. Each packet is counted once, in one per-CPU counter: the two
  * balanced verdicts (PASS_OWNED, DROP_NOT_OWNED) per bucket in farm_bkt_pkts
  * (struct sk_farm_bucket_count; their sums are the totals), the others in
- * farm_verdicts at their index (entries 1 and 2 stay zero there).
+ * farm_verdicts at their index (entries 1 and 2 stay zero there). The two
+ * flow verdicts only occur in draining buckets (struct sk_farm_owner).
  */
 enum sk_farm_verdict {
 	SK_FARM_PASS_NOT_VIP = 0,	/* not for a VIP (or ARP/ND): untouched */
@@ -60,7 +61,9 @@ enum sk_farm_verdict {
 	SK_FARM_DROP_NOT_OWNED = 2,	/* for a VIP, bucket owned elsewhere */
 	SK_FARM_PASS_MALFORMED = 3,	/* could not parse L2/L3: left to the kernel */
 	SK_FARM_PASS_PORT_UNLISTED = 4,	/* for a VIP, but its port is not balanced: untouched */
-	SK_FARM_VERDICT_MAX = 5,
+	SK_FARM_PASS_FLOW_HERE = 5,	/* draining bucket (struct sk_farm_owner), not ours, its connection is */
+	SK_FARM_DROP_FLOW_ELSEWHERE = 6,/* draining bucket, ours, but its connection lives on drain_from */
+	SK_FARM_VERDICT_MAX = 7,
 };
 
 /*
@@ -113,6 +116,21 @@ struct sk_farm_port_key {
 	__u8 proto;
 	__u8 pad;
 	__u16 port;
+};
+
+/*
+ * One bucket of an owner table (farm_owners). node owns it (SK_FARM_NODE_NONE:
+ * nobody, dropped everywhere). drain_from is the node that owned it before,
+ * for as long as its connections may drain (SK_FARM_NODE_NONE otherwise). In
+ * a draining bucket, on the owner and on drain_from only, a TCP segment other
+ * than a SYN is kept by the node that holds its socket (bpf_skc_lookup_tcp, a
+ * listener does not count) and dropped by the other; SYNs and everything else
+ * go to the owner. So a handover between two live nodes resets no connection:
+ * the old node keeps serving its flows while the new one takes new clients.
+ */
+struct sk_farm_owner {
+	__u32 node;
+	__u32 drain_from;
 };
 
 /* Per-CPU packet counts of one bucket (farm_bkt_pkts, one entry per bucket). */

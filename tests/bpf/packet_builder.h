@@ -107,13 +107,14 @@ public:
 		put32(0xabcd);
 		return *this;
 	}
-	PacketBuilder &tcp(uint16_t sport, uint16_t dport)
+	/* flags: byte 13 of the header (0x02 SYN, 0x10 ACK, 0x18 PSH+ACK...). */
+	PacketBuilder &tcp(uint16_t sport, uint16_t dport, uint8_t flags = 0x02)
 	{
 		put16(sport);
 		put16(dport);
 		put32(1);	/* seq */
 		put32(0);	/* ack */
-		put16(0x5002);	/* data offset 5, SYN */
+		put16(static_cast<uint16_t>(0x5000 | flags));	/* data offset 5 */
 		put16(65535);
 		put32(0);	/* checksum, urgent */
 		return *this;

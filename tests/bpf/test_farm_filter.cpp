@@ -7,7 +7,10 @@
  */
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
 #include <net/if.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sched.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -110,7 +113,8 @@ struct Fixture {
 const char *verdictName(uint32_t v)
 {
 	static const char *const names[] = { "PASS_NOT_VIP", "PASS_OWNED", "DROP_NOT_OWNED",
-					     "PASS_MALFORMED", "PASS_PORT_UNLISTED" };
+					     "PASS_MALFORMED", "PASS_PORT_UNLISTED", "PASS_FLOW_HERE",
+					     "DROP_FLOW_ELSEWHERE" };
 	return v < SK_FARM_VERDICT_MAX ? names[v] : "?";
 }
 
@@ -517,6 +521,170 @@ TEST_CASE("property: exactly one of three nodes keeps each VIP packet")
 		CHECK(kept[3] > kept[1]);
 		CHECK(kept[3] > kept[2]);
 		CHECK(kept[1] + kept[2] + kept[3] == 3000);
+	}
+}
+
+/* A connected TCP pair over loopback: the server side is what the filter looks up. */
+struct LoopbackFlow {
+	int listener = -1, client = -1, server = -1;
+	uint16_t serverPort = 0, clientPort = 0;
+
+	explicit LoopbackFlow(int family)
+	{
+		sockaddr_storage ss{};
+		socklen_t len;
+		if (family == AF_INET) {
+			auto *a = reinterpret_cast<sockaddr_in *>(&ss);
+			a->sin_family = AF_INET;
+			a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+			len = sizeof(*a);
+		} else {
+			auto *a = reinterpret_cast<sockaddr_in6 *>(&ss);
+			a->sin6_family = AF_INET6;
+			a->sin6_addr = in6addr_loopback;
+			len = sizeof(*a);
+		}
+		listener = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		REQUIRE(listener >= 0);
+		REQUIRE(bind(listener, reinterpret_cast<sockaddr *>(&ss), len) == 0);
+		REQUIRE(listen(listener, 4) == 0);
+		socklen_t l = len;
+		REQUIRE(getsockname(listener, reinterpret_cast<sockaddr *>(&ss), &l) == 0);
+		client = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		REQUIRE(client >= 0);
+		REQUIRE(connect(client, reinterpret_cast<sockaddr *>(&ss), len) == 0);
+		server = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+		REQUIRE(server >= 0);
+		serverPort = port(listener);
+		clientPort = port(client);
+	}
+	~LoopbackFlow()
+	{
+		for (int fd : { listener, client, server })
+			if (fd >= 0)
+				close(fd);
+	}
+	static uint16_t port(int fd)
+	{
+		sockaddr_storage ss{};
+		socklen_t l = sizeof(ss);
+		REQUIRE(getsockname(fd, reinterpret_cast<sockaddr *>(&ss), &l) == 0);
+		return ntohs(ss.ss_family == AF_INET ? reinterpret_cast<sockaddr_in *>(&ss)->sin_port
+						     : reinterpret_cast<sockaddr_in6 *>(&ss)->sin6_port);
+	}
+};
+
+/* The verdict the counters saw for one run of packet (asserting exactly one was counted). */
+uint32_t runVerdict(XdpFilter &f, const std::vector<uint8_t> &packet, uint32_t *action, std::vector<uint8_t> *out)
+{
+	auto before = f.counters();
+	REQUIRE(before.ok());
+	XdpRun r = runXdp(f.programFd(), packet);
+	REQUIRE(r.err == 0);
+	auto after = f.counters();
+	REQUIRE(after.ok());
+	uint32_t got = SK_FARM_VERDICT_MAX, counted = 0;
+	for (uint32_t v = 0; v < SK_FARM_VERDICT_MAX; v++) {
+		uint64_t d = after->verdicts[v] - before->verdicts[v];
+		counted += static_cast<uint32_t>(d);
+		if (d)
+			got = v;
+	}
+	CHECK_MESSAGE(counted == 1, counted, " verdicts counted for one packet");
+	*action = r.action;
+	*out = r.out;
+	return got;
+}
+
+TEST_CASE("draining bucket: a TCP segment goes to the node holding its socket, SYNs and the rest to the owner")
+{
+	constexpr uint32_t kThirdNode = 3;
+	for (int family : { AF_INET, AF_INET6 }) {
+		const char *lo = family == AF_INET ? "127.0.0.1" : "::1";
+		CAPTURE(lo);
+		LoopbackFlow flow(family);
+		for (FarmHashMode mode : { FarmHashMode::Ip, FarmHashMode::IpPort }) {
+			CAPTURE(static_cast<int>(mode));
+			auto f = makeFilter(mode);
+			FarmVipSet vips;
+			vips.vips.push_back({ addr(lo), {} });
+			REQUIRE(f->setVips(vips).ok());
+			auto segment = [&](uint16_t sport, uint8_t flags) {
+				PacketBuilder b = toVip();
+				if (family == AF_INET)
+					b.ipv4(ip4(lo), ip4(lo), kTcp);
+				else
+					b.ipv6(ip6(lo), ip6(lo), kTcp);
+				return b.tcp(sport, flow.serverPort, flags).payload(8).bytes();
+			};
+			const uint16_t noSocket = static_cast<uint16_t>(flow.clientPort ^ 0x4000);
+			/* Every bucket the same: whatever the hash mode, the packet's bucket is set. */
+			auto table = [&](uint32_t owner, uint32_t from) {
+				REQUIRE(f->setOwnerTable(std::vector<uint32_t>(kBuckets, owner),
+							 std::vector<uint32_t>(kBuckets, from))
+						.ok());
+			};
+			struct Case {
+				const char *what;
+				uint32_t owner, from;
+				uint16_t sport;
+				uint8_t flags;
+				uint32_t verdict;
+			};
+			const Case cases[] = {
+				/* This node handed the bucket over: it keeps its own connections only. */
+				{ "old owner, ACK of its connection", kOtherNode, kThisNode, flow.clientPort, 0x10,
+				  SK_FARM_PASS_FLOW_HERE },
+				{ "old owner, data of its connection", kOtherNode, kThisNode, flow.clientPort, 0x18,
+				  SK_FARM_PASS_FLOW_HERE },
+				{ "old owner, FIN of its connection", kOtherNode, kThisNode, flow.clientPort, 0x11,
+				  SK_FARM_PASS_FLOW_HERE },
+				{ "old owner, ACK of no connection here", kOtherNode, kThisNode, noSocket, 0x10,
+				  SK_FARM_DROP_NOT_OWNED },
+				{ "old owner, SYN (a new client)", kOtherNode, kThisNode, noSocket, 0x02,
+				  SK_FARM_DROP_NOT_OWNED },
+				{ "old owner, gap (nobody owns it yet)", SK_FARM_NODE_NONE, kThisNode, flow.clientPort,
+				  0x10, SK_FARM_PASS_FLOW_HERE },
+				/* This node took the bucket: new clients, and connections it has. */
+				{ "new owner, SYN", kThisNode, kOtherNode, noSocket, 0x02, SK_FARM_PASS_OWNED },
+				{ "new owner, ACK of a connection it has", kThisNode, kOtherNode, flow.clientPort, 0x10,
+				  SK_FARM_PASS_OWNED },
+				{ "new owner, ACK of the old owner's connection", kThisNode, kOtherNode, noSocket, 0x10,
+				  SK_FARM_DROP_FLOW_ELSEWHERE },
+				{ "new owner, RST of no connection here", kThisNode, kOtherNode, noSocket, 0x04,
+				  SK_FARM_DROP_FLOW_ELSEWHERE },
+				/* A third node looks nothing up. */
+				{ "bystander, ACK of a connection it has", kOtherNode, kThirdNode, flow.clientPort, 0x10,
+				  SK_FARM_DROP_NOT_OWNED },
+				/* No drain: the owner keeps everything, whatever sockets exist. */
+				{ "owner, no drain, ACK of no connection", kThisNode, SK_FARM_NODE_NONE, noSocket, 0x10,
+				  SK_FARM_PASS_OWNED },
+				{ "not owner, no drain, ACK of its connection", kOtherNode, SK_FARM_NODE_NONE,
+				  flow.clientPort, 0x10, SK_FARM_DROP_NOT_OWNED },
+			};
+			for (const Case &c : cases) {
+				CAPTURE(c.what);
+				table(c.owner, c.from);
+				std::vector<uint8_t> in = segment(c.sport, c.flags), out;
+				uint32_t action = 0;
+				uint32_t v = runVerdict(*f, in, &action, &out);
+				CHECK(std::string(verdictName(v)) == verdictName(c.verdict));
+				const bool kept = c.verdict == SK_FARM_PASS_OWNED || c.verdict == SK_FARM_PASS_FLOW_HERE;
+				CHECK(action == (kept ? XDP_PASS : XDP_DROP));
+				if (kept)
+					CHECK(out == withDestMac(in, kOwnMac));
+			}
+			/* UDP has no socket to follow: the owner takes it. */
+			table(kThisNode, kOtherNode);
+			PacketBuilder b = toVip();
+			if (family == AF_INET)
+				b.ipv4(ip4(lo), ip4(lo), kUdp);
+			else
+				b.ipv6(ip6(lo), ip6(lo), kUdp);
+			std::vector<uint8_t> out;
+			uint32_t action = 0;
+			CHECK(runVerdict(*f, b.udp(noSocket, 53).payload(4).bytes(), &action, &out) == SK_FARM_PASS_OWNED);
+		}
 	}
 }
 

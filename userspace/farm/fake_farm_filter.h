@@ -22,13 +22,14 @@ public:
 		setVipsCalls++;
 		return {};
 	}
-	Status setOwners(const std::vector<uint32_t> &owners) override
+	Status setOwnerTable(const std::vector<uint32_t> &owners, const std::vector<uint32_t> &drainFrom) override
 	{
 		if (failWith)
 			return makeError(failWith, "fake farm filter failure");
-		if (owners.size() != buckets_)
+		if (owners.size() != buckets_ || (!drainFrom.empty() && drainFrom.size() != buckets_))
 			return makeError(-EINVAL, "owner table size mismatch");
 		owners_ = owners;
+		drainFrom_ = drainFrom;
 		setOwnersCalls++;
 		return {};
 	}
@@ -42,6 +43,7 @@ public:
 
 	const FarmVipSet &vips() const { return vips_; }
 	const std::vector<uint32_t> &owners() const { return owners_; }
+	const std::vector<uint32_t> &drainFrom() const { return drainFrom_; }
 	FarmCounters &mutableCounters() { return counters_; }
 
 	int failWith = 0;	/* -errno: every call fails with it */
@@ -52,6 +54,7 @@ private:
 	uint32_t buckets_;
 	FarmVipSet vips_;
 	std::vector<uint32_t> owners_;
+	std::vector<uint32_t> drainFrom_;
 	FarmCounters counters_;
 };
 

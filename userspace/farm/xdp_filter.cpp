@@ -538,25 +538,30 @@ Status XdpFilter::setVips(const FarmVipSet &set)
  * just left; a reader still on it would have to span a whole control-plane
  * round trip (milliseconds) while XDP runs in well under a microsecond.
  */
-Status XdpFilter::setOwners(const std::vector<uint32_t> &owners)
+Status XdpFilter::setOwnerTable(const std::vector<uint32_t> &owners, const std::vector<uint32_t> &drainFrom)
 {
-	if (owners.size() != options_.buckets)
-		return makeError(-EINVAL, fmt::format("farm: owner table has {} entries, expected {}",
-						      owners.size(), options_.buckets));
+	if (owners.size() != options_.buckets || (!drainFrom.empty() && drainFrom.size() != options_.buckets))
+		return makeError(-EINVAL, fmt::format("farm: owner table has {} entries ({} previous owners), expected {}",
+						      owners.size(), drainFrom.size(), options_.buckets));
+	std::vector<sk_farm_owner> table(owners.size());
+	for (size_t b = 0; b < owners.size(); b++)
+		table[b] = { owners[b], drainFrom.empty() ? SK_FARM_NODE_NONE : drainFrom[b] };
 	const uint32_t next = config_.active_table ^ 1;
-	if (int err = writeArray(bpf_map__fd(skel_->maps.farm_owners), next * options_.buckets, owners.data(),
-				 options_.buckets, sizeof(uint32_t));
+	if (int err = writeArray(bpf_map__fd(skel_->maps.farm_owners), next * options_.buckets, table.data(),
+				 options_.buckets, sizeof(sk_farm_owner));
 	    err)
 		return makeError(err, errnoMessage("farm: cannot write the owner table", err));
 	sk_farm_config cfg = config_;
 	cfg.active_table = next;
 	if (Status s = writeConfig(cfg); !s)
 		return makeError(s.code(), "farm: cannot switch owner tables: " + s.error().message);
-	size_t mine = 0;
-	for (uint32_t o : owners)
-		mine += o == options_.nodeId;
-	logInfo(kLog, "{}: owner table {} active, node {} owns {}/{} buckets", options_.module, next,
-		options_.nodeId, mine, options_.buckets);
+	size_t mine = 0, draining = 0;
+	for (const sk_farm_owner &o : table) {
+		mine += o.node == options_.nodeId;
+		draining += o.drain_from != SK_FARM_NODE_NONE;
+	}
+	logInfo(kLog, "{}: owner table {} active, node {} owns {}/{} buckets, {} draining", options_.module, next,
+		options_.nodeId, mine, options_.buckets, draining);
 	return {};
 }
 

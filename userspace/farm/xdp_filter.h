@@ -87,8 +87,15 @@ public:
 
 	/* Replaces the VIP set (and port rules) with vips; entries not in it are removed. */
 	virtual Status setVips(const FarmVipSet &vips) = 0;
-	/* Installs a whole owner table (owners.size() == buckets()) atomically for readers. */
-	virtual Status setOwners(const std::vector<uint32_t> &owners) = 0;
+	/*
+	 * Installs a whole owner table (owners.size() == buckets()) atomically for
+	 * readers, with each bucket's previous owner while its connections drain
+	 * (drainFrom: empty, or one node id per bucket, SK_FARM_NODE_NONE for none;
+	 * see struct sk_farm_owner).
+	 */
+	virtual Status setOwnerTable(const std::vector<uint32_t> &owners, const std::vector<uint32_t> &drainFrom) = 0;
+	/* An owner table without draining buckets. */
+	Status setOwners(const std::vector<uint32_t> &owners) { return setOwnerTable(owners, {}); }
 	/* Per-verdict and per-bucket packet counts, summed over CPUs. */
 	virtual Result<FarmCounters> counters() = 0;
 	virtual uint32_t buckets() const = 0;
@@ -143,7 +150,7 @@ public:
 	XdpFilter &operator=(const XdpFilter &) = delete;
 
 	Status setVips(const FarmVipSet &vips) override;
-	Status setOwners(const std::vector<uint32_t> &owners) override;
+	Status setOwnerTable(const std::vector<uint32_t> &owners, const std::vector<uint32_t> &drainFrom) override;
 	Result<FarmCounters> counters() override;
 	uint32_t buckets() const override { return options_.buckets; }
 

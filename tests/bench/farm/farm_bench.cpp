@@ -108,9 +108,16 @@ int main(int argc, char **argv)
 	/* Node 1 again, with the farm module's usual port list (tcp and udp 80, 443). */
 	o.nodeId = 1;
 	auto ported = XdpFilter::create(o);
-	if (!owned.ok() || !unowned.ok() || !ported.ok()) {
+	/* Node 1 again, every bucket taken over from node 2 and draining (socket lookups). */
+	auto draining = XdpFilter::create(o);
+	if (!owned.ok() || !unowned.ok() || !ported.ok() || !draining.ok()) {
 		fprintf(stderr, "load: %s\n",
-			(!owned.ok() ? owned : !unowned.ok() ? unowned : ported).error().message.c_str());
+			(!owned.ok()     ? owned
+			 : !unowned.ok() ? unowned
+			 : !ported.ok()  ? ported
+					 : draining)
+				.error()
+				.message.c_str());
 		return 1;
 	}
 	FarmVipSet vips;
@@ -127,6 +134,11 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
+	if (!(*draining)->setVips(vips).ok() ||
+	    !(*draining)->setOwnerTable(allOne, std::vector<uint32_t>(kBuckets, 2)).ok()) {
+		fprintf(stderr, "cannot configure the draining filter\n");
+		return 1;
+	}
 	const int baseline = loadBaseline();
 	if (baseline < 0) {
 		perror("load baseline");
@@ -142,10 +154,14 @@ int main(int argc, char **argv)
 			     .ipv6Ext(60).ipv6Ext(6).tcp(40000, 443).bytes();
 	auto other = PacketBuilder().eth(vmac, cmac).ipv4(ip4("198.18.1.7"), ip4("198.18.0.200"), 6)
 			     .tcp(40000, 80).payload(22).bytes();
+	auto v4ack = PacketBuilder().eth(vmac, cmac).ipv4(ip4("198.18.1.7"), ip4("198.18.0.100"), 6)
+			     .tcp(40000, 80, 0x10).payload(22).bytes();
+	auto v6ack = PacketBuilder().eth(vmac, cmac).ipv6(ip6("fd00:5c::1:7"), ip6("fd00:5c::100"), 6)
+			     .tcp(40000, 443, 0x10).payload(22).bytes();
 	auto v4ssh = PacketBuilder().eth(vmac, cmac).ipv4(ip4("198.18.1.7"), ip4("198.18.0.100"), 6)
 			     .tcp(40000, 22).payload(22).bytes();
 	const int ownFd = (*owned)->programFd(), unownFd = (*unowned)->programFd();
-	const int portFd = (*ported)->programFd();
+	const int portFd = (*ported)->programFd(), drainFd = (*draining)->programFd();
 	const std::vector<Case> cases{
 		{ "baseline XDP_PASS", baseline, v4, XDP_PASS },
 		{ "not a VIP (IPv4)", ownFd, other, XDP_PASS },
@@ -156,6 +172,10 @@ int main(int argc, char **argv)
 		{ "IPv6 + 2 ext headers owned", ownFd, v6ext, XDP_PASS },
 		{ "IPv4 owned, port list", portFd, v4, XDP_PASS },
 		{ "IPv4 unlisted port", portFd, v4ssh, XDP_PASS },
+		/* A bucket moved within drain_ms: SYNs as before, other segments look their socket up. */
+		{ "IPv4 draining, SYN", drainFd, v4, XDP_PASS },
+		{ "IPv4 draining, ACK (lookup)", drainFd, v4ack, XDP_DROP },
+		{ "IPv6 draining, ACK (lookup)", drainFd, v6ack, XDP_DROP },
 	};
 
 	std::vector<std::vector<double>> samples(cases.size());
