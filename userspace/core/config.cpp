@@ -1156,7 +1156,7 @@ void readFarm(ObjectReader &r, ModuleConfig &m)
 		return;
 	}
 	ObjectReader fr(v, *f, "/farm", { "interface", "hash", "ports", "buckets", "weights", "virtual_mac", "seed",
-					  "xdp_mode" },
+					  "xdp_mode", "drain_ms" },
 			"an object (farm settings)");
 	FarmConfig &c = m.farm;
 	if (fr.str("interface", &c.interface, true, "a network interface name") && !validInterfaceName(c.interface))
@@ -1214,6 +1214,7 @@ void readFarm(ObjectReader &r, ModuleConfig &m)
 	}
 	if (fr.integer("seed", &c.seed, 0, UINT64_MAX))
 		c.hasSeed = true;
+	fr.integer("drain_ms", &c.drainMs, 0, 600000);
 	for (auto &vip : m.vips)
 		if (vip.interface.empty())
 			vip.interface = c.interface;

@@ -189,6 +189,8 @@ struct FarmConfig {
 	bool hasSeed = false;
 	uint64_t seed = 0;
 	FarmXdpMode xdpMode = FarmXdpMode::Auto;
+	/* Connections of a bucket that moved between live nodes stay with their node this long. */
+	uint32_t drainMs = 5000;
 
 	uint32_t weightOf(const std::string &node) const;
 };

@@ -33,6 +33,7 @@
 #include "core/log.h"
 #include "core/module_files.h"
 #include "farm/buckets.h"
+#include "farm/local_flows.h"
 
 namespace sk {
 
@@ -281,6 +282,7 @@ Result<std::unique_ptr<FarmModule>> FarmModule::create(const FarmContext &contex
 	mc.buckets = config.farm.buckets;
 	mc.seed = farmSeed(config.farm, context.cluster->name);
 	mc.leaveTimeoutMs = std::max<uint64_t>(config.heartbeat.timeoutMs, 1000);
+	mc.drainMs = config.farm.drainMs;
 
 	if (config.farm.virtualMac.empty())
 		m->virtualMac_ = farmDerivedMac(context.cluster->name, config.name);
@@ -524,7 +526,7 @@ void FarmModule::executeOne(const FarmAction &a)
 				pendingOwners_ = a;	/* installed as soon as the filter is there */
 			break;
 		}
-		Status s = filter_->setOwners(a.owners);
+		Status s = filter_->setOwnerTable(a.owners, a.drainFrom);
 		if (!s) {
 			lastError_ = "cannot install the owner table: " + s.error().message;
 			logError(kLog, "{}: {}", config_.name, lastError_);
@@ -904,8 +906,24 @@ void FarmModule::onTick()
 		moduleLog(fmt::format("node {} lost: {}", nodeName(peer), why));
 		feed(FarmEvent::peerLost(peer, why, nowMs()));
 	}
-	feed(FarmEvent::tick(nowMs()));
+	feed(FarmEvent::tick(nowMs(), leavingFlows()));
 	checkAgreement();
+}
+
+int64_t FarmModule::leavingFlows()
+{
+	if (!sm_->leaving())
+		return -1;
+	auto n = farmCountLocalFlows(vips_);
+	if (!n) {
+		if (!flowCountFailed_)
+			logWarn(kLog, "{}: cannot count the connections left to drain: {}", config_.name,
+				n.error().message);
+		flowCountFailed_ = true;
+		return -1;
+	}
+	flowCountFailed_ = false;
+	return static_cast<int64_t>(*n);
 }
 
 void FarmModule::checkAgreement()
@@ -1044,7 +1062,9 @@ nlohmann::json FarmModule::status() const
 				{ "pass_owned", v[SK_FARM_PASS_OWNED] },
 				{ "drop_not_owned", v[SK_FARM_DROP_NOT_OWNED] },
 				{ "pass_malformed", v[SK_FARM_PASS_MALFORMED] },
-				{ "pass_port_unlisted", v[SK_FARM_PASS_PORT_UNLISTED] } };
+				{ "pass_port_unlisted", v[SK_FARM_PASS_PORT_UNLISTED] },
+				{ "pass_flow_here", v[SK_FARM_PASS_FLOW_HERE] },
+				{ "drop_flow_elsewhere", v[SK_FARM_DROP_FLOW_ELSEWHERE] } };
 		}
 	}
 	json vips = json::array();
@@ -1083,6 +1103,10 @@ nlohmann::json FarmModule::status() const
 		{ "owner_updates", ownerUpdates_ },
 		{ "owner_installs", installs },
 		{ "buckets_installed_here", installedHere },
+		{ "drain_ms", config_.farm.drainMs },
+		{ "buckets_draining", std::count_if(sm_->installedDrainFrom().begin(), sm_->installedDrainFrom().end(),
+						    [](uint32_t n) { return n != SK_FARM_NODE_NONE; }) },
+		{ "connections_to_drain", sm_->drainingOut() ? json(sm_->localFlows()) : json(nullptr) },
 		{ "xdp", xdp },
 		{ "script_running", runningScript_ },
 		{ "script_failures", scriptFailures_ },

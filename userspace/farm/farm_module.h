@@ -124,6 +124,9 @@ private:
 	void onCheckerDecision(const PolicyDecision &d);
 	void updateCheckerRole();
 	void checkAgreement();
+	/* Leaving: this node's connections to the VIPs (for the drain); else, or unknown, -1. */
+	int64_t leavingFlows();
+	bool flowCountFailed_ = false;
 	void logTransition(const FarmTransition &t);
 	void moduleLog(const std::string &line) const;
 	void persistAdminIntent(const std::string &intent);

@@ -169,11 +169,12 @@ FarmEvent FarmEvent::checkerFailed(const std::string &name, uint64_t nowMs)
 	return e;
 }
 
-FarmEvent FarmEvent::tick(uint64_t nowMs)
+FarmEvent FarmEvent::tick(uint64_t nowMs, int64_t localFlows)
 {
 	FarmEvent e;
 	e.kind = FarmEventKind::Tick;
 	e.nowMs = nowMs;
+	e.localFlows = localFlows;
 	return e;
 }
 
@@ -236,7 +237,15 @@ void FarmStateMachine::become(FarmState state, FarmPhase phase, const std::strin
 	step_->transitions.push_back({ state_, phase_, state, phase, cause, loud });
 	state_ = state;
 	phase_ = phase;
-	step_->actions.push_back({ FarmActionKind::Publish, {}, {}, 0, {} });
+	act(FarmActionKind::Publish);
+}
+
+void FarmStateMachine::act(FarmActionKind kind, const std::string &script)
+{
+	FarmAction a;
+	a.kind = kind;
+	a.script = script;
+	step_->actions.push_back(std::move(a));
 }
 
 void FarmStateMachine::updateResponder()
@@ -246,10 +255,10 @@ void FarmStateMachine::updateResponder()
 		return;
 	responder_ = should;
 	if (should) {
-		step_->actions.push_back({ FarmActionKind::BecomeResponder, {}, {}, 0, {} });
-		step_->actions.push_back({ FarmActionKind::Announce, {}, {}, 0, {} });
+		act(FarmActionKind::BecomeResponder);
+		act(FarmActionKind::Announce);
 	} else {
-		step_->actions.push_back({ FarmActionKind::StopResponder, {}, {}, 0, {} });
+		act(FarmActionKind::StopResponder);
 	}
 }
 
@@ -263,7 +272,7 @@ void FarmStateMachine::recompute()
 		if (digest != viewDigest_ || owners != viewOwners_) {
 			viewOwners_ = std::move(owners);
 			viewDigest_ = digest;
-			step_->actions.push_back({ FarmActionKind::Publish, {}, {}, 0, {} });
+			act(FarmActionKind::Publish);
 		}
 	}
 	if (filterLoaded_) {
@@ -286,9 +295,17 @@ void FarmStateMachine::recompute()
 					if (table[b] == config_.self && theirs[b] == id)
 						table[b] = 0;
 			}
-			if (table != installed_) {
-				installed_ = table;
-				step_->actions.push_back({ FarmActionKind::SetOwners, {}, table, farmAssignmentDigest(table), serving });
+			std::vector<uint32_t> drain = drainTable(table);
+			if (table != installed_ || drain != installedDrain_) {
+				FarmAction a;
+				a.kind = FarmActionKind::SetOwners;
+				a.owners = table;
+				a.digest = farmAssignmentDigest(table);
+				a.upSet = std::move(serving);
+				a.drainFrom = drain;
+				step_->actions.push_back(std::move(a));
+				installed_ = std::move(table);
+				installedDrain_ = std::move(drain);
 			}
 		}
 	}
@@ -311,19 +328,22 @@ const std::vector<uint32_t> &FarmStateMachine::claimedBy(NodeId peer, const std:
 void FarmStateMachine::startSequence()
 {
 	become(FarmState::Wait, FarmPhase::Starting, "admin start");
-	step_->actions.push_back({ FarmActionKind::LoadFilter, {}, {}, 0, {} });
+	act(FarmActionKind::LoadFilter);
 	filterLoaded_ = true;
 	installed_.clear();
+	installedDrain_.clear();
 	recompute();	/* installs the others' table: we own nothing until UP */
-	step_->actions.push_back({ FarmActionKind::SetupVip, {}, {}, 0, {} });
+	act(FarmActionKind::SetupVip);
 	vipSetUp_ = true;
-	step_->actions.push_back({ FarmActionKind::RunScript, kStartScript, {}, 0, {} });
+	act(FarmActionKind::RunScript, kStartScript);
 }
 
 void FarmStateMachine::beginLeave(const std::string &cause)
 {
 	become(FarmState::Wait, FarmPhase::Leaving, cause);
 	leaveDeadlineMs_ = nowMs_ + config_.leaveTimeoutMs;
+	handedOver_ = false;
+	localFlows_ = -1;
 	recompute();
 	maybeFinishLeave(false);
 }
@@ -332,18 +352,85 @@ void FarmStateMachine::maybeFinishLeave(bool timedOut)
 {
 	if (phase_ != FarmPhase::Leaving)
 		return;
-	std::vector<NodeId> waitingFor;
-	for (const auto &[id, v] : peers_)
-		if (v.alive && v.state == FarmState::Up && contains(v.members, config_.self))
-			waitingFor.push_back(id);
-	if (!waitingFor.empty() && !timedOut)
+	if (!handedOver_) {
+		std::vector<NodeId> waitingFor;
+		for (const auto &[id, v] : peers_)
+			if (v.alive && v.state == FarmState::Up && contains(v.members, config_.self))
+				waitingFor.push_back(id);
+		if (!waitingFor.empty() && !timedOut)
+			return;
+		handedOver_ = true;
+		handoverLoud_ = !waitingFor.empty();
+		handoverCause_ = waitingFor.empty()
+					 ? std::string("every UP peer took this node's buckets")
+					 : fmt::format("handover not confirmed by node(s) {} within {} ms",
+						       fmt::join(waitingFor, ","), config_.leaveTimeoutMs);
+		drainDeadlineMs_ = nowMs_ + config_.drainMs;
+	}
+	/* Its connections keep going to it (the others' tables drain from it) until they close. */
+	if (config_.drainMs > 0 && localFlows_ != 0 && nowMs_ < drainDeadlineMs_)
 		return;
-	if (waitingFor.empty())
-		teardownAndStop("every UP peer took this node's buckets", false);
-	else
-		teardownAndStop(fmt::format("handover not confirmed by node(s) {} within {} ms",
-					    fmt::join(waitingFor, ","), config_.leaveTimeoutMs),
-				true);
+	std::string cause = handoverCause_;
+	if (config_.drainMs > 0) {
+		if (localFlows_ == 0)
+			cause += "; its connections closed";
+		else if (localFlows_ > 0)
+			cause += fmt::format("; {} connection(s) still open after {} ms", localFlows_, config_.drainMs);
+		else
+			cause += fmt::format("; connections not counted within {} ms", config_.drainMs);
+	}
+	teardownAndStop(cause, handoverLoud_);
+}
+
+std::vector<uint32_t> FarmStateMachine::drainTable(const std::vector<uint32_t> &table)
+{
+	if (config_.drainMs == 0)
+		return {};
+	const size_t n = table.size();
+	lastOwner_.resize(n, 0);
+	drainFrom_.resize(n, 0);
+	drainUntil_.resize(n, 0);
+	const bool changed = installed_.size() == n;
+	std::vector<uint32_t> out(n, 0);
+	nextDrainEndMs_ = UINT64_MAX;
+	bool any = false;
+	for (size_t b = 0; b < n; b++) {
+		const uint32_t cur = table[b];
+		if (changed && cur != installed_[b]) {
+			const uint32_t last = lastOwner_[b];
+			if (cur == last) {
+				/* Back with the node that had it (a release undone): nothing to drain. */
+				drainFrom_[b] = 0;
+			} else if (last != 0) {
+				/* Released by last (cur 0: nobody has it yet) or taken from it. */
+				drainFrom_[b] = last;
+				drainUntil_[b] = nowMs_ + config_.drainMs;
+			}
+		}
+		if (cur != 0)
+			lastOwner_[b] = cur;
+		const uint32_t from = drainFrom_[b];
+		if (from == 0)
+			continue;
+		if (nowMs_ >= drainUntil_[b] || from == cur || !drainSource(from)) {
+			drainFrom_[b] = 0;
+			continue;
+		}
+		out[b] = from;
+		any = true;
+		nextDrainEndMs_ = std::min(nextDrainEndMs_, drainUntil_[b]);
+	}
+	if (!any)
+		out.clear();
+	return out;
+}
+
+bool FarmStateMachine::drainSource(NodeId id) const
+{
+	if (id == config_.self)
+		return filterLoaded_;
+	auto it = peers_.find(id);
+	return it != peers_.end() && it->second.alive && it->second.state != FarmState::Stop;
 }
 
 void FarmStateMachine::teardownAndStop(const std::string &cause, bool loud)
@@ -355,15 +442,20 @@ void FarmStateMachine::teardownAndStop(const std::string &cause, bool loud)
 		recompute();
 	updateResponder();
 	if (vipSetUp_) {
-		step_->actions.push_back({ FarmActionKind::TeardownVip, {}, {}, 0, {} });
+		act(FarmActionKind::TeardownVip);
 		vipSetUp_ = false;
 	}
 	if (filterLoaded_) {
-		step_->actions.push_back({ FarmActionKind::UnloadFilter, {}, {}, 0, {} });
+		act(FarmActionKind::UnloadFilter);
 		filterLoaded_ = false;
 		installed_.clear();
+		installedDrain_.clear();
+		lastOwner_.clear();
+		drainFrom_.clear();
+		drainUntil_.clear();
+		nextDrainEndMs_ = UINT64_MAX;
 	}
-	step_->actions.push_back({ FarmActionKind::RunScript, kStopScript, {}, 0, {} });
+	act(FarmActionKind::RunScript, kStopScript);
 }
 
 Result<FarmStep> FarmStateMachine::handle(const FarmEvent &e)
@@ -460,8 +552,12 @@ Result<FarmStep> FarmStateMachine::handle(const FarmEvent &e)
 		break;
 
 	case FarmEventKind::Tick:
-		if (phase_ == FarmPhase::Leaving && nowMs_ >= leaveDeadlineMs_)
-			maybeFinishLeave(true);
+		if (e.localFlows >= 0)
+			localFlows_ = e.localFlows;
+		if (filterLoaded_ && nowMs_ >= nextDrainEndMs_)
+			recompute();
+		if (phase_ == FarmPhase::Leaving)
+			maybeFinishLeave(nowMs_ >= leaveDeadlineMs_);
 		break;
 	}
 	step_ = nullptr;

@@ -40,6 +40,12 @@ struct FarmMachineConfig {
 	uint32_t seed = 0;
 	/* Bound on the admin-stop handover: after it the node leaves even without confirmation. */
 	uint64_t leaveTimeoutMs = 3000;
+	/*
+	 * How long a bucket that moved between two live nodes keeps its TCP connections on
+	 * the node that had it (struct sk_farm_owner), and how long a leaving node waits at
+	 * most for its connections to close after the handover. 0: no draining.
+	 */
+	uint64_t drainMs = 0;
 };
 
 /* What a peer last said about itself and its view. */
@@ -71,13 +77,14 @@ struct FarmEvent {
 	std::string script;		/* ScriptDone */
 	bool ok = true;			/* ScriptDone */
 	std::string detail;		/* PeerLost reason, CheckerFailed name */
+	int64_t localFlows = -1;	/* Tick: this node's open TCP connections to a VIP; -1: not counted */
 
 	static FarmEvent admin(FarmEventKind kind, uint64_t nowMs);
 	static FarmEvent heartbeat(NodeId peer, const FarmPeerView &view, uint64_t nowMs);
 	static FarmEvent peerLost(NodeId peer, const std::string &why, uint64_t nowMs);
 	static FarmEvent scriptDone(const std::string &script, bool ok, uint64_t nowMs);
 	static FarmEvent checkerFailed(const std::string &name, uint64_t nowMs);
-	static FarmEvent tick(uint64_t nowMs);
+	static FarmEvent tick(uint64_t nowMs, int64_t localFlows = -1);
 };
 
 enum class FarmActionKind {
@@ -100,6 +107,8 @@ struct FarmAction {
 	std::vector<uint32_t> owners;
 	uint64_t digest = 0;
 	std::vector<NodeId> upSet;
+	/* SetOwners: per bucket, the node whose connections drain (0: none); empty: none at all. */
+	std::vector<uint32_t> drainFrom;
 };
 std::string describeFarmAction(const FarmAction &action);
 
@@ -128,7 +137,11 @@ struct FarmStep {
  *    bucket (a gap costs a SYN retransmission; an overlap resets connections);
  *  - Leaving (admin stop/restart) releases every bucket at once and advertises WAIT; the
  *    VIP, filter and app stay until every alive UP peer's view excludes this node (they
- *    have taken over), or leaveTimeoutMs passed;
+ *    have taken over), or leaveTimeoutMs passed; then, with drainMs, until this node's
+ *    connections to the VIP closed (Tick's localFlows is 0) or drainMs passed;
+ *  - a bucket that moves from a node that stays alive and started (this one included)
+ *    drains for drainMs: the installed table names that node in drainFrom, so its TCP
+ *    connections keep going to it; it stops draining early when that node stops or dies;
  *  - the responder is the lowest id of the UP set, and only ever a node that is UP.
  */
 class FarmStateMachine
@@ -151,6 +164,13 @@ public:
 	uint64_t viewDigest() const { return viewDigest_; }
 	/* The table the data plane holds: the view, minus buckets a peer still claims. */
 	const std::vector<uint32_t> &installedOwners() const { return installed_; }
+	/* The drainFrom of the installed table (empty: none). */
+	const std::vector<uint32_t> &installedDrainFrom() const { return installedDrain_; }
+	/* Leaving: whether Ticks should count localFlows (the handover may end in a drain). */
+	bool leaving() const { return phase_ == FarmPhase::Leaving; }
+	/* Leaving, handed over, waiting for this node's connections to close. */
+	bool drainingOut() const { return phase_ == FarmPhase::Leaving && handedOver_; }
+	int64_t localFlows() const { return localFlows_; }
 	bool filterLoaded() const { return filterLoaded_; }
 	bool responder() const { return responder_; }
 	/* Lowest id of the advertised UP set; 0 when empty. */
@@ -162,7 +182,12 @@ public:
 
 private:
 	void become(FarmState state, FarmPhase phase, const std::string &cause, bool loud = false);
+	void act(FarmActionKind kind, const std::string &script = {});
 	void recompute();
+	/* drainFrom for table, the one about to be installed (updates the drain bookkeeping). */
+	std::vector<uint32_t> drainTable(const std::vector<uint32_t> &table);
+	/* A node whose connections are worth draining: alive and started (this one: filter loaded). */
+	bool drainSource(NodeId id) const;
 	void startSequence();
 	void beginLeave(const std::string &cause);
 	void maybeFinishLeave(bool timedOut);
@@ -181,6 +206,18 @@ private:
 	std::vector<uint32_t> viewOwners_;
 	uint64_t viewDigest_ = 0;
 	std::vector<uint32_t> installed_;
+	/* Per bucket: the last node that owned it, the node it drains from and until when. */
+	std::vector<uint32_t> lastOwner_;
+	std::vector<uint32_t> drainFrom_;
+	std::vector<uint64_t> drainUntil_;
+	std::vector<uint32_t> installedDrain_;
+	uint64_t nextDrainEndMs_ = UINT64_MAX;
+	/* Leaving: handover done (or timed out), the cause, and the drain that follows. */
+	bool handedOver_ = false;
+	bool handoverLoud_ = false;
+	std::string handoverCause_;
+	uint64_t drainDeadlineMs_ = 0;
+	int64_t localFlows_ = -1;
 	bool filterLoaded_ = false;
 	bool vipSetUp_ = false;
 	bool responder_ = false;

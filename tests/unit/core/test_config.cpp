@@ -283,6 +283,8 @@ const std::vector<BadCase> kBadCases = {
 	{ "farm with defaultprim", Doc::Farm, { "/failover", { { "defaultprim", "n1" } } }, "/failover/defaultprim", "found a default primary in a farm module" },
 	{ "farm seed negative", Doc::Farm, { "/farm/seed", -5 }, "/farm/seed", "found number -5, expected an integer" },
 	{ "farm xdp mode unknown", Doc::Farm, { "/farm/xdp_mode", "driver" }, "/farm/xdp_mode", "expected one of \"auto\", \"native\", \"generic\"" },
+	{ "farm drain too long", Doc::Farm, { "/farm/drain_ms", 600001 }, "/farm/drain_ms", "found number 600001, expected an integer 0..600000" },
+	{ "farm drain not a number", Doc::Farm, { "/farm/drain_ms", "5s" }, "/farm/drain_ms", "expected an integer 0..600000" },
 };
 
 std::vector<sk::ConfigError> check(Doc doc, const json &j)
@@ -429,7 +431,17 @@ TEST_CASE("a farm module gets farm defaults and VIPs inherit the farm interface"
 	CHECK(r->farm.weightOf("n1") == 1);
 	CHECK_FALSE(r->farm.hasSeed);
 	CHECK(r->farm.xdpMode == sk::FarmXdpMode::Auto);
+	CHECK(r->farm.drainMs == 5000);
 	CHECK(r->vips[0].interface == "eth0");
+	{
+		json m = baseFarm();
+		m["farm"]["drain_ms"] = 0;
+		errors.clear();
+		auto off = sk::parseModuleConfig(m.dump(), "lb.json", &sampleCluster(), &errors);
+		INFO(dumpErrors(errors));
+		REQUIRE(off.ok());
+		CHECK(off->farm.drainMs == 0);
+	}
 
 	for (auto [name, mode] : { std::pair{ "native", sk::FarmXdpMode::Native },
 				   std::pair{ "generic", sk::FarmXdpMode::Generic },

@@ -373,9 +373,10 @@ TEST_CASE("teardown order: drop everything, then VIP off lo, then unload, then s
 	CHECK(label(m) == "STOP/idle");
 }
 
-TEST_CASE("leave is bounded: a peer that never confirms is given up on at the deadline (tick time)")
+/* Node 1 (config c) UP at 1000, with node 2 UP too (as seen by node 1). */
+FarmStateMachine upWithPeer2(const FarmMachineConfig &c)
 {
-	FarmStateMachine m(machineConfig(1));
+	FarmStateMachine m(c);
 	must(m.handle(FarmEvent::admin(FarmEventKind::AdminStart, 1000)));
 	must(m.handle(FarmEvent::scriptDone("start_both", true, 1000)));
 	FarmPeerView v;
@@ -383,6 +384,12 @@ TEST_CASE("leave is bounded: a peer that never confirms is given up on at the de
 	v.phase = FarmPhase::Running;
 	v.members = { 1, 2 };
 	must(m.handle(FarmEvent::heartbeat(2, v, 1000)));
+	return m;
+}
+
+TEST_CASE("leave is bounded: a peer that never confirms is given up on at the deadline (tick time)")
+{
+	FarmStateMachine m = upWithPeer2(machineConfig(1));
 	must(m.handle(FarmEvent::admin(FarmEventKind::AdminStop, 1000)));
 	CHECK(label(m) == "WAIT/leaving");
 
@@ -515,4 +522,169 @@ TEST_CASE("a node in WAIT/starting is not in anyone's UP set and owns nothing")
 	CHECK(sim[2].responder());
 	CHECK_FALSE(sim[1].responder());
 	CHECK(sim[1].viewsAgree());
+}
+
+constexpr uint64_t kT0 = 100000;
+
+/* Two UP nodes (1 and 2, as seen by 1) with draining on, at kT0 with nothing draining. */
+FarmStateMachine drainingPair(uint64_t drainMs)
+{
+	FarmMachineConfig c = machineConfig(1, { { 1, 1 }, { 2, 1 } });
+	c.drainMs = drainMs;
+	FarmStateMachine m = upWithPeer2(c);
+	/* Node 1 had every bucket, so node 2's share drained from it: over by kT0. */
+	REQUIRE(m.installedDrainFrom().empty() == (drainMs == 0));
+	must(m.handle(FarmEvent::tick(kT0)));
+	REQUIRE(m.installedDrainFrom().empty());
+	return m;
+}
+
+FarmPeerView peerView(FarmState state, FarmPhase phase, std::vector<NodeId> members)
+{
+	FarmPeerView v;
+	v.state = state;
+	v.phase = phase;
+	v.members = std::move(members);
+	return v;
+}
+
+TEST_CASE("drain: buckets taken from a live node drain from it until drain_ms, then not")
+{
+	FarmStateMachine m = drainingPair(2000);
+	auto two = expectedOwners({ { 1, 1 }, { 2, 1 } });
+	REQUIRE(m.installedOwners() == two);
+	CHECK(m.installedDrainFrom().empty());
+	/* Node 2 leaves (admin stop): it advertises WAIT and no longer claims its buckets. */
+	FarmStep s = must(m.handle(FarmEvent::heartbeat(2, peerView(FarmState::Wait, FarmPhase::Leaving, { 1 }), kT0 + 1500)));
+	const FarmAction *o = find(s, FarmActionKind::SetOwners);
+	REQUIRE(o);
+	CHECK(o->owners == std::vector<uint32_t>(kBuckets, 1));
+	REQUIRE(o->drainFrom.size() == kBuckets);
+	for (uint32_t b = 0; b < kBuckets; b++)
+		CHECK(o->drainFrom[b] == (two[b] == 2 ? 2u : 0u));
+	/* Heartbeats that change nothing do not restart the drain. */
+	s = must(m.handle(FarmEvent::heartbeat(2, peerView(FarmState::Wait, FarmPhase::Leaving, { 1 }), kT0 + 3000)));
+	CHECK_FALSE(find(s, FarmActionKind::SetOwners));
+	s = must(m.handle(FarmEvent::tick(kT0 + 3499)));
+	CHECK_FALSE(find(s, FarmActionKind::SetOwners));
+	s = must(m.handle(FarmEvent::tick(kT0 + 3500)));
+	o = find(s, FarmActionKind::SetOwners);
+	REQUIRE(o);
+	CHECK(o->owners == std::vector<uint32_t>(kBuckets, 1));
+	CHECK(o->drainFrom.empty());
+	CHECK(m.installedDrainFrom().empty());
+}
+
+TEST_CASE("drain: ends at once when the old node stops or dies; a dead node's buckets never drain")
+{
+	SUBCASE("stops")
+	{
+		FarmStateMachine m = drainingPair(5000);
+		must(m.handle(FarmEvent::heartbeat(2, peerView(FarmState::Wait, FarmPhase::Leaving, { 1 }), kT0 + 1500)));
+		REQUIRE_FALSE(m.installedDrainFrom().empty());
+		FarmStep s = must(m.handle(FarmEvent::heartbeat(2, peerView(FarmState::Stop, FarmPhase::Idle, { 1 }), kT0 + 1600)));
+		const FarmAction *o = find(s, FarmActionKind::SetOwners);
+		REQUIRE(o);
+		CHECK(o->drainFrom.empty());
+	}
+	SUBCASE("dies while draining")
+	{
+		FarmStateMachine m = drainingPair(5000);
+		must(m.handle(FarmEvent::heartbeat(2, peerView(FarmState::Wait, FarmPhase::Leaving, { 1 }), kT0 + 1500)));
+		REQUIRE_FALSE(m.installedDrainFrom().empty());
+		must(m.handle(FarmEvent::peerLost(2, "dead", kT0 + 1600)));
+		CHECK(m.installedDrainFrom().empty());
+	}
+	SUBCASE("dies UP: its clients go to the survivor at once, with nothing to drain")
+	{
+		FarmStateMachine m = drainingPair(5000);
+		FarmStep s = must(m.handle(FarmEvent::peerLost(2, "dead", kT0 + 1500)));
+		const FarmAction *o = find(s, FarmActionKind::SetOwners);
+		REQUIRE(o);
+		CHECK(o->owners == std::vector<uint32_t>(kBuckets, 1));
+		CHECK(o->drainFrom.empty());
+	}
+}
+
+TEST_CASE("drain: a node joining takes its share, whose connections stay on the node that had it")
+{
+	FarmMachineConfig c = machineConfig(1, { { 1, 1 }, { 2, 1 } });
+	c.drainMs = 1000;
+	FarmStateMachine m(c);
+	must(m.handle(FarmEvent::admin(FarmEventKind::AdminStart, 1000)));
+	must(m.handle(FarmEvent::scriptDone("start_both", true, 1000)));
+	REQUIRE(m.installedOwners() == std::vector<uint32_t>(kBuckets, 1));
+	/* Node 2 comes UP: node 1 releases node 2's share at once and drains it from itself. */
+	FarmStep s = must(m.handle(FarmEvent::heartbeat(2, peerView(FarmState::Up, FarmPhase::Running, { 1, 2 }), 2000)));
+	auto two = expectedOwners({ { 1, 1 }, { 2, 1 } });
+	const FarmAction *o = find(s, FarmActionKind::SetOwners);
+	REQUIRE(o);
+	CHECK(o->owners == two);
+	REQUIRE(o->drainFrom.size() == kBuckets);
+	for (uint32_t b = 0; b < kBuckets; b++)
+		CHECK(o->drainFrom[b] == (two[b] == 2 ? 1u : 0u));
+
+	/* And on node 2: its share arrives after a gap, draining from node 1 throughout. */
+	FarmMachineConfig c2 = machineConfig(2, { { 1, 1 }, { 2, 1 } });
+	c2.drainMs = 1000;
+	FarmStateMachine n(c2);
+	must(n.handle(FarmEvent::heartbeat(1, peerView(FarmState::Up, FarmPhase::Running, { 1 }), 1000)));
+	must(n.handle(FarmEvent::admin(FarmEventKind::AdminStart, 1000)));
+	REQUIRE(n.installedOwners() == std::vector<uint32_t>(kBuckets, 1));
+	must(n.handle(FarmEvent::scriptDone("start_both", true, 2000)));
+	std::vector<uint32_t> gap = two;
+	std::replace(gap.begin(), gap.end(), 2u, 0u);
+	CHECK(n.installedOwners() == gap);
+	for (uint32_t b = 0; b < kBuckets; b++)
+		CHECK(n.installedDrainFrom()[b] == (two[b] == 2 ? 1u : 0u));
+	must(n.handle(FarmEvent::heartbeat(1, peerView(FarmState::Up, FarmPhase::Running, { 1, 2 }), 2100)));
+	CHECK(n.installedOwners() == two);
+	for (uint32_t b = 0; b < kBuckets; b++)
+		CHECK(n.installedDrainFrom()[b] == (two[b] == 2 ? 1u : 0u));
+	must(n.handle(FarmEvent::tick(3100)));
+	CHECK(n.installedDrainFrom().empty());
+}
+
+TEST_CASE("drain: an admin stop waits, after the handover, for its connections to close or drain_ms")
+{
+	SUBCASE("connections close")
+	{
+		FarmStateMachine m = drainingPair(4000);
+		must(m.handle(FarmEvent::admin(FarmEventKind::AdminStop, kT0 + 2000)));
+		REQUIRE(m.leaving());
+		CHECK_FALSE(m.drainingOut());
+		/* Node 2 took everything: the handover is done, the VIP stays. */
+		FarmStep s = must(m.handle(FarmEvent::heartbeat(2, peerView(FarmState::Up, FarmPhase::Running, { 2 }), kT0 + 2100)));
+		CHECK(label(m) == "WAIT/leaving");
+		CHECK(m.drainingOut());
+		CHECK_FALSE(find(s, FarmActionKind::TeardownVip));
+		s = must(m.handle(FarmEvent::tick(kT0 + 2200, 3)));
+		CHECK(label(m) == "WAIT/leaving");
+		CHECK(m.localFlows() == 3);
+		s = must(m.handle(FarmEvent::tick(kT0 + 2300, 0)));
+		CHECK(label(m) == "WAIT/stopping");
+		REQUIRE(s.transitions.size() == 1);
+		CHECK_FALSE(s.transitions[0].loud);
+		CHECK(s.transitions[0].cause.find("took this node's buckets; its connections closed") != std::string::npos);
+		CHECK(find(s, FarmActionKind::TeardownVip));
+	}
+	SUBCASE("drain_ms runs out")
+	{
+		FarmStateMachine m = drainingPair(4000);
+		must(m.handle(FarmEvent::admin(FarmEventKind::AdminStop, kT0 + 2000)));
+		must(m.handle(FarmEvent::heartbeat(2, peerView(FarmState::Up, FarmPhase::Running, { 2 }), kT0 + 2100)));
+		must(m.handle(FarmEvent::tick(kT0 + 6099, 2)));
+		CHECK(label(m) == "WAIT/leaving");
+		FarmStep s = must(m.handle(FarmEvent::tick(kT0 + 6100, 2)));
+		CHECK(label(m) == "WAIT/stopping");
+		REQUIRE(s.transitions.size() == 1);
+		CHECK(s.transitions[0].cause.find("2 connection(s) still open after 4000 ms") != std::string::npos);
+	}
+	SUBCASE("drain_ms 0: no wait")
+	{
+		FarmStateMachine m = drainingPair(0);
+		must(m.handle(FarmEvent::admin(FarmEventKind::AdminStop, kT0 + 2000)));
+		must(m.handle(FarmEvent::heartbeat(2, peerView(FarmState::Up, FarmPhase::Running, { 2 }), kT0 + 2100)));
+		CHECK(label(m) == "WAIT/stopping");
+	}
 }

@@ -1,0 +1,101 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Local flows: the /proc/net/tcp{,6} tables as the kernel prints them, counted
+ * per local address and state; and the live tables of this namespace.
+ */
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "farm/local_flows.h"
+
+using namespace sk;
+
+namespace {
+
+net::IpAddress ip(const char *text)
+{
+	auto a = net::parseIpAddress(text);
+	REQUIRE_MESSAGE(a.ok(), text);
+	return *a;
+}
+
+/* Lines as the kernel prints them (fields after the state trimmed). */
+const char *kTcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+		   "   0: 640012C6:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1\n"
+		   "   1: 640012C6:0050 070112C6:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2\n"
+		   "   2: 640012C6:0050 070112C6:9C41 06 00000000:00000000 00:00000000 00000000     0        0 0\n"
+		   "   3: 640012C6:0050 070112C6:9C42 08 00000000:00000000 00:00000000 00000000     0        0 3\n"
+		   "   4: 640012C6:0050 070112C6:9C43 05 00000000:00000000 00:00000000 00000000     0        0 4\n"
+		   "   5: 650012C6:0050 070112C6:9C44 01 00000000:00000000 00:00000000 00000000     0        0 5\n"
+		   "   6: 640012C6:1F90 070112C6:9C45 03 00000000:00000000 00:00000000 00000000     0        0 6\n";
+
+} /* namespace */
+
+TEST_CASE("a TCP table: connections on the VIPs the peer may still send to")
+{
+	/* 198.18.0.100 prints as 640012C6: listener, TIME_WAIT and FIN_WAIT2 do not count. */
+	auto n = farmCountFlowsInTable(kTcp, { ip("198.18.0.100") });
+	REQUIRE(n.ok());
+	CHECK(*n == 3);
+	n = farmCountFlowsInTable(kTcp, { ip("198.18.0.100"), ip("198.18.0.101") });
+	REQUIRE(n.ok());
+	CHECK(*n == 4);
+	n = farmCountFlowsInTable(kTcp, { ip("198.18.0.99") });
+	REQUIRE(n.ok());
+	CHECK(*n == 0);
+	CHECK(farmCountFlowsInTable("header\n   0: garbage\n", { ip("198.18.0.100") }).code() == -EINVAL);
+	CHECK(*farmCountFlowsInTable("", { ip("198.18.0.100") }) == 0);
+}
+
+TEST_CASE("an IPv6 table: four words, each printed from memory")
+{
+	/* ::1 is 00000000000000000000000001000000 on a little-endian machine: built the same way here. */
+	net::IpAddress lo = ip("::1");
+	uint32_t w[4];
+	std::memcpy(w, lo.bytes.data(), 16);
+	char hex[40];
+	snprintf(hex, sizeof(hex), "%08X%08X%08X%08X", w[0], w[1], w[2], w[3]);
+	std::string table = std::string("  sl  local_address remote_address st\n   0: ") + hex +
+			    ":0050 00000000000000000000000000000000:9C40 01 0\n";
+	auto n = farmCountFlowsInTable(table, { lo });
+	REQUIRE(n.ok());
+	CHECK(*n == 1);
+}
+
+TEST_CASE("this namespace's tables: a loopback connection counts, both of its ends")
+{
+	/* An address of 127/8 nobody else uses, so other tests' connections do not count. */
+	const char *local = "127.77.13.1";
+	sockaddr_in a{};
+	a.sin_family = AF_INET;
+	REQUIRE(inet_pton(AF_INET, local, &a.sin_addr) == 1);
+	sockaddr_in from = a;
+	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	REQUIRE(l >= 0);
+	REQUIRE(bind(l, reinterpret_cast<sockaddr *>(&a), sizeof(a)) == 0);
+	REQUIRE(listen(l, 1) == 0);
+	socklen_t len = sizeof(a);
+	REQUIRE(getsockname(l, reinterpret_cast<sockaddr *>(&a), &len) == 0);
+	auto before = farmCountLocalFlows({ ip(local) });
+	REQUIRE(before.ok());
+	CHECK(*before == 0);	/* the listener does not count */
+	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	REQUIRE(c >= 0);
+	REQUIRE(bind(c, reinterpret_cast<sockaddr *>(&from), sizeof(from)) == 0);
+	REQUIRE(connect(c, reinterpret_cast<sockaddr *>(&a), sizeof(a)) == 0);
+	int s = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+	REQUIRE(s >= 0);
+	auto during = farmCountLocalFlows({ ip(local) });
+	REQUIRE(during.ok());
+	CHECK(*during == 2);
+	close(c);
+	close(s);
+	close(l);
+	CHECK(farmCountLocalFlows({ ip(local) }, "/nonexistent").code() == -ENOENT);
+}
