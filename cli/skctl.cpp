@@ -494,7 +494,7 @@ int main(int argc, char **argv)
 	};
 	static const Verb verbs[] = {
 		{ "start", "Start a module (both nodes: the one with current data serves)" },
-		{ "stop", "Stop a module on this node (the peer takes over if it is in sync)" },
+		{ "stop", "Stop a module on this node (mirror: the peer takes over if it is in sync; farm: the others take its buckets, then it waits up to drain_ms for its open connections to close)" },
 		{ "restart", "Restart the application locally (stop scripts, then start scripts)" },
 		{ "prim", "Start a module here as primary (first start: this node's data is the reference)" },
 		{ "second", "Start a module here as secondary only (never serves on its own)" },

@@ -6,6 +6,8 @@
 
 FARM_VIP=198.18.0.100
 FARM_PORT=8080
+# A second app port whose connections stay open: the node's name, then an echo of every line.
+FARM_ECHO_PORT=8081
 
 # farm_write_module NAME HASH [extra JSON members]: module.json + scripts on every node.
 farm_write_module() {
@@ -21,16 +23,18 @@ farm_write_module() {
   "nodes": [ $nodes ],
   "heartbeat": { "interval_ms": ${RIG_HB_INTERVAL:-100}, "timeout_ms": ${RIG_HB_TIMEOUT:-500} },
   "vips": [ { "address": "$FARM_VIP/24" } ],
-  "farm": { "interface": "eth0", "hash": "$hash", "ports": [ $FARM_PORT ], "buckets": 256 },
+  "farm": { "interface": "eth0", "hash": "$hash", "ports": [ $FARM_PORT, $FARM_ECHO_PORT ], "buckets": 256 },
   "scripts": { "timeout_ms": 5000 }${extra:+,
   $extra}
 }
 JSON
 		# The app listens on every address: the VIP is local (on lo) only while the filter is up.
 		_farm_script "$dir" start_both "
-setsid socat TCP-LISTEN:$FARM_PORT,fork,reuseaddr,backlog=512 SYSTEM:'echo \$SK_NODE' </dev/null >/dev/null 2>&1 &
+setsid bash -c \"socat TCP-LISTEN:$FARM_PORT,fork,reuseaddr,backlog=512 SYSTEM:'echo \$SK_NODE' &
+socat TCP-LISTEN:$FARM_ECHO_PORT,fork,reuseaddr SYSTEM:'echo \$SK_NODE; cat' &
+wait\" </dev/null >/dev/null 2>&1 &
 echo \$! > \"\$SK_STATE_DIR/app.pid\"
-for i in \$(seq 50); do ss -ltn | grep -q ':$FARM_PORT ' && break; sleep 0.02; done"
+for i in \$(seq 50); do ss -ltn | grep -q ':$FARM_PORT ' && ss -ltn | grep -q ':$FARM_ECHO_PORT ' && break; sleep 0.02; done"
 		_farm_script "$dir" stop_both "
 if [ -f \"\$SK_STATE_DIR/app.pid\" ]; then
 	kill -TERM -- -\$(cat \"\$SK_STATE_DIR/app.pid\") 2>/dev/null || true
@@ -189,26 +193,93 @@ farm_once() {
 	rig_exec "$1" python3 -c "$FARM_CLIENT_PY" once "$FARM_VIP" "$FARM_PORT" "$2" "$3"
 }
 
+# Long connections to the echo port (mode "long"): one per source IP in IPS, each reads the node's name,
+# then sends a numbered line every 100 ms and waits (5 s at most) for its echo, until
+# STOPFILE exists; READYFILE once every connection has its node (or failed). Prints per
+# source IP the node, lines sent and echoed, the first error, and when it closed (wall ms).
+FARM_LONG_PY='
+import json, os, socket, sys, threading, time
+
+vip, port, ips, stop, ready = sys.argv[2], int(sys.argv[3]), sys.argv[4].split(), sys.argv[5], sys.argv[6]
+res, started = {}, threading.Semaphore(0)
+
+def run(ip):
+    r = res[ip] = {"node": None, "sent": 0, "echoed": 0, "error": None, "closed_ms": None}
+    s = None
+    try:
+        s = socket.create_connection((vip, port), timeout=5, source_address=(ip, 0))
+        f = s.makefile("rb", buffering=0)
+        r["node"] = f.readline().decode().strip()
+        started.release()
+        i = 0
+        while not os.path.exists(stop):
+            msg = b"line %d\n" % i
+            s.sendall(msg)
+            r["sent"] += 1
+            got = f.readline()
+            if got != msg:
+                raise RuntimeError("echo %r of %r" % (got, msg))
+            r["echoed"] += 1
+            i += 1
+            time.sleep(0.1)
+    except Exception as e:
+        r["error"] = type(e).__name__ + ": " + str(e)
+        if r["node"] is None:
+            started.release()
+    finally:
+        if s is not None:
+            s.close()
+        r["closed_ms"] = int(time.time() * 1000)
+
+ts = [threading.Thread(target=run, args=(ip,), daemon=True) for ip in ips]
+[t.start() for t in ts]
+for _ in ts:
+    started.acquire(timeout=10)
+open(ready, "w").close()
+[t.join(timeout=60) for t in ts]
+print(json.dumps(res))
+'
+
+# _farm_bg_start KIND TAG CLIENT OUT TRIES WHY PROGRAM MODE PORT IPS [ARG...]: runs
+# python3 -c PROGRAM MODE VIP PORT IPS STOPFILE READYFILE [ARG...] in CLIENT's namespace in
+# the background, output to OUT, and waits (TRIES x 0.1 s) for READYFILE, else fails with WHY.
+_farm_bg_start() {
+	local kind=$1 tag=$2 client=$3 out=$4 tries=$5 why=$6 program=$7 mode=$8 port=$9 ips=${10} pid
+	shift 10
+	rm -f "$RIG_DIR/$kind.$tag.stop" "$RIG_DIR/$kind.$tag.ready"
+	ip netns exec "$(rig_ns "$client")" python3 -c "$program" "$mode" "$FARM_VIP" "$port" "$ips" \
+		"$RIG_DIR/$kind.$tag.stop" "$RIG_DIR/$kind.$tag.ready" "$@" >"$out" &
+	pid=$!
+	echo "$pid $kind-$tag" >>"$RIG_PIDS_FILE"
+	eval "FARM_BG_${kind}_$tag=$pid"
+	rig_wait_for "$tries" test -e "$RIG_DIR/$kind.$tag.ready" || rig_fail "$why"
+}
+
+# _farm_bg_stop KIND TAG: touches its STOPFILE and waits for it to end (its output is then complete).
+_farm_bg_stop() {
+	local pid
+	touch "$RIG_DIR/$1.$2.stop"
+	eval "pid=\${FARM_BG_$1_$2:-}"
+	[ -n "$pid" ] && { rig_wait_for 150 _rig_gone "$pid" || kill -KILL "$pid" 2>/dev/null || true; }
+	wait "$pid" 2>/dev/null || true
+}
+
+# farm_start_long TAG CLIENT "IPS" OUT: long connections (FARM_LONG_PY) in the background.
+farm_start_long() {
+	_farm_bg_start flong "$1" "$2" "$4" 150 "long connections $1 on $2 never started" \
+		"$FARM_LONG_PY" long "$FARM_ECHO_PORT" "$3"
+}
+
+farm_stop_long() { _farm_bg_stop flong "$1"; }
+
 # farm_start_probe TAG CLIENT "IPS" OUT [CONNECT_TIMEOUT]: a prober in the background
 # (TAG names it for farm_stop_probe; several may run in one client).
 farm_start_probe() {
-	local tag=$1 client=$2 ips=$3 out=$4 timeout=${5:-0.1} pid
-	rm -f "$RIG_DIR/fprobe.$tag.stop" "$RIG_DIR/fprobe.$tag.ready"
-	ip netns exec "$(rig_ns "$client")" python3 -c "$FARM_CLIENT_PY" probe "$FARM_VIP" "$FARM_PORT" "$ips" \
-		"$RIG_DIR/fprobe.$tag.stop" "$RIG_DIR/fprobe.$tag.ready" "$timeout" >"$out" &
-	pid=$!
-	echo "$pid fprobe-$tag" >>"$RIG_PIDS_FILE"
-	eval "FARM_PROBE_$tag=$pid"
-	rig_wait_for 100 test -e "$RIG_DIR/fprobe.$tag.ready" || rig_fail "prober $tag on $client never got an answer"
+	_farm_bg_start fprobe "$1" "$2" "$4" 100 "prober $1 on $2 never got an answer" \
+		"$FARM_CLIENT_PY" probe "$FARM_PORT" "$3" "${5:-0.1}"
 }
 
-farm_stop_probe() {
-	local pid
-	touch "$RIG_DIR/fprobe.$1.stop"
-	eval "pid=\${FARM_PROBE_$1:-}"
-	[ -n "$pid" ] && { rig_wait_for 100 _rig_gone "$pid" || kill -KILL "$pid" 2>/dev/null || true; }
-	wait "$pid" 2>/dev/null || true
-}
+farm_stop_probe() { _farm_bg_stop fprobe "$1"; }
 
 # farm_map CLIENT "IPS": "ip=node" per line, one connection per address.
 farm_map() {
