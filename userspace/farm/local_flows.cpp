@@ -72,8 +72,19 @@ Result<uint64_t> farmCountFlowsInTable(const std::string &text, const std::vecto
 Result<uint64_t> farmCountLocalFlows(const std::vector<net::IpAddress> &locals, const std::string &procNet)
 {
 	std::vector<net::IpAddress> v4, v6;
-	for (const net::IpAddress &a : locals)
-		(a.family == AF_INET ? v4 : v6).push_back(a);
+	for (const net::IpAddress &a : locals) {
+		if (a.family != AF_INET) {
+			v6.push_back(a);
+			continue;
+		}
+		v4.push_back(a);
+		/* A dual-stack listener's IPv4 connections are in tcp6, as ::ffff:a.b.c.d. */
+		net::IpAddress mapped;
+		mapped.family = AF_INET6;
+		mapped.bytes[10] = mapped.bytes[11] = 0xff;
+		std::memcpy(mapped.bytes.data() + 12, a.bytes.data(), 4);
+		v6.push_back(mapped);
+	}
 	uint64_t total = 0;
 	for (const char *name : { "tcp", "tcp6" }) {
 		const bool six = name[3] == '6';

@@ -20,7 +20,9 @@ namespace sk {
  * Connections whose local address is one of locals, in a state where the peer
  * may still send to it: ESTABLISHED, SYN_RECV, FIN_WAIT1, CLOSE_WAIT, LAST_ACK,
  * CLOSING (not TIME_WAIT, and not FIN_WAIT2, whose app already closed it).
- * procNet: the directory holding tcp and tcp6 (a missing tcp6 counts none).
+ * An IPv4 address also counts in tcp6 as ::ffff:a.b.c.d (connections accepted
+ * by a dual-stack listener). procNet: the directory holding tcp and tcp6 (a
+ * missing tcp6 counts none).
  */
 Result<uint64_t> farmCountLocalFlows(const std::vector<net::IpAddress> &locals,
 				     const std::string &procNet = "/proc/net");

@@ -99,3 +99,39 @@ TEST_CASE("this namespace's tables: a loopback connection counts, both of its en
 	close(l);
 	CHECK(farmCountLocalFlows({ ip(local) }, "/nonexistent").code() == -ENOENT);
 }
+
+TEST_CASE("a dual-stack listener's IPv4 connections (tcp6, ::ffff:a.b.c.d) count for the IPv4 address")
+{
+	const char *local = "127.77.13.2";
+	sockaddr_in6 any{};
+	any.sin6_family = AF_INET6;
+	any.sin6_addr = in6addr_any;
+	int l = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	REQUIRE(l >= 0);
+	int off = 0;
+	REQUIRE(setsockopt(l, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off)) == 0);
+	REQUIRE(bind(l, reinterpret_cast<sockaddr *>(&any), sizeof(any)) == 0);
+	REQUIRE(listen(l, 1) == 0);
+	socklen_t len = sizeof(any);
+	REQUIRE(getsockname(l, reinterpret_cast<sockaddr *>(&any), &len) == 0);
+	sockaddr_in to{};
+	to.sin_family = AF_INET;
+	to.sin_port = any.sin6_port;
+	REQUIRE(inet_pton(AF_INET, local, &to.sin_addr) == 1);
+	/* The client from another 127/8 address: only the accepted (mapped) end is on `local`. */
+	sockaddr_in from{};
+	from.sin_family = AF_INET;
+	REQUIRE(inet_pton(AF_INET, "127.77.13.3", &from.sin_addr) == 1);
+	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	REQUIRE(c >= 0);
+	REQUIRE(bind(c, reinterpret_cast<sockaddr *>(&from), sizeof(from)) == 0);
+	REQUIRE(connect(c, reinterpret_cast<sockaddr *>(&to), sizeof(to)) == 0);
+	int s = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+	REQUIRE(s >= 0);
+	auto n = farmCountLocalFlows({ ip(local) });
+	REQUIRE(n.ok());
+	CHECK(*n == 1);
+	close(c);
+	close(s);
+	close(l);
+}
