@@ -243,10 +243,11 @@ struct sk_farm_flow {
 };
 
 /*
- * Whether this node holds a socket of the flow (established, opening or in
- * TIME_WAIT; a listener does not count), in the namespace of the receiving
- * device. Out of line: only segments in draining buckets (struct
- * sk_farm_owner) pay for the lookup.
+ * Whether this node holds a live socket of the flow (established, closing or a
+ * request socket of its handshake), in the namespace of the receiving device.
+ * A listener does not count, nor TIME_WAIT: a client may reuse that 4-tuple
+ * for a new connection, which belongs to the owner. Out of line: only segments
+ * in draining buckets (struct sk_farm_owner) pay for the lookup.
  */
 __noinline int sk_farm_flow_here(struct xdp_md *ctx, const struct sk_farm_flow *f)
 {
@@ -273,7 +274,7 @@ __noinline int sk_farm_flow_here(struct xdp_md *ctx, const struct sk_farm_flow *
 	sk = bpf_skc_lookup_tcp(ctx, &t, len, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return 0;
-	here = sk->state != BPF_TCP_LISTEN;
+	here = sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT;
 	bpf_sk_release(sk);
 	return here;
 }

@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sched.h>
 #include <sys/mount.h>
@@ -524,53 +525,91 @@ TEST_CASE("property: exactly one of three nodes keeps each VIP packet")
 	}
 }
 
-/* A connected TCP pair over loopback: the server side is what the filter looks up. */
-struct LoopbackFlow {
-	int listener = -1, client = -1, server = -1;
+/* Loopback socket address of family (127.0.0.1 or ::1) and port (host order). */
+sockaddr_storage loopback(int family, uint16_t port, socklen_t *len)
+{
+	sockaddr_storage ss{};
+	if (family == AF_INET) {
+		auto *a = reinterpret_cast<sockaddr_in *>(&ss);
+		a->sin_family = AF_INET;
+		a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		a->sin_port = htons(port);
+		*len = sizeof(*a);
+	} else {
+		auto *a = reinterpret_cast<sockaddr_in6 *>(&ss);
+		a->sin6_family = AF_INET6;
+		a->sin6_addr = in6addr_loopback;
+		a->sin6_port = htons(port);
+		*len = sizeof(*a);
+	}
+	return ss;
+}
+
+uint16_t localPort(int fd)
+{
+	sockaddr_storage ss{};
+	socklen_t l = sizeof(ss);
+	REQUIRE(getsockname(fd, reinterpret_cast<sockaddr *>(&ss), &l) == 0);
+	return ntohs(ss.ss_family == AF_INET ? reinterpret_cast<sockaddr_in *>(&ss)->sin_port
+					     : reinterpret_cast<sockaddr_in6 *>(&ss)->sin6_port);
+}
+
+/*
+ * The server end of a connection with no client end: an established socket made in
+ * TCP_REPAIR mode (no packet sent), local port serverPort, peer port clientPort. A
+ * lookup with the tuple the wrong way round finds nothing, so the test tells them apart.
+ */
+struct ServerOnlyFlow {
+	int fd = -1;
 	uint16_t serverPort = 0, clientPort = 0;
 
-	explicit LoopbackFlow(int family)
+	explicit ServerOnlyFlow(int family)
 	{
-		sockaddr_storage ss{};
+		fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		REQUIRE(fd >= 0);
+		int on = 1;
+		REQUIRE_MESSAGE(setsockopt(fd, SOL_TCP, TCP_REPAIR, &on, sizeof(on)) == 0, "TCP_REPAIR: ", strerror(errno));
 		socklen_t len;
-		if (family == AF_INET) {
-			auto *a = reinterpret_cast<sockaddr_in *>(&ss);
-			a->sin_family = AF_INET;
-			a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-			len = sizeof(*a);
-		} else {
-			auto *a = reinterpret_cast<sockaddr_in6 *>(&ss);
-			a->sin6_family = AF_INET6;
-			a->sin6_addr = in6addr_loopback;
-			len = sizeof(*a);
-		}
-		listener = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		REQUIRE(listener >= 0);
-		REQUIRE(bind(listener, reinterpret_cast<sockaddr *>(&ss), len) == 0);
-		REQUIRE(listen(listener, 4) == 0);
-		socklen_t l = len;
-		REQUIRE(getsockname(listener, reinterpret_cast<sockaddr *>(&ss), &l) == 0);
-		client = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		REQUIRE(client >= 0);
-		REQUIRE(connect(client, reinterpret_cast<sockaddr *>(&ss), len) == 0);
-		server = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
-		REQUIRE(server >= 0);
-		serverPort = port(listener);
-		clientPort = port(client);
+		sockaddr_storage here = loopback(family, 0, &len);
+		REQUIRE(bind(fd, reinterpret_cast<sockaddr *>(&here), len) == 0);
+		serverPort = localPort(fd);
+		clientPort = static_cast<uint16_t>(serverPort ^ 0x2000);
+		sockaddr_storage peer = loopback(family, clientPort, &len);
+		REQUIRE(connect(fd, reinterpret_cast<sockaddr *>(&peer), len) == 0);
 	}
-	~LoopbackFlow()
+	~ServerOnlyFlow()
 	{
-		for (int fd : { listener, client, server })
-			if (fd >= 0)
-				close(fd);
+		if (fd >= 0)
+			close(fd);	/* still in repair mode: closes without a packet */
 	}
-	static uint16_t port(int fd)
+};
+
+/* A connection over loopback closed server first: the server end is left in TIME_WAIT. */
+struct TimeWaitFlow {
+	uint16_t serverPort = 0, clientPort = 0;
+
+	explicit TimeWaitFlow(int family)
 	{
-		sockaddr_storage ss{};
-		socklen_t l = sizeof(ss);
-		REQUIRE(getsockname(fd, reinterpret_cast<sockaddr *>(&ss), &l) == 0);
-		return ntohs(ss.ss_family == AF_INET ? reinterpret_cast<sockaddr_in *>(&ss)->sin_port
-						     : reinterpret_cast<sockaddr_in6 *>(&ss)->sin6_port);
+		socklen_t len;
+		sockaddr_storage any = loopback(family, 0, &len);
+		int l = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		REQUIRE(l >= 0);
+		REQUIRE(bind(l, reinterpret_cast<sockaddr *>(&any), len) == 0);
+		REQUIRE(listen(l, 1) == 0);
+		serverPort = localPort(l);
+		sockaddr_storage to = loopback(family, serverPort, &len);
+		int c = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		REQUIRE(c >= 0);
+		REQUIRE(connect(c, reinterpret_cast<sockaddr *>(&to), len) == 0);
+		clientPort = localPort(c);
+		int s = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+		REQUIRE(s >= 0);
+		close(l);
+		close(s);	/* FIN from the server first */
+		char b;
+		REQUIRE(read(c, &b, 1) == 0);	/* the client saw it */
+		close(c);	/* its FIN: the server end goes TIME_WAIT */
+		usleep(20000);
 	}
 };
 
@@ -602,21 +641,23 @@ TEST_CASE("draining bucket: a TCP segment goes to the node holding its socket, S
 	for (int family : { AF_INET, AF_INET6 }) {
 		const char *lo = family == AF_INET ? "127.0.0.1" : "::1";
 		CAPTURE(lo);
-		LoopbackFlow flow(family);
+		ServerOnlyFlow flow(family);
+		TimeWaitFlow timeWait(family);
 		for (FarmHashMode mode : { FarmHashMode::Ip, FarmHashMode::IpPort }) {
 			CAPTURE(static_cast<int>(mode));
 			auto f = makeFilter(mode);
 			FarmVipSet vips;
 			vips.vips.push_back({ addr(lo), {} });
 			REQUIRE(f->setVips(vips).ok());
-			auto segment = [&](uint16_t sport, uint8_t flags) {
+			auto segmentTo = [&](uint16_t sport, uint16_t dport, uint8_t flags) {
 				PacketBuilder b = toVip();
 				if (family == AF_INET)
 					b.ipv4(ip4(lo), ip4(lo), kTcp);
 				else
 					b.ipv6(ip6(lo), ip6(lo), kTcp);
-				return b.tcp(sport, flow.serverPort, flags).payload(8).bytes();
+				return b.tcp(sport, dport, flags).payload(8).bytes();
 			};
+			auto segment = [&](uint16_t sport, uint8_t flags) { return segmentTo(sport, flow.serverPort, flags); };
 			const uint16_t noSocket = static_cast<uint16_t>(flow.clientPort ^ 0x4000);
 			/* Every bucket the same: whatever the hash mode, the packet's bucket is set. */
 			auto table = [&](uint32_t owner, uint32_t from) {
@@ -673,6 +714,18 @@ TEST_CASE("draining bucket: a TCP segment goes to the node holding its socket, S
 				CHECK(action == (kept ? XDP_PASS : XDP_DROP));
 				if (kept)
 					CHECK(out == withDestMac(in, kOwnMac));
+			}
+			/* A TIME_WAIT end is no connection: its 4-tuple may be a new client's. */
+			{
+				CAPTURE("TIME_WAIT");
+				std::vector<uint8_t> out;
+				uint32_t action = 0;
+				table(kOtherNode, kThisNode);
+				CHECK(runVerdict(*f, segmentTo(timeWait.clientPort, timeWait.serverPort, 0x10), &action,
+						 &out) == SK_FARM_DROP_NOT_OWNED);
+				table(kThisNode, kOtherNode);
+				CHECK(runVerdict(*f, segmentTo(timeWait.clientPort, timeWait.serverPort, 0x10), &action,
+						 &out) == SK_FARM_DROP_FLOW_ELSEWHERE);
 			}
 			/* UDP has no socket to follow: the owner takes it. */
 			table(kThisNode, kOtherNode);

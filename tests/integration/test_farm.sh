@@ -187,12 +187,18 @@ _long_check() {
 # Connections that outlive a change of bucket owners keep going to their node: through an
 # admin stop (the node waits for them to close before it takes the VIP down) and through a
 # join (the node that had the bucket keeps its connections; new ones go to the new owner).
+# Hashed by client IP, so the clients n2 serves are known in advance.
 test_long_connections_survive_admin_stop_and_join() {
-	_farm_up ip_port
-	local ips on2 stopped closed
-	ips="$FARM_C1 $FARM_C1"
-	farm_start_long a c1 "$ips" "$RIG_DIR/a.json"
-	sleep 0.5
+	FARM_DRAIN_MS=30000 _farm_up ip
+	local on2="" stopped closed kept c ips
+	for c in 1 2; do
+		ips=$(eval "echo \$FARM_C$c")
+		on2=$(farm_map "c$c" "$ips" | grep '=n2$' | cut -d= -f1 | tr '\n' ' ')
+		on2=${on2% }
+		[ -z "$on2" ] || break
+	done
+	[ -n "$on2" ] || rig_fail "no client hashes to n2: $(farm_map c1 "$FARM_C1" | tr '\n' ' ') $(farm_map c2 "$FARM_C2" | tr '\n' ' ')"
+	farm_start_long a "c$c" "$ips" "$RIG_DIR/a.json"
 	rig_skctl n2 stop -m web >/dev/null
 	farm_wait_agreed web "n1 n3" n1 n3
 	# n2 holds on: handed over, its connections still open.
@@ -203,29 +209,34 @@ test_long_connections_survive_admin_stop_and_join() {
 	farm_stop_long a
 	farm_wait_label n2 web 'STOP/idle'
 	_long_check "$RIG_DIR/a.json"
-	# Only the connections that ended on n2 decide; they may not have started there (n1 first had everything).
-	on2=$(jq '[.[] | select(.node == "n2")] | length' "$RIG_DIR/a.json")
-	[ "$on2" -gt 0 ] || rig_fail "no long connection landed on n2: $(jq -c 'map_values(.node)' "$RIG_DIR/a.json")"
+	[ "$(jq -r --arg ips " $on2 " '[to_entries[] | (.key | split("#")[0]) as $ip | select($ips | contains(" " + $ip + " ")) | .value.node] | unique | join(",")' "$RIG_DIR/a.json")" = n2 ] ||
+		rig_fail "n2's clients were not all on n2: $(jq -c 'map_values(.node)' "$RIG_DIR/a.json")"
 	closed=$(jq '[.[].closed_ms] | max' "$RIG_DIR/a.json")
 	stopped=$(farm_json n2 web | jq '[.transitions[] | select(.to == "WAIT/stopping")] | last | .at_ms')
 	[ "$stopped" -ge "$closed" ] || rig_fail "n2 took the VIP down at $stopped, before its connections closed at $closed"
 	grep -q 'its connections closed' "$RIG_DIR/n2/log/web.log" || rig_fail "n2's stop does not say its connections closed"
-	rig_log "$on2 of $(wc -w <<<"$ips") long connections were on n2; it left $((stopped - closed)) ms after they closed"
+	rig_log "n2's clients: $on2; it left $((stopped - closed)) ms after their connections closed"
 
-	# Join: connections on n1/n3 whose buckets move to n2 stay where they are.
-	farm_start_long b c1 "$ips" "$RIG_DIR/b.json"
+	# Join: the same clients, now on n1/n3, keep their connections there while n2 takes their buckets.
+	kept=$(( $(farm_xdp n1 web pass_flow_here) + $(farm_xdp n3 web pass_flow_here) ))
+	farm_start_long b "c$c" "$on2" "$RIG_DIR/b.json"
 	rig_skctl n2 start -m web >/dev/null
 	farm_wait_label n2 web 'UP/running'
 	farm_wait_agreed web "n1 n2 n3" n1 n2 n3
-	[ "$(farm_json n1 web | jq .buckets_draining)" -gt 0 ] || rig_fail "n1 drains no bucket after n2 joined"
+	[ "$(( $(farm_json n1 web | jq .buckets_draining) + $(farm_json n3 web | jq .buckets_draining) ))" -gt 0 ] ||
+		rig_fail "neither n1 nor n3 drains a bucket after n2 joined"
 	sleep 1
 	farm_stop_long b
 	_long_check "$RIG_DIR/b.json"
 	[ "$(jq '[.[] | select(.node == "n2")] | length' "$RIG_DIR/b.json")" = 0 ] || rig_fail "a connection opened before n2 started landed on it"
-	# New connections do reach n2.
-	farm_once c1 "$FARM_C1" 3 >"$RIG_DIR/after.json"
+	kept=$(( $(farm_xdp n1 web pass_flow_here) + $(farm_xdp n3 web pass_flow_here) - kept ))
+	[ "$kept" -gt 0 ] || rig_fail "n1 and n3 kept no segment of a drained connection"
+	rig_log "n1 and n3 kept $kept segments of their connections in buckets now n2's"
+	# New connections from those clients reach n2.
+	farm_once "c$c" "$on2" 2 >"$RIG_DIR/after.json"
 	_check_once "$RIG_DIR/after.json"
-	jq -e '.results[] | select(.answer == "n2")' "$RIG_DIR/after.json" >/dev/null || rig_fail "no new connection reached n2 after it joined"
+	[ "$(jq -r '[.results[].answer] | unique | join(",")' "$RIG_DIR/after.json")" = n2 ] ||
+		rig_fail "new connections of n2's clients did not reach n2: $(jq -c '[.results[].answer]' "$RIG_DIR/after.json")"
 }
 
 test_arp_answers_carry_the_virtual_mac() {

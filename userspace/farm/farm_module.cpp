@@ -912,7 +912,7 @@ void FarmModule::onTick()
 
 int64_t FarmModule::leavingFlows()
 {
-	if (!sm_->leaving())
+	if (!sm_->drainingOut())
 		return -1;
 	auto n = farmCountLocalFlows(vips_);
 	if (!n) {

@@ -124,7 +124,7 @@ private:
 	void onCheckerDecision(const PolicyDecision &d);
 	void updateCheckerRole();
 	void checkAgreement();
-	/* Leaving: this node's connections to the VIPs (for the drain); else, or unknown, -1. */
+	/* Handed over and draining out: this node's connections to the VIPs; else, or unknown, -1. */
 	int64_t leavingFlows();
 	bool flowCountFailed_ = false;
 	void logTransition(const FarmTransition &t);

@@ -342,6 +342,8 @@ void FarmStateMachine::beginLeave(const std::string &cause)
 {
 	become(FarmState::Wait, FarmPhase::Leaving, cause);
 	leaveDeadlineMs_ = nowMs_ + config_.leaveTimeoutMs;
+	/* As long as its released buckets drain from it (drainTable), counted from now. */
+	drainDeadlineMs_ = nowMs_ + config_.drainMs;
 	handedOver_ = false;
 	localFlows_ = -1;
 	recompute();
@@ -365,7 +367,6 @@ void FarmStateMachine::maybeFinishLeave(bool timedOut)
 					 ? std::string("every UP peer took this node's buckets")
 					 : fmt::format("handover not confirmed by node(s) {} within {} ms",
 						       fmt::join(waitingFor, ","), config_.leaveTimeoutMs);
-		drainDeadlineMs_ = nowMs_ + config_.drainMs;
 	}
 	/* Its connections keep going to it (the others' tables drain from it) until they close. */
 	if (config_.drainMs > 0 && localFlows_ != 0 && nowMs_ < drainDeadlineMs_)
@@ -401,8 +402,9 @@ std::vector<uint32_t> FarmStateMachine::drainTable(const std::vector<uint32_t> &
 			if (cur == last) {
 				/* Back with the node that had it (a release undone): nothing to drain. */
 				drainFrom_[b] = 0;
-			} else if (last != 0) {
-				/* Released by last (cur 0: nobody has it yet) or taken from it. */
+			} else if (last != 0 && (drainSource(last) || drainFrom_[b] == 0)) {
+				/* Released by last (cur 0: nobody has it yet) or taken from it. From a
+				 * node gone meanwhile it keeps draining from the one before, if any. */
 				drainFrom_[b] = last;
 				drainUntil_[b] = nowMs_ + config_.drainMs;
 			}
@@ -427,10 +429,12 @@ std::vector<uint32_t> FarmStateMachine::drainTable(const std::vector<uint32_t> &
 
 bool FarmStateMachine::drainSource(NodeId id) const
 {
+	/* A node tearing down keeps nothing: its VIP is about to leave lo. */
 	if (id == config_.self)
-		return filterLoaded_;
+		return filterLoaded_ && phase_ != FarmPhase::Stopping;
 	auto it = peers_.find(id);
-	return it != peers_.end() && it->second.alive && it->second.state != FarmState::Stop;
+	return it != peers_.end() && it->second.alive && it->second.state != FarmState::Stop &&
+	       it->second.phase != FarmPhase::Stopping;
 }
 
 void FarmStateMachine::teardownAndStop(const std::string &cause, bool loud)

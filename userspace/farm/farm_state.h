@@ -138,10 +138,12 @@ struct FarmStep {
  *  - Leaving (admin stop/restart) releases every bucket at once and advertises WAIT; the
  *    VIP, filter and app stay until every alive UP peer's view excludes this node (they
  *    have taken over), or leaveTimeoutMs passed; then, with drainMs, until this node's
- *    connections to the VIP closed (Tick's localFlows is 0) or drainMs passed;
+ *    connections to the VIP closed (Tick's localFlows is 0) or drainMs passed since the
+ *    release (as long as its own table drains them from it);
  *  - a bucket that moves from a node that stays alive and started (this one included)
  *    drains for drainMs: the installed table names that node in drainFrom, so its TCP
- *    connections keep going to it; it stops draining early when that node stops or dies;
+ *    connections keep going to it; it stops draining early when that node stops, tears
+ *    down or dies (moved on from a node gone meanwhile, it keeps its earlier drain);
  *  - the responder is the lowest id of the UP set, and only ever a node that is UP.
  */
 class FarmStateMachine

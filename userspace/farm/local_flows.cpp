@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "farm/local_flows.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -28,9 +29,12 @@ std::string procHex(const net::IpAddress &a)
 	return out;
 }
 
-/* Hex TCP states (include/net/tcp_states.h) where the client may still send. */
-bool peerMaySend(const std::string &st)
+/* Hex TCP states (include/net/tcp_states.h) where the client may still send: a
+ * FIN_WAIT2 socket only while the app holds it (inode not 0; orphans just wait). */
+bool peerMaySend(const std::string &st, const std::string &inode)
 {
+	if (st == "05")
+		return inode != "0";
 	return st == "01" || st == "03" || st == "04" || st == "08" || st == "09" || st == "0B";
 }
 
@@ -50,13 +54,13 @@ Result<uint64_t> farmCountFlowsInTable(const std::string &text, const std::vecto
 			header = false;
 			continue;
 		}
-		/* "sl local_address rem_address st ...": the fields are whitespace separated. */
+		/* "sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...". */
 		std::istringstream fields(line);
-		std::string sl, local, remote, st;
-		if (!(fields >> sl >> local >> remote >> st))
+		std::string sl, local, remote, st, queues, timer, retransmits, uid, timeout, inode;
+		if (!(fields >> sl >> local >> remote >> st >> queues >> timer >> retransmits >> uid >> timeout >> inode))
 			return makeError(-EINVAL, fmt::format("unexpected line in a TCP table: '{}'", line.substr(0, 80)));
 		const size_t colon = local.find(':');
-		if (colon == std::string::npos || !peerMaySend(st))
+		if (colon == std::string::npos || !peerMaySend(st, inode))
 			continue;
 		const std::string addr = local.substr(0, colon);
 		for (const std::string &w : wanted) {
@@ -91,15 +95,22 @@ Result<uint64_t> farmCountLocalFlows(const std::vector<net::IpAddress> &locals, 
 		if ((six ? v6 : v4).empty())
 			continue;
 		const std::string path = procNet + "/" + name;
-		std::ifstream f(path);
-		if (!f) {
+		int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
 			if (six && errno == ENOENT)
 				continue;	/* no IPv6 in this kernel */
 			return makeError(-errno, errnoMessage("cannot read " + path, -errno));
 		}
-		std::stringstream text;
-		text << f.rdbuf();
-		auto n = farmCountFlowsInTable(text.str(), six ? v6 : v4);
+		std::string text;
+		char buf[65536];
+		ssize_t got;
+		while ((got = read(fd, buf, sizeof(buf))) > 0)
+			text.append(buf, static_cast<size_t>(got));
+		const int err = got < 0 ? -errno : 0;
+		close(fd);
+		if (err)
+			return makeError(err, errnoMessage("cannot read " + path, err));
+		auto n = farmCountFlowsInTable(text, six ? v6 : v4);
 		if (!n)
 			return makeError(n.code(), path + ": " + n.error().message);
 		total += *n;

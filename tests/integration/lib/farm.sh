@@ -9,7 +9,8 @@ FARM_PORT=8080
 # A second app port whose connections stay open: the node's name, then an echo of every line.
 FARM_ECHO_PORT=8081
 
-# farm_write_module NAME HASH [extra JSON members]: module.json + scripts on every node.
+# farm_write_module NAME HASH [extra JSON members]: module.json + scripts on every node
+# (FARM_DRAIN_MS: its farm.drain_ms, default 5000).
 farm_write_module() {
 	local name=$1 hash=$2 extra=${3:-} node dir nodes=""
 	for node in "${RIG_NODES[@]}"; do nodes+="${nodes:+, }\"$node\""; done
@@ -23,7 +24,8 @@ farm_write_module() {
   "nodes": [ $nodes ],
   "heartbeat": { "interval_ms": ${RIG_HB_INTERVAL:-100}, "timeout_ms": ${RIG_HB_TIMEOUT:-500} },
   "vips": [ { "address": "$FARM_VIP/24" } ],
-  "farm": { "interface": "eth0", "hash": "$hash", "ports": [ $FARM_PORT, $FARM_ECHO_PORT ], "buckets": 256 },
+  "farm": { "interface": "eth0", "hash": "$hash", "ports": [ $FARM_PORT, $FARM_ECHO_PORT ], "buckets": 256,
+            "drain_ms": ${FARM_DRAIN_MS:-5000} },
   "scripts": { "timeout_ms": 5000 }${extra:+,
   $extra}
 }
@@ -196,15 +198,16 @@ farm_once() {
 # Long connections to the echo port (mode "long"): one per source IP in IPS, each reads the node's name,
 # then sends a numbered line every 100 ms and waits (5 s at most) for its echo, until
 # STOPFILE exists; READYFILE once every connection has its node (or failed). Prints per
-# source IP the node, lines sent and echoed, the first error, and when it closed (wall ms).
+# connection ("IP#index") the node, lines sent and echoed, the first error, and when it
+# closed (wall ms).
 FARM_LONG_PY='
 import json, os, socket, sys, threading, time
 
 vip, port, ips, stop, ready = sys.argv[2], int(sys.argv[3]), sys.argv[4].split(), sys.argv[5], sys.argv[6]
 res, started = {}, threading.Semaphore(0)
 
-def run(ip):
-    r = res[ip] = {"node": None, "sent": 0, "echoed": 0, "error": None, "closed_ms": None}
+def run(k, ip):
+    r = res["%s#%d" % (ip, k)] = {"node": None, "sent": 0, "echoed": 0, "error": None, "closed_ms": None}
     s = None
     try:
         s = socket.create_connection((vip, port), timeout=5, source_address=(ip, 0))
@@ -231,7 +234,7 @@ def run(ip):
             s.close()
         r["closed_ms"] = int(time.time() * 1000)
 
-ts = [threading.Thread(target=run, args=(ip,), daemon=True) for ip in ips]
+ts = [threading.Thread(target=run, args=(k, ip), daemon=True) for k, ip in enumerate(ips)]
 [t.start() for t in ts]
 for _ in ts:
     started.acquire(timeout=10)

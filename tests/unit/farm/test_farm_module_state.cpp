@@ -667,15 +667,23 @@ TEST_CASE("drain: an admin stop waits, after the handover, for its connections t
 		CHECK_FALSE(s.transitions[0].loud);
 		CHECK(s.transitions[0].cause.find("took this node's buckets; its connections closed") != std::string::npos);
 		CHECK(find(s, FarmActionKind::TeardownVip));
+		/* Tearing down drains nothing any more, before the VIP leaves lo. */
+		const FarmAction *o = find(s, FarmActionKind::SetOwners);
+		REQUIRE(o);
+		CHECK(o->owners == std::vector<uint32_t>(kBuckets, 2));
+		CHECK(o->drainFrom.empty());
+		CHECK(indexOf(s, FarmActionKind::SetOwners) < indexOf(s, FarmActionKind::TeardownVip));
 	}
 	SUBCASE("drain_ms runs out")
 	{
 		FarmStateMachine m = drainingPair(4000);
 		must(m.handle(FarmEvent::admin(FarmEventKind::AdminStop, kT0 + 2000)));
 		must(m.handle(FarmEvent::heartbeat(2, peerView(FarmState::Up, FarmPhase::Running, { 2 }), kT0 + 2100)));
-		must(m.handle(FarmEvent::tick(kT0 + 6099, 2)));
+		/* Counted from the release (kT0 + 2000), as its own table drains them. */
+		must(m.handle(FarmEvent::tick(kT0 + 5999, 2)));
 		CHECK(label(m) == "WAIT/leaving");
-		FarmStep s = must(m.handle(FarmEvent::tick(kT0 + 6100, 2)));
+		REQUIRE_FALSE(m.installedDrainFrom().empty());
+		FarmStep s = must(m.handle(FarmEvent::tick(kT0 + 6000, 2)));
 		CHECK(label(m) == "WAIT/stopping");
 		REQUIRE(s.transitions.size() == 1);
 		CHECK(s.transitions[0].cause.find("2 connection(s) still open after 4000 ms") != std::string::npos);
@@ -687,4 +695,44 @@ TEST_CASE("drain: an admin stop waits, after the handover, for its connections t
 		must(m.handle(FarmEvent::heartbeat(2, peerView(FarmState::Up, FarmPhase::Running, { 2 }), kT0 + 2100)));
 		CHECK(label(m) == "WAIT/stopping");
 	}
+}
+
+TEST_CASE("drain: a bucket moved on from a node that died keeps draining from the one before")
+{
+	/* Node 1 of three; node 3 leaves, its buckets go to 1 and 2 and drain from 3; then node 2
+	 * dies: the buckets 3 had and 2 took come to 1, still draining from 3. */
+	FarmMachineConfig c = machineConfig(1);
+	c.drainMs = 5000;
+	FarmStateMachine m(c);
+	must(m.handle(FarmEvent::heartbeat(2, peerView(FarmState::Up, FarmPhase::Running, { 2, 3 }), 1000)));
+	must(m.handle(FarmEvent::heartbeat(3, peerView(FarmState::Up, FarmPhase::Running, { 2, 3 }), 1000)));
+	must(m.handle(FarmEvent::admin(FarmEventKind::AdminStart, 1000)));
+	must(m.handle(FarmEvent::scriptDone("start_both", true, 1000)));
+	must(m.handle(FarmEvent::heartbeat(2, peerView(FarmState::Up, FarmPhase::Running, { 1, 2, 3 }), 1100)));
+	must(m.handle(FarmEvent::heartbeat(3, peerView(FarmState::Up, FarmPhase::Running, { 1, 2, 3 }), 1100)));
+	must(m.handle(FarmEvent::tick(kT0)));
+	auto three = expectedOwners({ { 1, 1 }, { 2, 1 }, { 3, 1 } });
+	REQUIRE(m.installedOwners() == three);
+	REQUIRE(m.installedDrainFrom().empty());
+
+	must(m.handle(FarmEvent::heartbeat(3, peerView(FarmState::Wait, FarmPhase::Leaving, { 1, 2 }), kT0 + 100)));
+	must(m.handle(FarmEvent::heartbeat(2, peerView(FarmState::Up, FarmPhase::Running, { 1, 2 }), kT0 + 100)));
+	auto two = expectedOwners({ { 1, 1 }, { 2, 1 } });
+	REQUIRE(m.installedOwners() == two);
+	REQUIRE(m.installedDrainFrom().size() == kBuckets);
+	size_t moved = 0;
+	for (uint32_t b = 0; b < kBuckets; b++) {
+		CHECK(m.installedDrainFrom()[b] == (three[b] == 3 ? 3u : 0u));
+		moved += three[b] == 3 && two[b] == 2;
+	}
+	REQUIRE(moved > 0);
+
+	must(m.handle(FarmEvent::peerLost(2, "dead", kT0 + 200)));
+	CHECK(m.installedOwners() == std::vector<uint32_t>(kBuckets, 1));
+	REQUIRE(m.installedDrainFrom().size() == kBuckets);
+	for (uint32_t b = 0; b < kBuckets; b++)
+		CHECK(m.installedDrainFrom()[b] == (three[b] == 3 ? 3u : 0u));
+	/* Node 3 tearing down: nothing drains from it any more. */
+	must(m.handle(FarmEvent::heartbeat(3, peerView(FarmState::Wait, FarmPhase::Stopping, { 1 }), kT0 + 300)));
+	CHECK(m.installedDrainFrom().empty());
 }
