@@ -187,6 +187,13 @@ function moduleDetail(m, st) {
     if (typeof m.peer.rtt_us === 'number' && m.peer.up) p += `, rtt ${(m.peer.rtt_us / 1000).toFixed(2)} ms`;
     parts.push(p);
   }
+  if (m.type === 'farm' && typeof m.buckets_installed_here === 'number') {
+    parts.push(`${m.buckets_installed_here}/${m.buckets} buckets here`);
+    if (m.buckets_draining > 0) parts.push(`${m.buckets_draining} draining`);
+    if (typeof m.connections_to_drain === 'number') {
+      parts.push(`handed over, waiting for ${m.connections_to_drain} connection(s) to close`);
+    }
+  }
   if (m.note) parts.push(m.note);
   if (m.script_running) parts.push(`running ${m.script_running}`);
   const el = h('div', { class: 'detail' }, parts.join(' - '));
