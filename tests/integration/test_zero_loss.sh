@@ -379,8 +379,7 @@ _zl_checkpoint() {
 		sleep 0.2
 	done
 	if [ "$hp" != "$hs" ]; then
-		diff <(cd "$RIG_DIR/$p/data" && find . -printf '%P %y %m %s\n' | sort) \
-			<(cd "$RIG_DIR/$s/data" && find . -printf '%P %y %m %s\n' | sort) | head -10 >&2 || true
+		diff <(rig_tree_list "$RIG_DIR/$p/data") <(rig_tree_list "$RIG_DIR/$s/data") | head -10 >&2 || true
 		rig_fail "checkpoint: $p and $s trees differ after resync"
 	fi
 	rig_log "checkpoint: $p and $s identical ($(du -sk "$RIG_DIR/$p/data" | cut -f1) KiB, $(find "$RIG_DIR/$p/data" | wc -l) entries)"

@@ -181,8 +181,15 @@ rig_in_skd() {
 	nsenter -t "$pid" -m -n "$@"
 }
 
-# Independent hash of a tree: relative path, type, mode, size and content.
+# A tree's entries, sorted: relative path, type, mode, and size (not of directories: on
+# ext4 a directory keeps the size of the most entries it ever held, which a resync that
+# sends only the final names does not reproduce).
+rig_tree_list() {
+	(cd "$1" && { find . -mindepth 1 ! -type d -printf '%P %y %m %s\n'; find . -mindepth 1 -type d -printf '%P %y %m\n'; } | sort)
+}
+
+# Independent hash of a tree: its entries (rig_tree_list) and the content of its files.
 rig_tree_hash() {
-	(cd "$1" && find . -mindepth 1 -printf '%P %y %m %s\n' | sort &&
-		find . -type f -print0 | sort -z | xargs -0 -r sha256sum) | sha256sum | cut -d' ' -f1
+	(rig_tree_list "$1" && cd "$1" && find . -type f -print0 | sort -z | xargs -0 -r sha256sum) |
+		sha256sum | cut -d' ' -f1
 }
