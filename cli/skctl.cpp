@@ -441,6 +441,37 @@ int modulePackage(const std::string &clusterFile, const std::string &dir, std::s
 
 } /* namespace */
 
+/*
+ * skctl state's details of a farm node: its share of the agreed table, and for this node
+ * (peer null) what its filter holds and counts, and any drain under way; for a peer
+ * (its entry in the status' "nodes"), when it was last heard.
+ */
+std::string farmStateDetails(const json &m, const json *peer)
+{
+	const uint64_t buckets = m.value("buckets", 0);
+	std::string d;
+	if (peer) {
+		d = fmt::format("share {}/{} buckets", peer->value("buckets", 0), buckets);
+		if (peer->value("alive", false) && peer->contains("last_heard_ms_ago"))
+			d += fmt::format(", heard {} ms ago", peer->value("last_heard_ms_ago", 0));
+		return d;
+	}
+	for (const json &n : m["nodes"])
+		if (n.value("self", false))
+			d = fmt::format("share {}/{} buckets", n.value("buckets", 0), buckets);
+	d += fmt::format(", {} installed here", m.value("buckets_installed_here", 0));
+	if (m.contains("xdp") && m["xdp"].is_object())
+		d += fmt::format(", packets kept {} dropped {}", m["xdp"].value("pass_owned", 0),
+				 m["xdp"].value("drop_not_owned", 0));
+	if (m.value("buckets_draining", 0) > 0)
+		d += fmt::format(", {} draining", m.value("buckets_draining", 0));
+	if (m.contains("connections_to_drain") && m["connections_to_drain"].is_number())
+		d += fmt::format(", waiting for {} connection(s) to close", m["connections_to_drain"].get<int64_t>());
+	if (!m.value("views_agree", true))
+		d += ", VIEWS DISAGREE";
+	return d;
+}
+
 int main(int argc, char **argv)
 {
 	Globals g;
@@ -567,7 +598,7 @@ int main(int argc, char **argv)
 	});
 
 	/* state */
-	CLI::App *state = app.add_subcommand("state", "One line per module and node: states as this node sees them");
+	CLI::App *state = app.add_subcommand("state", "One line per module and node: states as this node sees them (farm: each node's share of the buckets; this node's packet counts and drain)");
 	state->add_option("-m,--module", moduleName, "Only this module");
 	state->callback([&] {
 		json s;
@@ -589,8 +620,20 @@ int main(int argc, char **argv)
 				details += "SPLIT BRAIN ";
 			if (m.contains("note"))
 				details += m.value("note", "");
+			const bool farm = m.value("type", "") == "farm" && m.contains("nodes") && m["nodes"].is_array();
+			if (farm)
+				details += farmStateDetails(m, nullptr);
 			fmt::print("{:<16} {:<8} {:<22} {}\n", m.value("name", "?"), self, m.value("label", m.value("state", "?")),
 				   details);
+			if (farm) {
+				for (const json &n : m["nodes"]) {
+					if (n.value("self", false))
+						continue;
+					std::string label = n.value("alive", false) ? n.value("label", "?") : "unreachable";
+					fmt::print("{:<16} {:<8} {:<22} {}\n", m.value("name", "?"), n.value("name", "?"), label,
+						   farmStateDetails(m, &n));
+				}
+			}
 			if (m.contains("peer") && m["peer"].is_object()) {
 				const json &p = m["peer"];
 				std::string label = p.value("up", false) ? p.value("label", "?") : "unreachable";

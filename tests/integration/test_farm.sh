@@ -54,6 +54,16 @@ test_many_connections_each_served_once() {
 	for node in n1 n2 n3; do
 		[ "$(farm_xdp "$node" web drop_not_owned)" -gt 0 ] || rig_fail "$node dropped nothing"
 	done
+	# skctl state: a line per node with its share; this node's with its packet counts.
+	local st
+	st=$(rig_skctl n1 state -m web)
+	for node in n1 n2 n3; do
+		grep -Eq "^web +$node +UP/running +share [0-9]+/256 buckets" <<<"$st" || rig_fail "skctl state lacks $node's share:
+$st"
+	done
+	rig_log "$st"
+	grep -Eq "^web +n1 .*packets kept [1-9][0-9]* dropped [1-9]" <<<"$st" || rig_fail "skctl state lacks n1's counts:
+$st"
 }
 
 test_affinity_keeps_a_client_ip_on_one_node() {
