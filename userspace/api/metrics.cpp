@@ -322,6 +322,9 @@ void module(Writer &w, const json &m)
 	}
 	if (number(m, "buckets_installed_here", &v))
 		w.add("sk_farm_buckets_owned", "gauge", "Hash buckets this node's XDP filter currently answers for.", ml, v);
+	if (number(m, "buckets_draining", &v))
+		w.add("sk_farm_buckets_draining", "gauge",
+		      "Hash buckets that moved between live nodes whose connections still go to their old node.", ml, v);
 }
 
 } /* namespace */

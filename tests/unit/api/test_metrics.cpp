@@ -169,8 +169,11 @@ TEST_CASE("farm: XDP verdict counters and the buckets this node answers for")
 	      "sk_farm_xdp_packets_total{module=\"web\",verdict=\"drop_not_owned\"} 990");
 	CHECK(sample(m, "sk_farm_xdp_packets_total{module=\"web\",verdict=\"pass_owned\"}") ==
 	      "sk_farm_xdp_packets_total{module=\"web\",verdict=\"pass_owned\"} 1000");
-	CHECK(samplesOf(m, "sk_farm_xdp_packets_total").size() == 5);
+	CHECK(samplesOf(m, "sk_farm_xdp_packets_total").size() == 7);
 	CHECK(sample(m, "sk_farm_buckets_owned{module=\"web\"}") == "sk_farm_buckets_owned{module=\"web\"} 512");
+	CHECK(sample(m, "sk_farm_buckets_draining{module=\"web\"}") == "sk_farm_buckets_draining{module=\"web\"} 12");
+	CHECK(sample(m, "sk_farm_xdp_packets_total{module=\"web\",verdict=\"pass_flow_here\"}") ==
+	      "sk_farm_xdp_packets_total{module=\"web\",verdict=\"pass_flow_here\"} 3");
 
 	std::string m2 = sk::statusToMetrics(load("node2-status.json"));
 	CHECK(sample(m2, "sk_farm_buckets_owned{module=\"web\"}") == "sk_farm_buckets_owned{module=\"web\"} 0");
