@@ -239,15 +239,49 @@ struct sk_farm_flow {
 	__u16 sport;
 	__u16 dport;
 	__u8 family;
-	__u8 pad[3];
+	__u8 has_th;	/* th holds the segment's TCP header */
+	__u8 pad[2];
+	__u32 th[5];
 };
+
+/*
+ * Whether the final ACK of a handshake answers a SYN cookie that listener sk issued
+ * (the kernel sends cookies when the SYN queue overflows: no request socket then).
+ * The helper reads only the addresses of the IP header: rebuilt here from the flow.
+ */
+static __always_inline int syncookie_here(struct bpf_sock *sk, const struct sk_farm_flow *f)
+{
+	struct tcphdr *th = (struct tcphdr *)f->th;
+
+	if (!f->has_th)
+		return 0;
+	if (f->family == 4) {
+		struct iphdr ip = {};
+
+		ip.version = 4;
+		ip.ihl = 5;
+		ip.protocol = SK_IPPROTO_TCP;
+		ip.saddr = f->src[0];
+		ip.daddr = f->dst[0];
+		return bpf_tcp_check_syncookie(sk, &ip, sizeof(ip), th, sizeof(f->th)) == 0;
+	} else {
+		struct ipv6hdr ip6 = {};
+
+		ip6.version = 6;
+		ip6.nexthdr = SK_IPPROTO_TCP;
+		__builtin_memcpy(&ip6.saddr, f->src, 16);
+		__builtin_memcpy(&ip6.daddr, f->dst, 16);
+		return bpf_tcp_check_syncookie(sk, &ip6, sizeof(ip6), th, sizeof(f->th)) == 0;
+	}
+}
 
 /*
  * Whether this node holds a live socket of the flow (established, closing or a
  * request socket of its handshake), in the namespace of the receiving device.
- * A listener does not count, nor TIME_WAIT: a client may reuse that 4-tuple
- * for a new connection, which belongs to the owner. Out of line: only segments
- * in draining buckets (struct sk_farm_owner) pay for the lookup.
+ * A listener counts only for the ACK of a SYN cookie it issued. TIME_WAIT does
+ * not count: a client may reuse that 4-tuple for a new connection, which
+ * belongs to the owner. Out of line: only segments in draining buckets (struct
+ * sk_farm_owner) pay for the lookup.
  */
 __noinline int sk_farm_flow_here(struct xdp_md *ctx, const struct sk_farm_flow *f)
 {
@@ -274,7 +308,10 @@ __noinline int sk_farm_flow_here(struct xdp_md *ctx, const struct sk_farm_flow *
 	sk = bpf_skc_lookup_tcp(ctx, &t, len, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return 0;
-	here = sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT;
+	if (sk->state == BPF_TCP_LISTEN)
+		here = syncookie_here(sk, f);
+	else
+		here = sk->state != BPF_TCP_TIME_WAIT;
 	bpf_sk_release(sk);
 	return here;
 }
@@ -321,6 +358,10 @@ static __always_inline __u32 balance(struct xdp_md *ctx, const struct sk_farm_co
 			f.dst[1] = dst[1];
 			f.dst[2] = dst[2];
 			f.dst[3] = dst[3];
+		}
+		if ((void *)(l4 + 20) <= end) {
+			__builtin_memcpy(f.th, l4, 20);
+			f.has_th = 1;
 		}
 		if (sk_farm_flow_here(ctx, &f)) {
 			if (verdict != SK_FARM_PASS_OWNED)

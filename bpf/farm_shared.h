@@ -123,8 +123,9 @@ struct sk_farm_port_key {
  * nobody, dropped everywhere). drain_from is the node that owned it before,
  * for as long as its connections may drain (SK_FARM_NODE_NONE otherwise). In
  * a draining bucket, on the owner and on drain_from only, a TCP segment other
- * than a SYN is kept by the node that holds its socket (bpf_skc_lookup_tcp, a
- * listener does not count) and dropped by the other; SYNs and everything else
+ * than a SYN is kept by the node that holds its socket (bpf_skc_lookup_tcp; a
+ * listener counts only for the ACK of a SYN cookie it issued, TIME_WAIT not at
+ * all) and dropped by the other; SYNs and everything else
  * go to the owner. So a handover between two live nodes resets no connection:
  * the old node keeps serving its flows while the new one takes new clients.
  */

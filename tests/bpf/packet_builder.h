@@ -108,12 +108,12 @@ public:
 		return *this;
 	}
 	/* flags: byte 13 of the header (0x02 SYN, 0x10 ACK, 0x18 PSH+ACK...). */
-	PacketBuilder &tcp(uint16_t sport, uint16_t dport, uint8_t flags = 0x02)
+	PacketBuilder &tcp(uint16_t sport, uint16_t dport, uint8_t flags = 0x02, uint32_t seq = 1, uint32_t ack = 0)
 	{
 		put16(sport);
 		put16(dport);
-		put32(1);	/* seq */
-		put32(0);	/* ack */
+		put32(seq);
+		put32(ack);
 		put16(static_cast<uint16_t>(0x5000 | flags));	/* data offset 5 */
 		put16(65535);
 		put32(0);	/* checksum, urgent */

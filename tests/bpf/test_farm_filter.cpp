@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
 #include <random>
 #include <set>
 
@@ -741,6 +742,156 @@ TEST_CASE("draining bucket: a TCP segment goes to the node holding its socket, S
 	}
 }
 
+namespace {
+
+/*
+ * Runs body in a child process in a fresh network namespace, after the shell command
+ * setup there, and returns the child's exit code: body's result, 10 when unshare
+ * failed, 11 when setup did. What the child made in its namespace goes with it.
+ */
+int inPrivateNetns(const char *setup, const std::function<int()> &body)
+{
+	pid_t pid = fork();
+	REQUIRE(pid >= 0);
+	if (pid == 0) {
+		if (unshare(CLONE_NEWNET) < 0)
+			_exit(10);
+		if (system(setup) != 0)
+			_exit(11);
+		_exit(body());
+	}
+	int status = 0;
+	REQUIRE(waitpid(pid, &status, 0) == pid);
+	REQUIRE(WIFEXITED(status));
+	return WEXITSTATUS(status);
+}
+
+/* The TCP checksum of segment (header + data) from src to dst (IPv4, network order). */
+uint16_t tcpChecksum4(uint32_t src, uint32_t dst, const std::vector<uint8_t> &segment)
+{
+	uint32_t sum = 0;
+	auto add16 = [&](uint16_t v) { sum += v; };
+	add16(static_cast<uint16_t>(ntohl(src) >> 16));
+	add16(static_cast<uint16_t>(ntohl(src)));
+	add16(static_cast<uint16_t>(ntohl(dst) >> 16));
+	add16(static_cast<uint16_t>(ntohl(dst)));
+	add16(6);
+	add16(static_cast<uint16_t>(segment.size()));
+	for (size_t i = 0; i + 1 < segment.size(); i += 2)
+		add16(static_cast<uint16_t>(segment[i] << 8 | segment[i + 1]));
+	if (segment.size() % 2)
+		add16(static_cast<uint16_t>(segment.back() << 8));
+	while (sum >> 16)
+		sum = (sum & 0xffff) + (sum >> 16);
+	return static_cast<uint16_t>(~sum);
+}
+
+/*
+ * In the caller's (private) netns, with tcp_syncookies=2: sends a SYN from 127.0.0.1:cport
+ * to the listener on 127.0.0.1:sport through a raw socket and returns the SYN-ACK's
+ * sequence number, the cookie (0 on failure).
+ */
+uint32_t syncookieFor(uint16_t cport, uint16_t sport, uint32_t isn)
+{
+	int raw = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_TCP);
+	if (raw < 0)
+		return 0;
+	timeval tv{ 1, 0 };
+	setsockopt(raw, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	const uint32_t lo = htonl(INADDR_LOOPBACK);
+	std::vector<uint8_t> syn = PacketBuilder().tcp(cport, sport, 0x02, isn, 0).bytes();
+	const uint16_t sum = tcpChecksum4(lo, lo, syn);
+	syn[16] = static_cast<uint8_t>(sum >> 8);
+	syn[17] = static_cast<uint8_t>(sum);
+	sockaddr_in to{};
+	to.sin_family = AF_INET;
+	to.sin_addr.s_addr = lo;
+	uint32_t cookie = 0;
+	if (sendto(raw, syn.data(), syn.size(), 0, reinterpret_cast<sockaddr *>(&to), sizeof(to)) ==
+	    static_cast<ssize_t>(syn.size())) {
+		/* The raw socket sees every TCP segment on lo: our SYN, then the SYN-ACK. */
+		for (int i = 0; i < 8 && !cookie; i++) {
+			uint8_t buf[256];
+			ssize_t n = recv(raw, buf, sizeof(buf), 0);
+			if (n < 0)
+				break;
+			const size_t ihl = (buf[0] & 0x0f) * 4u;
+			if (static_cast<size_t>(n) < ihl + 20)
+				continue;
+			const uint8_t *t = buf + ihl;
+			if ((t[0] << 8 | t[1]) == sport && (t[2] << 8 | t[3]) == cport && (t[13] & 0x12) == 0x12)
+				cookie = static_cast<uint32_t>(t[4]) << 24 | t[5] << 16 | t[6] << 8 | t[7];
+		}
+	}
+	close(raw);
+	return cookie;
+}
+
+} /* namespace */
+
+TEST_CASE("draining bucket: the ACK of a SYN cookie goes to the node whose listener issued it")
+{
+	REQUIRE_MESSAGE(geteuid() == 0, "needs root");
+	/* A private netns: its own tcp_syncookies, set to 2 (always send cookies). */
+	const int code = inPrivateNetns("ip link set lo up", [&] {
+		FILE *sc = fopen("/proc/sys/net/ipv4/tcp_syncookies", "w");
+		if (!sc || fputs("2", sc) < 0 || fclose(sc) != 0)
+			return 12;
+		int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		socklen_t len;
+		sockaddr_storage any = loopback(AF_INET, 0, &len);
+		if (l < 0 || bind(l, reinterpret_cast<sockaddr *>(&any), len) < 0 || listen(l, 8) < 0)
+			return 13;
+		const uint16_t sport = localPort(l);
+		const uint16_t cport = static_cast<uint16_t>(sport ^ 0x1000);
+		const uint32_t isn = 0x1000;
+		const uint32_t cookie = syncookieFor(cport, sport, isn);
+		if (!cookie)
+			return 14;
+		std::unique_ptr<XdpFilter> f = makeFilter(FarmHashMode::Ip, kThisNode, "", "cookie");
+		FarmVipSet vips;
+		vips.vips.push_back({ *FarmAddress::parse("127.0.0.1"), {} });
+		if (!f->setVips(vips).ok() ||
+		    !f->setOwnerTable(std::vector<uint32_t>(kBuckets, kThisNode), std::vector<uint32_t>(kBuckets, kOtherNode))
+			     .ok())
+			return 16;
+		auto ack = [&](uint32_t ackSeq) {
+			return toVip().ipv4(ip4("127.0.0.1"), ip4("127.0.0.1"), kTcp).tcp(cport, sport, 0x10, isn + 1, ackSeq).bytes();
+		};
+		auto verdict = [&](const std::vector<uint8_t> &p) -> uint32_t {
+			auto before = f->counters();
+			XdpRun r = runXdp(f->programFd(), p);
+			auto after = f->counters();
+			if (r.err || !before.ok() || !after.ok())
+				return SK_FARM_VERDICT_MAX;
+			for (uint32_t v = 0; v < SK_FARM_VERDICT_MAX; v++)
+				if (after->verdicts[v] != before->verdicts[v])
+					return v;
+			return SK_FARM_VERDICT_MAX;
+		};
+		/* Its cookie: this node's listener issued it (the new owner, which took the SYN). */
+		if (verdict(ack(cookie + 1)) != SK_FARM_PASS_OWNED)
+			return 17;
+		/* Another value (its time counter off by far) is no handshake of this node's: the old
+		 * owner's connection. A nearby value could still pass: the low bits only pick the MSS. */
+		if (verdict(ack((cookie ^ 0x5a000000u) + 1)) != SK_FARM_DROP_FLOW_ELSEWHERE)
+			return 18;
+		/* As the old owner, only its own cookie keeps a segment here. */
+		if (!f->setOwnerTable(std::vector<uint32_t>(kBuckets, kOtherNode), std::vector<uint32_t>(kBuckets, kThisNode))
+			     .ok())
+			return 16;
+		if (verdict(ack(cookie + 1)) != SK_FARM_PASS_FLOW_HERE)
+			return 19;
+		if (verdict(ack((cookie ^ 0x5a000000u) + 1)) != SK_FARM_DROP_NOT_OWNED)
+			return 20;
+		close(l);
+		return 0;
+	});
+	/* 10 unshare, 11 lo up, 12 tcp_syncookies, 13 listener, 14 no SYN-ACK cookie, 16 tables, 17 the cookie's ACK not kept by the owner, 18 a wrong ACK kept by it,
+	 * 19 the cookie's ACK not kept by the old owner, 20 a wrong ACK kept by it */
+	CHECK_MESSAGE(code == 0, "child step failed, code ", code);
+}
+
 TEST_CASE("256 VIPs: colliding home slots are found by the out-of-line probe; sets replace each other")
 {
 	auto f = makeFilter(FarmHashMode::Ip);
@@ -902,16 +1053,10 @@ TEST_CASE("attach to a veth in a private netns (native mode), detach on destroy,
 {
 	REQUIRE_MESSAGE(geteuid() == 0, "needs root");
 	/* The child owns a fresh netns; its veth pair vanishes with it. */
-	pid_t pid = fork();
-	REQUIRE(pid >= 0);
-	if (pid == 0) {
-		if (unshare(CLONE_NEWNET) < 0)
-			_exit(10);
-		if (system("ip link add skt0 type veth peer name skt1 && ip link set skt0 up && ip link set skt1 up") != 0)
-			_exit(11);
+	const int code = inPrivateNetns("ip link add skt0 type veth peer name skt1 && ip link set skt0 up && ip link set skt1 up", [&] {
 		const int ifindex = static_cast<int>(if_nametoindex("skt0"));
 		if (ifindex <= 0)
-			_exit(12);
+			return 12;
 		XdpFilterOptions o;
 		o.module = "attach";
 		o.pinRoot = "";
@@ -922,44 +1067,44 @@ TEST_CASE("attach to a veth in a private netns (native mode), detach on destroy,
 			auto f = XdpFilter::create(o);
 			if (!f.ok()) {
 				fprintf(stderr, "%s\n", f.error().message.c_str());
-				_exit(13);
+				return 13;
 			}
 			if (!f.value()->nativeMode())
-				_exit(14);
+				return 14;
 			uint32_t id = 0;
 			if (bpf_xdp_query_id(ifindex, XDP_FLAGS_DRV_MODE, &id) < 0 || id == 0)
-				_exit(15);
+				return 15;
 			/* A second filter must not replace the first. */
 			if (XdpFilter::create(o).ok())
-				_exit(16);
+				return 16;
 		}
 		uint32_t id = 0;
 		if (bpf_xdp_query_id(ifindex, 0, &id) < 0 || id != 0)
-			_exit(17);
+			return 17;
 
 		/* A farm filter left attached by a dead skd: taken over only when asked. */
 		XdpFilterOptions loadOnly = o;
 		loadOnly.ifindex = 0;
 		auto stale = XdpFilter::create(loadOnly);
 		if (!stale.ok() || bpf_xdp_attach(ifindex, stale.value()->programFd(), XDP_FLAGS_DRV_MODE, nullptr) < 0)
-			_exit(18);
+			return 18;
 		if (XdpFilter::create(o).ok())
-			_exit(19);
+			return 19;
 		o.replaceStale = true;
 		{
 			auto f = XdpFilter::create(o);
 			if (!f.ok()) {
 				fprintf(stderr, "%s\n", f.error().message.c_str());
-				_exit(20);
+				return 20;
 			}
 			bpf_prog_info info{};
 			uint32_t len = sizeof(info);
 			if (bpf_xdp_query_id(ifindex, XDP_FLAGS_DRV_MODE, &id) < 0 ||
 			    bpf_obj_get_info_by_fd(f.value()->programFd(), &info, &len) < 0 || info.id != id)
-				_exit(21);
+				return 21;
 		}
 		if (bpf_xdp_query_id(ifindex, 0, &id) < 0 || id != 0)
-			_exit(22);
+			return 22;
 
 		/* Someone else's program is never replaced, even with replaceStale. */
 		bpf_insn pass[2] = {};
@@ -968,20 +1113,17 @@ TEST_CASE("attach to a veth in a private netns (native mode), detach on destroy,
 		pass[1].code = BPF_JMP | BPF_EXIT;
 		const int foreign = bpf_prog_load(BPF_PROG_TYPE_XDP, "not_farm", "GPL", pass, 2, nullptr);
 		if (foreign < 0 || bpf_xdp_attach(ifindex, foreign, XDP_FLAGS_DRV_MODE, nullptr) < 0)
-			_exit(23);
+			return 23;
 		if (XdpFilter::create(o).ok())
-			_exit(24);
-		_exit(0);
-	}
-	int status = 0;
-	REQUIRE(waitpid(pid, &status, 0) == pid);
-	REQUIRE(WIFEXITED(status));
+			return 24;
+		return 0;
+	});
 	/* 10 unshare, 11 veth, 12 ifindex, 13 create, 14 not native, 15 not attached,
 	 * 16 replaced an existing program, 17 still attached after destroy,
 	 * 18 stale setup, 19 stale replaced without replaceStale, 20 stale not replaced,
 	 * 21 wrong program attached, 22 still attached, 23 foreign setup,
 	 * 24 foreign program replaced */
-	CHECK_MESSAGE(WEXITSTATUS(status) == 0, "child step failed, code ", WEXITSTATUS(status));
+	CHECK_MESSAGE(code == 0, "child step failed, code ", code);
 }
 
 namespace {
@@ -1005,16 +1147,10 @@ uint32_t progId(int fd)
 TEST_CASE("XDP modes on a veth: auto and generic attach in skb mode, stale takeover across modes")
 {
 	REQUIRE_MESSAGE(geteuid() == 0, "needs root");
-	pid_t pid = fork();
-	REQUIRE(pid >= 0);
-	if (pid == 0) {
-		if (unshare(CLONE_NEWNET) < 0)
-			_exit(10);
-		if (system("ip link add skt0 type veth peer name skt1 && ip link set skt0 up && ip link set skt1 up") != 0)
-			_exit(11);
+	const int code = inPrivateNetns("ip link add skt0 type veth peer name skt1 && ip link set skt0 up && ip link set skt1 up", [&] {
 		const int ifindex = static_cast<int>(if_nametoindex("skt0"));
 		if (ifindex <= 0)
-			_exit(12);
+			return 12;
 		XdpFilterOptions o;
 		o.module = "modes";
 		o.pinRoot = "";
@@ -1025,48 +1161,45 @@ TEST_CASE("XDP modes on a veth: auto and generic attach in skb mode, stale takeo
 			auto f = XdpFilter::create(o);
 			if (!f.ok()) {
 				fprintf(stderr, "%s\n", f.error().message.c_str());
-				_exit(13);
+				return 13;
 			}
 			const uint32_t id = progId(f.value()->programFd());
 			if (f.value()->nativeMode() || attachedId(ifindex, XDP_FLAGS_SKB_MODE) != id ||
 			    attachedId(ifindex, XDP_FLAGS_DRV_MODE) != 0)
-				_exit(14);
+				return 14;
 		}
 		if (attachedId(ifindex, 0) != 0)
-			_exit(15);
+			return 15;
 
 		/* A farm filter left in native mode by a dead skd; the new one wants generic. */
 		XdpFilterOptions loadOnly = o;
 		loadOnly.ifindex = 0;
 		auto stale = XdpFilter::create(loadOnly);
 		if (!stale.ok() || bpf_xdp_attach(ifindex, stale.value()->programFd(), XDP_FLAGS_DRV_MODE, nullptr) < 0)
-			_exit(16);
+			return 16;
 		o.mode = XdpMode::Generic;
 		if (XdpFilter::create(o).ok())	/* not without replaceStale */
-			_exit(17);
+			return 17;
 		if (attachedId(ifindex, XDP_FLAGS_DRV_MODE) != progId(stale.value()->programFd()))
-			_exit(18);
+			return 18;
 		o.replaceStale = true;
 		{
 			auto f = XdpFilter::create(o);
 			if (!f.ok()) {
 				fprintf(stderr, "%s\n", f.error().message.c_str());
-				_exit(19);
+				return 19;
 			}
 			if (attachedId(ifindex, XDP_FLAGS_SKB_MODE) != progId(f.value()->programFd()) ||
 			    attachedId(ifindex, XDP_FLAGS_DRV_MODE) != 0)
-				_exit(20);
+				return 20;
 		}
 		if (attachedId(ifindex, 0) != 0)
-			_exit(21);
-		_exit(0);
-	}
-	int status = 0;
-	REQUIRE(waitpid(pid, &status, 0) == pid);
-	REQUIRE(WIFEXITED(status));
+			return 21;
+		return 0;
+	});
 	/* 10 unshare, 11 veth, 12 ifindex, 13 create, 14 not attached in skb mode only,
 	 * 15 still attached after destroy, 16 stale setup, 17 stale replaced without
 	 * replaceStale, 18 stale gone, 19 takeover failed, 20 wrong program or mode
 	 * after takeover, 21 still attached after destroy */
-	CHECK_MESSAGE(WEXITSTATUS(status) == 0, "child step failed, code ", WEXITSTATUS(status));
+	CHECK_MESSAGE(code == 0, "child step failed, code ", code);
 }
