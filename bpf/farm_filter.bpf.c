@@ -232,45 +232,38 @@ static __always_inline int port_listed(__u8 family, const __u32 *dst, __u32 flag
 	return 0;
 }
 
-/* A TCP segment to a VIP, as the flow lookup needs it (addresses and ports in network order). */
+/* A TCP segment from a client to a VIP, as the socket lookup and the cookie check take it. */
 struct sk_farm_flow {
-	__u32 src[4];
-	__u32 dst[4];
-	__u16 sport;
-	__u16 dport;
-	__u8 family;
-	__u8 has_th;	/* th holds the segment's TCP header */
-	__u8 pad[2];
-	__u32 th[5];
+	struct bpf_sock_tuple tuple;	/* client -> VIP, network order */
+	__u32 tuple_len;		/* sizeof tuple.ipv4 or tuple.ipv6 */
+	__u32 th[5];			/* the segment's TCP header */
 };
 
 /*
  * Whether the final ACK of a handshake answers a SYN cookie that listener sk issued
  * (the kernel sends cookies when the SYN queue overflows: no request socket then).
- * The helper reads only the addresses of the IP header: rebuilt here from the flow.
+ * The helper reads only the addresses of the IP header: rebuilt here from the tuple.
  */
 static __always_inline int syncookie_here(struct bpf_sock *sk, const struct sk_farm_flow *f)
 {
 	struct tcphdr *th = (struct tcphdr *)f->th;
 
-	if (!f->has_th)
-		return 0;
-	if (f->family == 4) {
+	if (f->tuple_len == sizeof(f->tuple.ipv4)) {
 		struct iphdr ip = {};
 
 		ip.version = 4;
 		ip.ihl = 5;
 		ip.protocol = SK_IPPROTO_TCP;
-		ip.saddr = f->src[0];
-		ip.daddr = f->dst[0];
+		ip.saddr = f->tuple.ipv4.saddr;
+		ip.daddr = f->tuple.ipv4.daddr;
 		return bpf_tcp_check_syncookie(sk, &ip, sizeof(ip), th, sizeof(f->th)) == 0;
 	} else {
 		struct ipv6hdr ip6 = {};
 
 		ip6.version = 6;
 		ip6.nexthdr = SK_IPPROTO_TCP;
-		__builtin_memcpy(&ip6.saddr, f->src, 16);
-		__builtin_memcpy(&ip6.daddr, f->dst, 16);
+		__builtin_memcpy(&ip6.saddr, f->tuple.ipv6.saddr, 16);
+		__builtin_memcpy(&ip6.daddr, f->tuple.ipv6.daddr, 16);
 		return bpf_tcp_check_syncookie(sk, &ip6, sizeof(ip6), th, sizeof(f->th)) == 0;
 	}
 }
@@ -283,29 +276,17 @@ static __always_inline int syncookie_here(struct bpf_sock *sk, const struct sk_f
  * belongs to the owner. Out of line: only segments in draining buckets (struct
  * sk_farm_owner) pay for the lookup.
  */
-__noinline int sk_farm_flow_here(struct xdp_md *ctx, const struct sk_farm_flow *f)
+__noinline int sk_farm_flow_here(struct xdp_md *ctx, struct sk_farm_flow *f)
 {
-	struct bpf_sock_tuple t = {};
 	struct bpf_sock *sk;
 	__u32 len;
 	int here;
 
 	if (!ctx || !f)
 		return 0;
-	if (f->family == 4) {
-		t.ipv4.saddr = f->src[0];
-		t.ipv4.daddr = f->dst[0];
-		t.ipv4.sport = f->sport;
-		t.ipv4.dport = f->dport;
-		len = sizeof(t.ipv4);
-	} else {
-		__builtin_memcpy(t.ipv6.saddr, f->src, 16);
-		__builtin_memcpy(t.ipv6.daddr, f->dst, 16);
-		t.ipv6.sport = f->sport;
-		t.ipv6.dport = f->dport;
-		len = sizeof(t.ipv6);
-	}
-	sk = bpf_skc_lookup_tcp(ctx, &t, len, BPF_F_CURRENT_NETNS, 0);
+	/* The size as one of two constants: the verifier cannot bound a length read from memory. */
+	len = f->tuple_len == sizeof(f->tuple.ipv4) ? sizeof(f->tuple.ipv4) : sizeof(f->tuple.ipv6);
+	sk = bpf_skc_lookup_tcp(ctx, &f->tuple, len, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return 0;
 	if (sk->state == BPF_TCP_LISTEN)
@@ -341,28 +322,26 @@ static __always_inline __u32 balance(struct xdp_md *ctx, const struct sk_farm_co
 	if (!owner || node_id == SK_FARM_NODE_NONE || (void *)(eth + 1) > end)
 		goto drop;
 	verdict = owner->node == node_id ? SK_FARM_PASS_OWNED : SK_FARM_DROP_NOT_OWNED;
+	/* A segment shorter than a TCP header is no connection's: the owner's kernel drops it. */
 	if (owner->drain_from != SK_FARM_NODE_NONE && has_port && proto == SK_IPPROTO_TCP &&
-	    (void *)(l4 + 14) <= end && !(l4[13] & SK_TCP_SYN) &&
+	    (void *)(l4 + 20) <= end && !(l4[13] & SK_TCP_SYN) &&
 	    (verdict == SK_FARM_PASS_OWNED || owner->drain_from == node_id)) {
 		struct sk_farm_flow f = {};
 
-		f.family = family;
-		f.sport = sport;
-		f.dport = dport;
-		f.src[0] = key[0];
-		f.dst[0] = dst[0];
-		if (family == 6) {
-			f.src[1] = key[1];
-			f.src[2] = key[2];
-			f.src[3] = key[3];
-			f.dst[1] = dst[1];
-			f.dst[2] = dst[2];
-			f.dst[3] = dst[3];
+		if (family == 4) {
+			f.tuple.ipv4.saddr = key[0];
+			f.tuple.ipv4.daddr = dst[0];
+			f.tuple.ipv4.sport = sport;
+			f.tuple.ipv4.dport = dport;
+			f.tuple_len = sizeof(f.tuple.ipv4);
+		} else {
+			__builtin_memcpy(f.tuple.ipv6.saddr, key, 16);
+			__builtin_memcpy(f.tuple.ipv6.daddr, dst, 16);
+			f.tuple.ipv6.sport = sport;
+			f.tuple.ipv6.dport = dport;
+			f.tuple_len = sizeof(f.tuple.ipv6);
 		}
-		if ((void *)(l4 + 20) <= end) {
-			__builtin_memcpy(f.th, l4, 20);
-			f.has_th = 1;
-		}
+		__builtin_memcpy(f.th, l4, 20);
 		if (sk_farm_flow_here(ctx, &f)) {
 			if (verdict != SK_FARM_PASS_OWNED)
 				verdict = SK_FARM_PASS_FLOW_HERE;

@@ -439,27 +439,21 @@ int modulePackage(const std::string &clusterFile, const std::string &dir, std::s
 	return 0;
 }
 
-} /* namespace */
-
-/*
- * skctl state's details of a farm node: its share of the agreed table, and for this node
- * (peer null) what its filter holds and counts, and any drain under way; for a peer
- * (its entry in the status' "nodes"), when it was last heard.
- */
-std::string farmStateDetails(const json &m, const json *peer)
+/* "share N/B buckets" of one entry of a farm module's status "nodes". */
+std::string farmShare(const json &m, const json &node)
 {
-	const uint64_t buckets = m.value("buckets", 0);
+	return fmt::format("share {}/{} buckets", node.value("buckets", 0), m.value("buckets", 0));
+}
+
+/* skctl state's details of this node in a farm module: its share, what its filter
+ * installed and counted, and any drain under way. */
+std::string farmSelfDetails(const json &m)
+{
 	std::string d;
-	if (peer) {
-		d = fmt::format("share {}/{} buckets", peer->value("buckets", 0), buckets);
-		if (peer->value("alive", false) && peer->contains("last_heard_ms_ago"))
-			d += fmt::format(", heard {} ms ago", peer->value("last_heard_ms_ago", 0));
-		return d;
-	}
 	for (const json &n : m["nodes"])
 		if (n.value("self", false))
-			d = fmt::format("share {}/{} buckets", n.value("buckets", 0), buckets);
-	d += fmt::format(", {} installed here", m.value("buckets_installed_here", 0));
+			d = farmShare(m, n) + ", ";
+	d += fmt::format("{} installed here", m.value("buckets_installed_here", 0));
 	if (m.contains("xdp") && m["xdp"].is_object())
 		d += fmt::format(", packets kept {} dropped {}", m["xdp"].value("pass_owned", 0),
 				 m["xdp"].value("drop_not_owned", 0));
@@ -471,6 +465,8 @@ std::string farmStateDetails(const json &m, const json *peer)
 		d += ", VIEWS DISAGREE";
 	return d;
 }
+
+} /* namespace */
 
 int main(int argc, char **argv)
 {
@@ -622,16 +618,19 @@ int main(int argc, char **argv)
 				details += m.value("note", "");
 			const bool farm = m.value("type", "") == "farm" && m.contains("nodes") && m["nodes"].is_array();
 			if (farm)
-				details += farmStateDetails(m, nullptr);
+				details += farmSelfDetails(m);
 			fmt::print("{:<16} {:<8} {:<22} {}\n", m.value("name", "?"), self, m.value("label", m.value("state", "?")),
 				   details);
 			if (farm) {
 				for (const json &n : m["nodes"]) {
 					if (n.value("self", false))
 						continue;
-					std::string label = n.value("alive", false) ? n.value("label", "?") : "unreachable";
-					fmt::print("{:<16} {:<8} {:<22} {}\n", m.value("name", "?"), n.value("name", "?"), label,
-						   farmStateDetails(m, &n));
+					const bool alive = n.value("alive", false);
+					std::string pd = farmShare(m, n);
+					if (alive && n.contains("last_heard_ms_ago"))
+						pd += fmt::format(", heard {} ms ago", n.value("last_heard_ms_ago", 0));
+					fmt::print("{:<16} {:<8} {:<22} {}\n", m.value("name", "?"), n.value("name", "?"),
+						   alive ? n.value("label", "?") : "unreachable", pd);
 				}
 			}
 			if (m.contains("peer") && m["peer"].is_object()) {

@@ -126,7 +126,6 @@ private:
 	void checkAgreement();
 	/* Handed over and draining out: this node's connections to the VIPs; else, or unknown, -1. */
 	int64_t leavingFlows();
-	bool flowCountFailed_ = false;
 	void logTransition(const FarmTransition &t);
 	void moduleLog(const std::string &line) const;
 	void persistAdminIntent(const std::string &intent);
@@ -193,6 +192,7 @@ private:
 		size_t mine;
 	};
 	std::deque<OwnerInstall> ownerInstalls_;
+	bool flowCountFailed_ = false;	/* leavingFlows() logged its failure (once per streak) */
 	static constexpr size_t kOwnerInstallsKept = 16;
 
 	struct TransitionRecord {

@@ -391,13 +391,13 @@ std::vector<uint32_t> FarmStateMachine::drainTable(const std::vector<uint32_t> &
 	lastOwner_.resize(n, 0);
 	drainFrom_.resize(n, 0);
 	drainUntil_.resize(n, 0);
-	const bool changed = installed_.size() == n;
+	const bool hadTable = installed_.size() == n;	/* the one this replaces (none after a load) */
 	std::vector<uint32_t> out(n, 0);
 	nextDrainEndMs_ = UINT64_MAX;
 	bool any = false;
 	for (size_t b = 0; b < n; b++) {
 		const uint32_t cur = table[b];
-		if (changed && cur != installed_[b]) {
+		if (hadTable && cur != installed_[b]) {
 			const uint32_t last = lastOwner_[b];
 			if (cur == last) {
 				/* Back with the node that had it (a release undone): nothing to drain. */

@@ -168,8 +168,6 @@ public:
 	const std::vector<uint32_t> &installedOwners() const { return installed_; }
 	/* The drainFrom of the installed table (empty: none). */
 	const std::vector<uint32_t> &installedDrainFrom() const { return installedDrain_; }
-	/* Leaving: whether Ticks should count localFlows (the handover may end in a drain). */
-	bool leaving() const { return phase_ == FarmPhase::Leaving; }
 	/* Leaving, handed over, waiting for this node's connections to close. */
 	bool drainingOut() const { return phase_ == FarmPhase::Leaving && handedOver_; }
 	int64_t localFlows() const { return localFlows_; }

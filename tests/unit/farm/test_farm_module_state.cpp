@@ -651,7 +651,7 @@ TEST_CASE("drain: an admin stop waits, after the handover, for its connections t
 	{
 		FarmStateMachine m = drainingPair(4000);
 		must(m.handle(FarmEvent::admin(FarmEventKind::AdminStop, kT0 + 2000)));
-		REQUIRE(m.leaving());
+		REQUIRE(label(m) == "WAIT/leaving");
 		CHECK_FALSE(m.drainingOut());
 		/* Node 2 took everything: the handover is done, the VIP stays. */
 		FarmStep s = must(m.handle(FarmEvent::heartbeat(2, peerView(FarmState::Up, FarmPhase::Running, { 2 }), kT0 + 2100)));

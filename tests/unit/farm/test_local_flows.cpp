@@ -36,6 +36,22 @@ const char *kTcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm
 		   "   5: 650012C6:0050 070112C6:9C44 01 00000000:00000000 00:00000000 00000000     0        0 5\n"
 		   "   6: 640012C6:1F90 070112C6:9C45 03 00000000:00000000 00:00000000 00000000     0        0 6\n";
 
+/* Connects from fromAddr (IPv4, any port) to `to` and accepts on listener: the accepted fd;
+ * *client gets the connecting one. */
+int connectFrom(const char *fromAddr, const sockaddr_in &to, int listener, int *client)
+{
+	sockaddr_in from{};
+	from.sin_family = AF_INET;
+	REQUIRE(inet_pton(AF_INET, fromAddr, &from.sin_addr) == 1);
+	*client = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	REQUIRE(*client >= 0);
+	REQUIRE(bind(*client, reinterpret_cast<sockaddr *>(&from), sizeof(from)) == 0);
+	REQUIRE(connect(*client, reinterpret_cast<const sockaddr *>(&to), sizeof(to)) == 0);
+	int s = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+	REQUIRE(s >= 0);
+	return s;
+}
+
 } /* namespace */
 
 TEST_CASE("a TCP table: connections on the VIPs the peer may still send to")
@@ -77,7 +93,6 @@ TEST_CASE("this namespace's tables: a loopback connection counts, both of its en
 	sockaddr_in a{};
 	a.sin_family = AF_INET;
 	REQUIRE(inet_pton(AF_INET, local, &a.sin_addr) == 1);
-	sockaddr_in from = a;
 	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	REQUIRE(l >= 0);
 	REQUIRE(bind(l, reinterpret_cast<sockaddr *>(&a), sizeof(a)) == 0);
@@ -87,12 +102,8 @@ TEST_CASE("this namespace's tables: a loopback connection counts, both of its en
 	auto before = farmCountLocalFlows({ ip(local) });
 	REQUIRE(before.ok());
 	CHECK(*before == 0);	/* the listener does not count */
-	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	REQUIRE(c >= 0);
-	REQUIRE(bind(c, reinterpret_cast<sockaddr *>(&from), sizeof(from)) == 0);
-	REQUIRE(connect(c, reinterpret_cast<sockaddr *>(&a), sizeof(a)) == 0);
-	int s = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
-	REQUIRE(s >= 0);
+	int c;
+	int s = connectFrom(local, a, l, &c);
 	auto during = farmCountLocalFlows({ ip(local) });
 	REQUIRE(during.ok());
 	CHECK(*during == 2);
@@ -121,15 +132,8 @@ TEST_CASE("a dual-stack listener's IPv4 connections (tcp6, ::ffff:a.b.c.d) count
 	to.sin_port = any.sin6_port;
 	REQUIRE(inet_pton(AF_INET, local, &to.sin_addr) == 1);
 	/* The client from another 127/8 address: only the accepted (mapped) end is on `local`. */
-	sockaddr_in from{};
-	from.sin_family = AF_INET;
-	REQUIRE(inet_pton(AF_INET, "127.77.13.3", &from.sin_addr) == 1);
-	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	REQUIRE(c >= 0);
-	REQUIRE(bind(c, reinterpret_cast<sockaddr *>(&from), sizeof(from)) == 0);
-	REQUIRE(connect(c, reinterpret_cast<sockaddr *>(&to), sizeof(to)) == 0);
-	int s = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
-	REQUIRE(s >= 0);
+	int c;
+	int s = connectFrom("127.77.13.3", to, l, &c);
 	auto n = farmCountLocalFlows({ ip(local) });
 	REQUIRE(n.ok());
 	CHECK(*n == 1);
