@@ -352,6 +352,12 @@ ReplicationSender::ReplicationSender(ClusterKey key, const Options &options)
 	options_.batchBytes = std::clamp<size_t>(options_.batchBytes, 1, kMaxFramePayload - kMaxEncodedOp);
 }
 
+void ReplicationSender::notifyAll()
+{
+	sendCv_.notify_all();
+	ackCv_.notify_all();
+}
+
 ReplicationSender::~ReplicationSender()
 {
 	std::unique_ptr<Conn> conn;
@@ -362,7 +368,7 @@ ReplicationSender::~ReplicationSender()
 		conn = std::move(conn_);
 		graveyard.swap(retired_);
 	}
-	cv_.notify_all();
+	notifyAll();
 	if (conn)
 		conn->join();
 	for (auto &c : graveyard)
@@ -456,7 +462,7 @@ uint64_t ReplicationSender::enqueue(Op &&op, bool durableBarrier, const std::str
 				counters_.blockedSubmits++;
 				counted = true;
 			}
-			cv_.wait(lock);
+			ackCv_.wait(lock);
 		}
 		seq = nextSeq_++;
 		counters_.ops++;
@@ -487,7 +493,7 @@ uint64_t ReplicationSender::enqueue(Op &&op, bool durableBarrier, const std::str
 			op.data.assign(*writeData);
 		aloneHook(op);
 	} else if (wake) {
-		cv_.notify_all();
+		sendCv_.notify_all();
 	}
 	return seq;
 }
@@ -547,7 +553,7 @@ void ReplicationSender::urgeLocked(uint64_t seq)
 		return;
 	urgentSeq_ = seq;
 	if (seq >= sendCursor_)
-		cv_.notify_all();
+		sendCv_.notify_all();
 }
 
 bool ReplicationSender::ackedLocked(uint64_t seq) const
@@ -571,7 +577,7 @@ int ReplicationSender::waitAckedFor(uint64_t seq, std::chrono::milliseconds time
 	while (!alone_ && !ackedLocked(seq)) {
 		if (stopping_)
 			return -ESHUTDOWN;
-		if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && !alone_ && !ackedLocked(seq))
+		if (ackCv_.wait_until(lock, deadline) == std::cv_status::timeout && !alone_ && !ackedLocked(seq))
 			return stopping_ ? -ESHUTDOWN : -ETIMEDOUT;
 	}
 	return 0;
@@ -583,7 +589,7 @@ int ReplicationSender::waitAcked(uint64_t seq)
 	if (seq >= nextSeq_)
 		return -EINVAL;
 	urgeLocked(seq);
-	cv_.wait(lock, [&] { return alone_ || stopping_ || ackedLocked(seq); });
+	ackCv_.wait(lock, [&] { return alone_ || stopping_ || ackedLocked(seq); });
 	if (alone_ || ackedLocked(seq))
 		return 0;
 	return -ESHUTDOWN;
@@ -614,7 +620,7 @@ void ReplicationSender::goneAlone()
 			conn_->dead = true;
 		conn = std::move(conn_);
 	}
-	cv_.notify_all();
+	notifyAll();
 	retire(std::move(conn));
 }
 
@@ -652,7 +658,7 @@ int ReplicationSender::requestVerify()
 			return -ENOTCONN;
 		conn_->verifyAsk = true;
 	}
-	cv_.notify_all();
+	sendCv_.notify_all();
 	return 0;
 }
 
@@ -734,7 +740,7 @@ void ReplicationSender::detach()
 			conn_->dead = true;
 		conn = std::move(conn_);
 	}
-	cv_.notify_all();
+	notifyAll();
 	if (conn) {
 		logInfo(kLog, "module {}: replication connection detached", options_.stream.module);
 		retire(std::move(conn));
@@ -770,7 +776,7 @@ void ReplicationSender::connDead(Conn *conn, const std::string &reason)
 			options_.stream.module, reason, queue_.size());
 	}
 	shutdown(conn->fd, SHUT_RDWR);
-	cv_.notify_all();
+	notifyAll();
 	if (hook)
 		hook(reason);
 }
@@ -795,7 +801,7 @@ void ReplicationSender::writerMain(Conn *conn)
 	uint64_t startSeq, epoch, peerNonce;
 	{
 		std::unique_lock<std::mutex> lock(mutex_);
-		cv_.wait(lock, [&] { return conn->streaming || conn->dead || stopping_; });
+		sendCv_.wait(lock, [&] { return conn->streaming || conn->dead || stopping_; });
 		if (conn->dead || stopping_)
 			return;
 		peerNonce = conn->in->peerNonce();
@@ -829,9 +835,9 @@ void ReplicationSender::writerMain(Conn *conn)
 				if (uncorkedLocked(&until))
 					break;
 				if (until == std::chrono::steady_clock::time_point::max())
-					cv_.wait(lock);
+					sendCv_.wait(lock);
 				else
-					cv_.wait_until(lock, until);
+					sendCv_.wait_until(lock, until);
 			}
 			if (conn->dead || stopping_ || alone_)
 				return;
@@ -962,7 +968,7 @@ void ReplicationSender::readerMain(Conn *conn)
 		logInfo(kLog, "module {}: replication stream up, epoch {:#x}, from seq {} (peer had epoch {:#x} seq {}){}",
 			options_.stream.module, epoch_, start, peer.epoch, peer.seq, resync ? ", resync needed" : "");
 	}
-	cv_.notify_all();
+	notifyAll();
 	if (start > 1)
 		onAck(start - 1, 0);
 	if (resync && resyncHook)
@@ -990,7 +996,7 @@ void ReplicationSender::readerMain(Conn *conn)
 				return;
 			}
 			onAck(applied, durable);
-			cv_.notify_all();
+			ackCv_.notify_all();
 		} else if (type == StreamFrame::Error && p.size() >= 14 &&
 			   p.size() == 14 + size_t(le::get<uint16_t>(p.data() + 12))) {
 			uint64_t seq = le::get<uint64_t>(p.data());

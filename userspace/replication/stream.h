@@ -229,7 +229,14 @@ private:
 	 * with mutex_ released. */
 	std::mutex attachMutex_;
 	mutable std::mutex mutex_;
-	std::condition_variable cv_;
+	/* Two conditions on mutex_, so nobody is woken for what is not theirs: the
+	 * writer waits on sendCv_ (ops to send, an urged wait, a verify request, the
+	 * connection's state); submitters waiting for queue space and callers waiting
+	 * for acks wait on ackCv_. Changes of stopping_, alone_ or the connection
+	 * notify both (notifyAll()). */
+	std::condition_variable sendCv_;
+	std::condition_variable ackCv_;
+	void notifyAll();
 	bool stopping_ = false;
 	bool alone_ = false;
 	uint64_t epoch_ = 0;
