@@ -1151,14 +1151,24 @@ int CaptureFs::Impl::durabilityPoint(bool durable, int (*local)(int), int fd)
 {
 	if (!local && fd >= 0 && options_.sink->acksLocal())
 		local = fdatasync;
-	/* The disk starts on the data while the barrier is handed to the stream's
-	 * writer (which takes this CPU a while on small machines); the local flush
-	 * then mostly waits for it and the journal. The kick neither waits nor
-	 * consumes a writeback error (see WriteBehind): local() still reports it.
-	 * Measured on the bench VM: 4 KiB append+fsync 23 us faster at the median. */
-	if (local && fd >= 0)
+	/*
+	 * Whichever side is slower starts first. With ack = applied the local flush
+	 * is: the disk starts on the data (the kick) while the barrier is handed to
+	 * the stream's writer, which takes this CPU a while on small machines, and
+	 * the flush then mostly waits for it and the journal. With ack = durable the
+	 * peer's flush comes after a round trip: the barrier goes first. The kick
+	 * neither waits nor consumes a writeback error (see WriteBehind): local()
+	 * still reports it. Measured on the bench VM (4 KiB append+fsync, over bare,
+	 * median of 6 runs): applied 144 us with the kick after the barrier, 130
+	 * before it; durable 254 after, 262 without a kick.
+	 */
+	bool peerFlushes = durable && options_.ackDurable;
+	bool kick = local && fd >= 0;
+	if (kick && !peerFlushes)
 		sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-	uint64_t seq = options_.sink->submitBarrier(durable && options_.ackDurable);
+	uint64_t seq = options_.sink->submitBarrier(peerFlushes);
+	if (kick && peerFlushes)
+		sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 	barriers_++;
 	int err = 0;
 	if (local && local(fd) < 0)
