@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Replication stream: sender queue/backpressure/ack tracking and the receiver's
- * authenticate-decode-apply-ack loop. Blocking socket threads (see stream.h for
- * the protocol and why).
+ * authenticate-decode-apply-ack loop. One thread per direction, each with its
+ * socket I/O on an io_uring of its own (see stream.h for the protocol and why).
  */
 #include "replication/stream.h"
 
@@ -17,11 +17,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cerrno>
 #include <cstring>
 
 #include <fmt/format.h>
+#include <liburing.h>
 #include <openssl/rand.h>
 
 #include "core/le_bytes.h"
@@ -62,54 +64,181 @@ void setRecvTimeout(int fd, std::chrono::milliseconds timeout)
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 }
 
-/* Sends every byte of iov[0..count), which it consumes (IOV_MAX at a time). */
-int sendAllv(int fd, struct iovec *iov, size_t count)
+/*
+ * One thread's socket I/O on an io_uring of its own (DESIGN: replication sockets
+ * on io_uring). Each call queues one request, a receive with a bound also a
+ * linked timeout, and waits for its completion, so frames stay in order and the
+ * caller's buffers are the kernel's only during the call, as with the plain
+ * calls. Where io_uring is not available (kernel.io_uring_disabled, seccomp) the
+ * plain syscalls do the same, with SO_RCVTIMEO for the bound.
+ * shutdown(fd) from another thread ends a waiting request (EOF or an error).
+ */
+class SocketIo
 {
-	while (count > 0) {
-		if (iov->iov_len == 0) {
-			iov++;
-			count--;
-			continue;
-		}
-		struct msghdr msg = {};
-		msg.msg_iov = iov;
-		msg.msg_iovlen = std::min<size_t>(count, IOV_MAX);
-		ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		size_t left = static_cast<size_t>(n);
-		while (left > 0 && left >= iov->iov_len) {
-			left -= iov->iov_len;
-			iov++;
-			count--;
-		}
-		if (left > 0) {
-			iov->iov_base = static_cast<uint8_t *>(iov->iov_base) + left;
-			iov->iov_len -= left;
-		}
+public:
+	explicit SocketIo(int fd) : fd_(fd) {}
+	~SocketIo()
+	{
+		if (ring_)
+			io_uring_queue_exit(ring_.get());
 	}
-	return 0;
-}
+	SocketIo(const SocketIo &) = delete;
+	SocketIo &operator=(const SocketIo &) = delete;
 
-int recvAll(int fd, uint8_t *data, size_t size)
-{
-	while (size > 0) {
-		ssize_t n = recv(fd, data, size, 0);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -ECONNRESET;
-		data += n;
-		size -= static_cast<size_t>(n);
+	/* Bounds each receive (0: no bound, e.g. once the peer is authenticated).
+	 * Any thread, before the owner's first call or from the owner. */
+	void setRecvBound(std::chrono::milliseconds bound)
+	{
+		bound_ = bound;
+		/* For the plain calls; a ring's requests do not look at it. */
+		setRecvTimeout(fd_, bound);
 	}
-	return 0;
-}
+
+	/* Sends every byte of iov[0..count), which it consumes (IOV_MAX at a time). */
+	int sendAll(struct iovec *iov, size_t count)
+	{
+		while (count > 0) {
+			if (iov->iov_len == 0) {
+				iov++;
+				count--;
+				continue;
+			}
+			struct msghdr msg = {};
+			msg.msg_iov = iov;
+			msg.msg_iovlen = std::min<size_t>(count, IOV_MAX);
+			ssize_t n = once([&](io_uring_sqe *sqe) {
+				io_uring_prep_sendmsg(sqe, fd_, &msg, MSG_NOSIGNAL | MSG_WAITALL);
+			}, [&] { return sendmsg(fd_, &msg, MSG_NOSIGNAL); }, false);
+			if (n == -EINTR)
+				continue;
+			if (n < 0)
+				return static_cast<int>(n);
+			size_t left = static_cast<size_t>(n);
+			while (left > 0 && left >= iov->iov_len) {
+				left -= iov->iov_len;
+				iov++;
+				count--;
+			}
+			if (left > 0) {
+				iov->iov_base = static_cast<uint8_t *>(iov->iov_base) + left;
+				iov->iov_len -= left;
+			}
+		}
+		return 0;
+	}
+
+	/* Exactly size bytes: -ECONNRESET at EOF, -EAGAIN when the bound ran out. */
+	int recvAll(uint8_t *data, size_t size)
+	{
+		while (size > 0) {
+			ssize_t n = once([&](io_uring_sqe *sqe) { io_uring_prep_recv(sqe, fd_, data, size, MSG_WAITALL); },
+					 [&] { return recv(fd_, data, size, 0); }, bound_.load().count() > 0);
+			if (n == -EINTR)
+				continue;
+			if (n < 0)
+				return static_cast<int>(n);
+			if (n == 0)
+				return -ECONNRESET;
+			data += n;
+			size -= static_cast<size_t>(n);
+		}
+		return 0;
+	}
+
+private:
+	static constexpr uint64_t kRequest = 1;
+	static constexpr uint64_t kTimeout = 2;
+
+	/*
+	 * Set up by the owner's first call, in its own thread: the ring is then that
+	 * thread's alone (SINGLE_ISSUER) and its completions run only while it waits
+	 * for them (DEFER_TASKRUN), never interrupting it elsewhere. Kernels before 6.1
+	 * get a plain ring; no io_uring at all, the plain calls.
+	 */
+	bool ring()
+	{
+		if (ring_ || triedRing_)
+			return ring_ != nullptr;
+		triedRing_ = true;
+		auto ring = std::make_unique<io_uring>();
+		int ret = io_uring_queue_init(4, ring.get(), IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN);
+		if (ret == -EINVAL)
+			ret = io_uring_queue_init(4, ring.get(), 0);
+		if (ret == 0) {
+			ring_ = std::move(ring);
+			return true;
+		}
+		static std::atomic<bool> warned{ false };
+		if (!warned.exchange(true))
+			logWarn(kLog, "io_uring unavailable for replication sockets ({}): using plain send/recv",
+				strerror(-ret));
+		return false;
+	}
+
+	/* One request: prep fills its sqe on the ring, plain makes the call without
+	 * one. The result, or a negative errno. */
+	template<typename Prep, typename Plain>
+	ssize_t once(Prep prep, Plain plain, bool bounded)
+	{
+		if (!ring()) {
+			ssize_t n = plain();
+			return n < 0 ? -errno : n;
+		}
+		io_uring_sqe *sqe = io_uring_get_sqe(ring_.get());
+		prep(sqe);
+		return complete(sqe, bounded);
+	}
+
+	/* Submits sqe (plus a linked timeout of bound_ if bounded), waits for every
+	 * completion, returns the request's result (-EAGAIN when the bound ran out). */
+	ssize_t complete(io_uring_sqe *sqe, bool bounded)
+	{
+		io_uring_sqe_set_data64(sqe, kRequest);
+		unsigned expected = 1;
+		__kernel_timespec ts{};
+		if (bounded) {
+			sqe->flags |= IOSQE_IO_LINK;
+			auto ms = bound_.load().count();
+			ts.tv_sec = ms / 1000;
+			ts.tv_nsec = (ms % 1000) * 1000000;
+			io_uring_sqe *t = io_uring_get_sqe(ring_.get());
+			io_uring_prep_link_timeout(t, &ts, 0);
+			io_uring_sqe_set_data64(t, kTimeout);
+			expected = 2;
+		}
+		int ret = io_uring_submit(ring_.get());
+		if (ret < 0)
+			return ret;
+		ssize_t result = -EIO;
+		bool timedOut = false;
+		for (unsigned seen = 0; seen < expected;) {
+			io_uring_cqe *cqe;
+			ret = io_uring_wait_cqe(ring_.get(), &cqe);
+			if (ret == -EINTR)
+				continue;
+			if (ret < 0) {
+				/* Cannot happen on a live ring; the request may still hold the
+				 * buffer, so never return with it in flight. */
+				logError(kLog, "io_uring wait on a replication socket: {}", strerror(-ret));
+				std::abort();
+			}
+			if (io_uring_cqe_get_data64(cqe) == kRequest)
+				result = cqe->res;
+			else
+				timedOut = cqe->res == -ETIME;
+			io_uring_cqe_seen(ring_.get(), cqe);
+			seen++;
+		}
+		if (timedOut && result == -ECANCELED)
+			return -EAGAIN;
+		return result;
+	}
+
+	int fd_;
+	std::unique_ptr<io_uring> ring_;
+	bool triedRing_ = false;
+	std::atomic<std::chrono::milliseconds> bound_{ std::chrono::milliseconds(0) };
+};
 
 /* One side of a connection: frame codec plus the sequence/nonce binding rules. */
 class FrameIo
@@ -118,7 +247,10 @@ public:
 	/* ways: Receive for a side that only reads (no sending key in its session). */
 	FrameIo(int fd, std::unique_ptr<WireCodec> codec, const StreamConfig &cfg,
 		WireCodec::Ways ways = WireCodec::Ways::Both)
-		: fd_(fd), codec_(std::move(codec)), cfg_(cfg), ways_(ways) {}
+		: io_(fd), codec_(std::move(codec)), cfg_(cfg), ways_(ways) {}
+
+	/* See SocketIo::setRecvBound. */
+	void setRecvBound(std::chrono::milliseconds bound) { io_.setRecvBound(bound); }
 
 	int send(StreamFrame type, std::span<const uint8_t> payload) { return send(type, { &payload, 1 }); }
 
@@ -149,7 +281,7 @@ public:
 		for (std::span<const uint8_t> part : parts)
 			iov_.push_back({ const_cast<uint8_t *>(part.data()), part.size() });
 		iov_.push_back({ mac, sizeof(mac) });
-		return sendAllv(fd_, iov_.data(), iov_.size());
+		return io_.sendAll(iov_.data(), iov_.size());
 	}
 
 	/*
@@ -161,7 +293,7 @@ public:
 		/* Grown, never shrunk: no zero-filling of every frame. */
 		if (rbuf_.size() < kWireHeaderSize)
 			rbuf_.resize(kWireHeaderSize);
-		int ret = recvAll(fd_, rbuf_.data(), kWireHeaderSize);
+		int ret = io_.recvAll(rbuf_.data(), kWireHeaderSize);
 		if (ret < 0) {
 			*reason = ret == -ECONNRESET ? "peer closed the connection" : fmt::format("recv: {}", strerror(-ret));
 			return ret;
@@ -174,7 +306,7 @@ public:
 		}
 		if (rbuf_.size() < size)
 			rbuf_.resize(size);
-		ret = recvAll(fd_, rbuf_.data() + kWireHeaderSize, size - kWireHeaderSize);
+		ret = io_.recvAll(rbuf_.data() + kWireHeaderSize, size - kWireHeaderSize);
 		if (ret < 0) {
 			*reason = fmt::format("connection lost inside a frame: {}", strerror(-ret));
 			return ret;
@@ -233,7 +365,7 @@ public:
 	uint64_t myNonce = randomU64();
 
 private:
-	int fd_;
+	SocketIo io_;
 	std::unique_ptr<WireCodec> codec_;
 	StreamConfig cfg_;
 	WireCodec::Ways ways_;
@@ -708,13 +840,13 @@ int ReplicationSender::attach(int fd)
 		return -EIO;
 	}
 	tuneSocket(fd);
-	/* Until the peer's hello is in (readerMain lifts it): a client that connects and
-	 * says nothing does not hold the one connection slot. */
-	setRecvTimeout(fd, kHandshakeTimeout);
 	auto conn = std::make_unique<Conn>();
 	conn->fd = fd;
 	conn->out = std::make_unique<FrameIo>(fd, std::move(out.value()), options_.stream);
 	conn->in = std::make_unique<FrameIo>(fd, std::move(in.value()), options_.stream, WireCodec::Ways::Receive);
+	/* Until the peer's hello is in (readerMain lifts it): a client that connects and
+	 * says nothing does not hold the one connection slot. */
+	conn->in->setRecvBound(kHandshakeTimeout);
 	/* Both directions share the connection's nonces. */
 	conn->in->myNonce = conn->out->myNonce;
 
@@ -947,7 +1079,7 @@ void ReplicationSender::readerMain(Conn *conn)
 		return;
 	}
 	/* Authenticated: an idle stream is normal from here on (keepalive finds dead peers). */
-	setRecvTimeout(conn->fd, std::chrono::milliseconds(0));
+	io.setRecvBound(std::chrono::milliseconds(0));
 
 	bool resync = false;
 	uint64_t start;
@@ -1143,7 +1275,7 @@ std::string ReplicationReceiver::serveConn(int fd)
 
 	/* Until the peer has proven it holds the key, it may not hold the one connection
 	 * slot for long: bound the handshake reads. */
-	setRecvTimeout(fd, std::max(options_.handshakeTimeout, std::chrono::milliseconds(1)));
+	io.setRecvBound(std::max(options_.handshakeTimeout, std::chrono::milliseconds(1)));
 
 	Hello mine;
 	mine.role = kRoleReceiver;
@@ -1175,7 +1307,7 @@ std::string ReplicationReceiver::serveConn(int fd)
 	if (epoch == 0 || startSeq == 0 || epoch != peer.epoch)
 		return reject("malformed start frame");
 	/* Authenticated: an idle stream is normal from here on (keepalive finds dead peers). */
-	setRecvTimeout(fd, std::chrono::milliseconds(0));
+	io.setRecvBound(std::chrono::milliseconds(0));
 	{
 		std::lock_guard<std::mutex> lock(mutex_);
 		if (epoch != epoch_ || startSeq != lastApplied_ + 1) {

@@ -56,9 +56,9 @@ namespace sk::repl {
  * it holds and calls onResyncNeeded, unless this is a blank receiver and the
  * sender holds its whole epoch from the first op (a fresh pair).
  * Epoch: random per sender, renewed by endAlone().
- * I/O: two blocking threads per connection (writer, ack reader) on the sender and
- * one thread on the receiver: simple and adequate for one stream per module;
- * io_uring can replace them behind the same API. Frames are authenticated;
+ * I/O: two threads per connection (writer, ack reader) on the sender and one on
+ * the receiver, each sending and receiving through an io_uring of its own (plain
+ * syscalls where io_uring is disabled). Frames are authenticated;
  * with "tls" the fd handed to attach() is a tls_pipe.h plaintext end.
  */
 enum class StreamFrame : uint8_t {
