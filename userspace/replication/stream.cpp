@@ -69,8 +69,8 @@ void setRecvTimeout(int fd, std::chrono::milliseconds timeout)
  * on io_uring). Each call queues one request, a receive with a bound also a
  * linked timeout, and waits for its completion, so frames stay in order and the
  * caller's buffers are the kernel's only during the call, as with the plain
- * calls. Where io_uring is not available (kernel.io_uring_disabled, seccomp) the
- * plain syscalls do the same, with SO_RCVTIMEO for the bound.
+ * calls. Where a ring cannot be set up (no memory, a seccomp policy) the plain
+ * syscalls do the same, with SO_RCVTIMEO for the bound.
  * shutdown(fd) from another thread ends a waiting request (EOF or an error).
  */
 class SocketIo
