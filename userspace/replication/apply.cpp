@@ -15,6 +15,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 #include <string_view>
 #include <vector>
 
@@ -171,7 +172,7 @@ Applier::CachedFd *Applier::cachedEntry(const std::string &path, int *err)
 	}
 	if (lru_.size() >= options_.fdCacheSize) {
 		lruIndex_.erase(lru_.back().path);
-		::close(lru_.back().fd);
+		closeEntry(lru_.back());
 		lru_.pop_back();
 	}
 	lru_.push_front({ path, fd, {} });
@@ -179,12 +180,19 @@ Applier::CachedFd *Applier::cachedEntry(const std::string &path, int *err)
 	return &lru_.front();
 }
 
+void Applier::closeEntry(CachedFd &entry)
+{
+	if (int err = entry.writeBehind.takeError(); err && !kickError_)
+		kickError_ = err;
+	::close(entry.fd);
+}
+
 void Applier::invalidate(const std::string &path)
 {
 	for (auto it = lru_.begin(); it != lru_.end();) {
 		if (underOrEqual(it->path, path)) {
 			lruIndex_.erase(it->path);
-			::close(it->fd);
+			closeEntry(*it);
 			it = lru_.erase(it);
 		} else {
 			++it;
@@ -241,7 +249,7 @@ int Applier::doCreate(const Op &op)
 	/* A new file is usually written next: keep its fd. */
 	if (lru_.size() >= options_.fdCacheSize) {
 		lruIndex_.erase(lru_.back().path);
-		::close(lru_.back().fd);
+		closeEntry(lru_.back());
 		lru_.pop_back();
 	}
 	lru_.push_front({ op.path, fd, {} });
@@ -552,6 +560,13 @@ int Applier::doMknod(const Op &op)
 Status Applier::flush()
 {
 	counters_.durableFlushes++;
+	/* A write-behind kick that failed since the last flush: that data may be
+	 * gone from the page cache without any fsync below seeing it. */
+	for (CachedFd &c : lru_)
+		if (int err = c.writeBehind.takeError(); err && !kickError_)
+			kickError_ = err;
+	if (int err = std::exchange(kickError_, 0))
+		return makeError(-err, fmt::format("starting writeback of the replication target: {}", strerror(err)));
 	if (options_.durability == Durability::Syncfs || dirtyOverflow_) {
 		counters_.syncfsFlushes++;
 		if (syncfs(rootFd_) < 0)

@@ -127,6 +127,8 @@ private:
 	CachedFd *cachedEntry(const std::string &path, int *err);
 	int cachedFd(const std::string &path, int *err);
 	void invalidate(const std::string &path);
+	/* Closes an entry's fd, keeping a write-behind error for the next flush(). */
+	void closeEntry(CachedFd &entry);
 	void markDirty(const std::string &path);
 	void markParentDirty(const std::string &path);
 
@@ -161,6 +163,8 @@ private:
 	std::set<std::string> dirty_;
 	/* A directory moved or the set overflowed: the next flush uses syncfs. */
 	bool dirtyOverflow_ = false;
+	/* The first write-behind kick error of a closed entry, for the next flush. */
+	int kickError_ = 0;
 };
 
 } /* namespace sk::repl */

@@ -132,7 +132,7 @@ public:
 	{
 		while (size > 0) {
 			ssize_t n = once([&](io_uring_sqe *sqe) { io_uring_prep_recv(sqe, fd_, data, size, MSG_WAITALL); },
-					 [&] { return recv(fd_, data, size, 0); }, bound_.load().count() > 0);
+					 [&] { return recv(fd_, data, size, 0); }, true);
 			if (n == -EINTR)
 				continue;
 			if (n < 0)
@@ -176,7 +176,7 @@ private:
 	}
 
 	/* One request: prep fills its sqe on the ring, plain makes the call without
-	 * one. The result, or a negative errno. */
+	 * one. bounded: under the receive bound. The result, or a negative errno. */
 	template<typename Prep, typename Plain>
 	ssize_t once(Prep prep, Plain plain, bool bounded)
 	{
@@ -184,36 +184,53 @@ private:
 			ssize_t n = plain();
 			return n < 0 ? -errno : n;
 		}
+		/* Every earlier entry was reaped: a 4-entry ring has room for two. */
 		io_uring_sqe *sqe = io_uring_get_sqe(ring_.get());
 		prep(sqe);
-		return complete(sqe, bounded);
+		return complete(sqe, bounded ? bound_.load() : std::chrono::milliseconds(0));
 	}
 
-	/* Submits sqe (plus a linked timeout of bound_ if bounded), waits for every
-	 * completion, returns the request's result (-EAGAIN when the bound ran out). */
-	ssize_t complete(io_uring_sqe *sqe, bool bounded)
+	/* Submits sqe (plus a linked timeout if bound > 0), waits for every completion,
+	 * returns the request's result (-EAGAIN when the bound ran out). */
+	ssize_t complete(io_uring_sqe *sqe, std::chrono::milliseconds bound)
 	{
 		io_uring_sqe_set_data64(sqe, kRequest);
 		unsigned expected = 1;
 		__kernel_timespec ts{};
-		if (bounded) {
+		if (bound.count() > 0) {
 			sqe->flags |= IOSQE_IO_LINK;
-			auto ms = bound_.load().count();
-			ts.tv_sec = ms / 1000;
-			ts.tv_nsec = (ms % 1000) * 1000000;
+			ts.tv_sec = bound.count() / 1000;
+			ts.tv_nsec = (bound.count() % 1000) * 1000000;
 			io_uring_sqe *t = io_uring_get_sqe(ring_.get());
 			io_uring_prep_link_timeout(t, &ts, 0);
 			io_uring_sqe_set_data64(t, kTimeout);
 			expected = 2;
 		}
 		int ret = io_uring_submit(ring_.get());
-		if (ret < 0)
-			return ret;
+		if (ret < 0 || static_cast<unsigned>(ret) != expected) {
+			/* Not all of it went in (no memory...): reap what did, then drop the
+			 * ring, so the entries left in its queue, which point into this frame,
+			 * are never submitted. This connection fails; later calls use plain
+			 * syscalls. */
+			reap(ret > 0 ? static_cast<unsigned>(ret) : 0);
+			io_uring_queue_exit(ring_.get());
+			ring_.reset();
+			logWarn(kLog, "io_uring submit on a replication socket: {}",
+				ret < 0 ? strerror(-ret) : "partial");
+			return ret < 0 ? ret : -EIO;
+		}
+		return reap(expected);
+	}
+
+	/* Waits for n completions; the request's result (-EAGAIN if its timeout
+	 * cancelled it). Never returns with a request in flight. */
+	ssize_t reap(unsigned n)
+	{
 		ssize_t result = -EIO;
 		bool timedOut = false;
-		for (unsigned seen = 0; seen < expected;) {
+		for (unsigned seen = 0; seen < n;) {
 			io_uring_cqe *cqe;
-			ret = io_uring_wait_cqe(ring_.get(), &cqe);
+			int ret = io_uring_wait_cqe(ring_.get(), &cqe);
 			if (ret == -EINTR)
 				continue;
 			if (ret < 0) {
@@ -1100,9 +1117,11 @@ void ReplicationSender::readerMain(Conn *conn)
 		logInfo(kLog, "module {}: replication stream up, epoch {:#x}, from seq {} (peer had epoch {:#x} seq {}){}",
 			options_.stream.module, epoch_, start, peer.epoch, peer.seq, resync ? ", resync needed" : "");
 	}
-	notifyAll();
+	/* The peer's hello acks what it applied: a barrier whose ack the last
+	 * connection lost is released here, so the wake comes after it. */
 	if (start > 1)
 		onAck(start - 1, 0);
+	notifyAll();
 	if (resync && resyncHook)
 		resyncHook(peer.epoch, peer.seq);
 

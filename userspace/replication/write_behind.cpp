@@ -4,9 +4,26 @@
 #include "replication/write_behind.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <fcntl.h>
 
 namespace sk::repl {
+
+int kickWriteback(int fd, uint64_t offset, uint64_t length)
+{
+	if (sync_file_range(fd, static_cast<off_t>(offset), static_cast<off_t>(length), SYNC_FILE_RANGE_WRITE) == 0)
+		return 0;
+	switch (errno) {
+	case EINVAL: /* no writeback for this file type */
+	case ESPIPE:
+	case ENOMEM: /* the pages stay dirty: the next sync writes them */
+	case EINTR:
+	case EAGAIN:
+		return 0;
+	default:
+		return errno;
+	}
+}
 
 void WriteBehind::wrote(int fd, uint64_t offset, uint64_t length)
 {
@@ -26,9 +43,8 @@ void WriteBehind::wrote(int fd, uint64_t offset, uint64_t length)
 		return;
 	}
 	while (end_ - started_ >= kChunk) {
-		/* Only starts writeback: a failure here loses nothing (the data stays
-		 * dirty and the next sync writes and reports). */
-		(void)sync_file_range(fd, static_cast<off_t>(started_), kChunk, SYNC_FILE_RANGE_WRITE);
+		if (int err = kickWriteback(fd, started_, kChunk); err && !error_)
+			error_ = err;
 		started_ += kChunk;
 	}
 	while (started_ - dropped_ > kWindow * kChunk) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 
 namespace sk::repl {
 
@@ -20,12 +21,15 @@ namespace sk::repl {
  * fresh pages (on our build VMs, whose fresh pages cost a host fault each,
  * buffered 1 GiB writes ran at 200-250 MiB/s without it and 760-900 MiB/s with it).
  *
- * Nothing here blocks or reports errors: the kick (SYNC_FILE_RANGE_WRITE) only
- * starts writeback, and POSIX_FADV_DONTNEED drops the pages already clean and
- * leaves the rest (still dirty or under writeback: a writer faster than the disk
- * meets the kernel's dirty throttling as usual). No call waits for writeback, so
- * none consumes the file's writeback error: the next fsync/fdatasync of any of its
- * fds still reports it. Callers may hold locks across wrote().
+ * Nothing here waits for writeback: the kick (SYNC_FILE_RANGE_WRITE) only starts
+ * it, and POSIX_FADV_DONTNEED drops the pages already clean and leaves the rest
+ * (still dirty or under writeback: a writer faster than the disk meets the
+ * kernel's dirty throttling as usual). No call consumes the file's recorded
+ * writeback error: the next fsync/fdatasync of any of its fds still reports it.
+ * An error the kick itself returns (the file system's writepages failed right
+ * there, and may have dropped the pages: then no later sync would see it) is
+ * kept, and the owner's next durability point for the file must report it
+ * (takeError()). Callers may hold locks across wrote().
  *
  * Only runs of (nearly) sequential writes of at least one chunk are handled;
  * random or small writes are left to the kernel. The state is per file and not
@@ -44,11 +48,24 @@ public:
 	/* Bytes asked to be dropped (those still dirty then stay cached). */
 	uint64_t droppedBytes() const { return droppedTotal_; }
 
+	/* The first error a kick returned since the last call (a positive errno), or 0. */
+	int takeError() { return std::exchange(error_, 0); }
+
 private:
 	uint64_t end_ = 0;	/* end of the current sequential run */
 	uint64_t started_ = 0;	/* writeback kicked up to here (page aligned) */
 	uint64_t dropped_ = 0;	/* dropped up to here */
 	uint64_t droppedTotal_ = 0;
+	int error_ = 0;
 };
+
+/*
+ * Starts writeback of [offset, offset + length) of fd (0, 0: all of it) without
+ * waiting. Returns the error the file system's writepages returned right there
+ * (a positive errno), which a later fsync may no longer see (see above), or 0.
+ * Not a sync: EINVAL and ESPIPE (a file type without writeback) and the transient
+ * ENOMEM, EINTR and EAGAIN (the pages stay dirty) count as 0.
+ */
+int kickWriteback(int fd, uint64_t offset, uint64_t length);
 
 } /* namespace sk::repl */

@@ -556,3 +556,26 @@ TEST_CASE("the tree comparison used by the stream tests sees every kind of diffe
 	REQUIRE(chmod((b / "h").c_str(), 0600) == 0);
 	CHECK(same().find("nlink") != std::string::npos);
 }
+
+TEST_CASE("a write-behind kick's own error is kept for the next durability point")
+{
+	/* Nothing to write back, or no writeback for the file type: not errors. */
+	TempDir dir;
+	int fd = open((dir / "f").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	REQUIRE(fd >= 0);
+	CHECK(kickWriteback(fd, 0, 0) == 0);
+	int pipeFds[2];
+	REQUIRE(pipe(pipeFds) == 0);
+	CHECK(kickWriteback(pipeFds[1], 0, 0) == 0);
+	close(pipeFds[0]);
+	close(pipeFds[1]);
+	close(fd);
+	/* A kick that fails (here EBADF, standing in for a file system's writepages
+	 * failing) is reported once, the first one. */
+	CHECK(kickWriteback(-1, 0, 0) == EBADF);
+	WriteBehind wb;
+	for (uint64_t off = 0; off < 3 * WriteBehind::kChunk; off += 1u << 20)
+		wb.wrote(-1, off, 1u << 20);
+	CHECK(wb.takeError() == EBADF);
+	CHECK(wb.takeError() == 0);
+}

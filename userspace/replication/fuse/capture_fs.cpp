@@ -1157,21 +1157,22 @@ int CaptureFs::Impl::durabilityPoint(bool durable, int (*local)(int), int fd)
 	 * the stream's writer, which takes this CPU a while on small machines, and
 	 * the flush then mostly waits for it and the journal. With ack = durable the
 	 * peer's flush comes after a round trip: the barrier goes first. The kick
-	 * neither waits nor consumes a writeback error (see WriteBehind): local()
-	 * still reports it. Measured on the bench VM (4 KiB append+fsync, over bare,
-	 * median of 6 runs): applied 144 us with the kick after the barrier, 130
-	 * before it; durable 254 after, 262 without a kick.
+	 * does not consume a recorded writeback error (local() still reports it); an
+	 * error it returns itself is this durability point's (see kickWriteback).
+	 * Measured on the bench VM (4 KiB append+fsync, over bare, median of 6 runs):
+	 * applied 144 us with the kick after the barrier, 130 before it; durable 254
+	 * after, 262 without a kick.
 	 */
 	bool peerFlushes = durable && options_.ackDurable;
 	bool kick = local && fd >= 0;
+	int err = 0;
 	if (kick && !peerFlushes)
-		sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+		err = kickWriteback(fd, 0, 0);
 	uint64_t seq = options_.sink->submitBarrier(peerFlushes);
 	if (kick && peerFlushes)
-		sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+		err = kickWriteback(fd, 0, 0);
 	barriers_++;
-	int err = 0;
-	if (local && local(fd) < 0)
+	if (local && local(fd) < 0 && !err)
 		err = errno;
 	auto t0 = std::chrono::steady_clock::now();
 	int ret = options_.sink->waitAcked(seq);
@@ -2071,9 +2072,14 @@ int syncPoint(Impl *fs, Inode *inode, int fd, bool datasync)
 		auto path = fs->pathOf(inode);
 		replicated = path && !fs->excluded(*path);
 	}
-	if (!replicated)
-		return local(fd) < 0 ? errno : 0;
-	return fs->durabilityPoint(true, local, fd);
+	int err = replicated ? fs->durabilityPoint(true, local, fd) : (local(fd) < 0 ? errno : 0);
+	/* A write-behind kick that failed since the last sync (see WriteBehind). */
+	int kicked;
+	{
+		std::lock_guard same(inode->writeMutex);
+		kicked = inode->writeBehind.takeError();
+	}
+	return err ? err : kicked;
 }
 
 void opFsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info *fi)
