@@ -1327,15 +1327,32 @@ std::string ReplicationReceiver::serveConn(int fd)
 		return reject("malformed start frame");
 	/* Authenticated: an idle stream is normal from here on (keepalive finds dead peers). */
 	io.setRecvBound(std::chrono::milliseconds(0));
+	bool resumed;
+	uint64_t resumeApplied, resumeDurable;
 	{
 		std::lock_guard<std::mutex> lock(mutex_);
-		if (epoch != epoch_ || startSeq != lastApplied_ + 1) {
+		resumed = epoch == epoch_ && startSeq == lastApplied_ + 1;
+		if (!resumed) {
 			logInfo(kLog, "module {}: stream epoch {:#x} from seq {} (had epoch {:#x} seq {})",
 				options_.stream.module, epoch, startSeq, epoch_, lastApplied_);
 			epoch_ = epoch;
 			lastApplied_ = startSeq - 1;
 			durable_ = std::min(durable_, lastApplied_);
 		}
+		resumeApplied = lastApplied_;
+		resumeDurable = durable_;
+	}
+	/*
+	 * Resuming: the acks the last connection lost, durable ones included (our
+	 * hello says only what was applied). The sender may hold nothing more to send,
+	 * so no later ack would release a barrier waiting for them.
+	 */
+	if (resumed && resumeApplied > 0) {
+		std::vector<uint8_t> ack;
+		le::append<uint64_t>(&ack, resumeApplied);
+		le::append<uint64_t>(&ack, resumeDurable);
+		if (int ret = io.send(StreamFrame::Ack, ack); ret < 0)
+			return fmt::format("sending ack: {}", strerror(-ret));
 	}
 
 	for (;;) {

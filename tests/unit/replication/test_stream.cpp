@@ -9,6 +9,7 @@
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <poll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -527,6 +528,94 @@ TEST_CASE("a lost connection resumes where the receiver stopped, without loss or
 	CHECK(sender->epoch() != epoch);
 	REQUIRE(sender->attach(rx.dial()) == 0);
 	CHECK(eventually([&] { return resyncAsked.load(); }));
+}
+
+/*
+ * A loopback TCP proxy between a sender and a receiver: forwards both ways until
+ * muteAcks, then drops what the receiver sends (its acks) and keeps forwarding
+ * the sender's frames. Closing it ends both connections.
+ */
+class AckDroppingProxy
+{
+public:
+	explicit AckDroppingProxy(const ReceiverSide &rx)
+	{
+		auto l = listenTcp("127.0.0.1", 0, &port);
+		REQUIRE(l.ok());
+		listenFd_ = l.value();
+		thread_ = std::thread([this, &rx] {
+			int a = accept(listenFd_, nullptr, nullptr);
+			int b = rx.dial();
+			char buf[65536];
+			for (;;) {
+				pollfd p[2] = { { a, POLLIN, 0 }, { b, POLLIN, 0 } };
+				if (poll(p, 2, 50) < 0 || stop_)
+					break;
+				if (p[0].revents) {
+					ssize_t n = read(a, buf, sizeof(buf));
+					if (n <= 0 || write(b, buf, static_cast<size_t>(n)) != n)
+						break;
+				}
+				if (p[1].revents) {
+					ssize_t n = read(b, buf, sizeof(buf));
+					if (n <= 0 || (!muteAcks && write(a, buf, static_cast<size_t>(n)) != n))
+						break;
+				}
+			}
+			close(a);
+			close(b);
+		});
+	}
+	~AckDroppingProxy()
+	{
+		stop_ = true;
+		thread_.join();
+		close(listenFd_);
+	}
+
+	uint16_t port = 0;
+	std::atomic<bool> muteAcks{ false };
+
+private:
+	int listenFd_ = -1;
+	std::atomic<bool> stop_{ false };
+	std::thread thread_;
+};
+
+TEST_CASE("a barrier whose ack the connection lost is released when the stream resumes")
+{
+	/* Applied: the receiver's hello acks it; durable: the ack it sends on resuming. */
+	bool durable = false;
+	SUBCASE("ack = applied") { durable = false; }
+	SUBCASE("ack = durable") { durable = true; }
+	ReceiverSide rx;
+	auto sender = makeSender();
+	uint64_t b = 0;
+	{
+		AckDroppingProxy proxy(rx);
+		auto c = connectTcp("127.0.0.1", proxy.port);
+		REQUIRE(c.ok());
+		REQUIRE(sender->attach(c.value()) == 0);
+		REQUIRE(sender->waitAckedFor(sender->submit(mkdirOp("before")), 10s) == 0);
+		proxy.muteAcks = true;
+		b = sender->submitBarrier(durable);
+		/* Applied there (its ack dropped on the way back). */
+		REQUIRE(eventually([&] { return rx.receiver->lastApplied() == b; }));
+		CHECK(sender->waitAckedFor(b, 100ms) == -ETIMEDOUT);
+	}
+	/* A caller still waiting, with no bound, when the connection is replaced. */
+	auto waiter = std::async(std::launch::async, [&] { return sender->waitAcked(b); });
+	CHECK(eventually([&] { return !sender->streaming(); }));
+	REQUIRE(sender->attach(rx.dial()) == 0);
+	/* Nothing is left to send: no ack of a later op would release b. */
+	bool released = waiter.wait_for(10s) == std::future_status::ready;
+	CHECK(released);
+	if (!released) {
+		/* Let the waiter go (a later durable barrier acks b too) before the
+		 * future's destructor joins it. */
+		sender->submitBarrier(true);
+	}
+	CHECK(waiter.get() == 0);
 }
 
 TEST_CASE("backpressure: a stalled receiver makes submit block, bounded by the queue")
