@@ -172,7 +172,7 @@ Applier::CachedFd *Applier::cachedEntry(const std::string &path, int *err)
 	}
 	if (lru_.size() >= options_.fdCacheSize) {
 		lruIndex_.erase(lru_.back().path);
-		closeEntry(lru_.back());
+		::close(lru_.back().fd);
 		lru_.pop_back();
 	}
 	lru_.push_front({ path, fd, {} });
@@ -180,19 +180,12 @@ Applier::CachedFd *Applier::cachedEntry(const std::string &path, int *err)
 	return &lru_.front();
 }
 
-void Applier::closeEntry(CachedFd &entry)
-{
-	if (int err = entry.writeBehind.takeError(); err && !kickError_)
-		kickError_ = err;
-	::close(entry.fd);
-}
-
 void Applier::invalidate(const std::string &path)
 {
 	for (auto it = lru_.begin(); it != lru_.end();) {
 		if (underOrEqual(it->path, path)) {
 			lruIndex_.erase(it->path);
-			closeEntry(*it);
+			::close(it->fd);
 			it = lru_.erase(it);
 		} else {
 			++it;
@@ -249,7 +242,7 @@ int Applier::doCreate(const Op &op)
 	/* A new file is usually written next: keep its fd. */
 	if (lru_.size() >= options_.fdCacheSize) {
 		lruIndex_.erase(lru_.back().path);
-		closeEntry(lru_.back());
+		::close(lru_.back().fd);
 		lru_.pop_back();
 	}
 	lru_.push_front({ op.path, fd, {} });
@@ -513,7 +506,8 @@ int Applier::doWrite(const Op &op, std::string_view data)
 	counters_.bytesWritten += done;
 	markDirty(op.path);
 	uint64_t before = entry->writeBehind.droppedBytes();
-	entry->writeBehind.wrote(fd, op.offset, done);
+	if (int err = entry->writeBehind.wrote(fd, op.offset, done); err && !kickError_)
+		kickError_ = err;
 	counters_.writeBehindDropped += entry->writeBehind.droppedBytes() - before;
 	return 0;
 }
@@ -562,9 +556,6 @@ Status Applier::flush()
 	counters_.durableFlushes++;
 	/* A write-behind kick that failed since the last flush: that data may be
 	 * gone from the page cache without any fsync below seeing it. */
-	for (CachedFd &c : lru_)
-		if (int err = c.writeBehind.takeError(); err && !kickError_)
-			kickError_ = err;
 	if (int err = std::exchange(kickError_, 0))
 		return makeError(-err, fmt::format("starting writeback of the replication target: {}", strerror(err)));
 	if (options_.durability == Durability::Syncfs || dirtyOverflow_) {

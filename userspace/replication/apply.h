@@ -127,8 +127,6 @@ private:
 	CachedFd *cachedEntry(const std::string &path, int *err);
 	int cachedFd(const std::string &path, int *err);
 	void invalidate(const std::string &path);
-	/* Closes an entry's fd, keeping a write-behind error for the next flush(). */
-	void closeEntry(CachedFd &entry);
 	void markDirty(const std::string &path);
 	void markParentDirty(const std::string &path);
 
@@ -163,7 +161,7 @@ private:
 	std::set<std::string> dirty_;
 	/* A directory moved or the set overflowed: the next flush uses syncfs. */
 	bool dirtyOverflow_ = false;
-	/* The first write-behind kick error of a closed entry, for the next flush. */
+	/* The first write-behind kick error since the last flush, which reports it. */
 	int kickError_ = 0;
 };
 

@@ -271,6 +271,15 @@ public:
 
 	int send(StreamFrame type, std::span<const uint8_t> payload) { return send(type, { &payload, 1 }); }
 
+	/* The receiver's Ack: everything up to applied is applied, up to durable flushed. */
+	int sendAck(uint64_t applied, uint64_t durable)
+	{
+		std::vector<uint8_t> ack;
+		le::append<uint64_t>(&ack, applied);
+		le::append<uint64_t>(&ack, durable);
+		return send(StreamFrame::Ack, ack);
+	}
+
 	/*
 	 * One frame whose payload is parts, concatenated: sent as they are (no copy).
 	 * Hello frames carry our own nonce and sequence 0; all others the peer's nonce.
@@ -1348,10 +1357,7 @@ std::string ReplicationReceiver::serveConn(int fd)
 	 * so no later ack would release a barrier waiting for them.
 	 */
 	if (resumed && resumeApplied > 0) {
-		std::vector<uint8_t> ack;
-		le::append<uint64_t>(&ack, resumeApplied);
-		le::append<uint64_t>(&ack, resumeDurable);
-		if (int ret = io.send(StreamFrame::Ack, ack); ret < 0)
+		if (int ret = io.sendAck(resumeApplied, resumeDurable); ret < 0)
 			return fmt::format("sending ack: {}", strerror(-ret));
 	}
 
@@ -1406,10 +1412,7 @@ std::string ReplicationReceiver::serveConn(int fd)
 				}
 				logError(kLog, "module {}: {}", options_.stream.module, msg);
 				/* Ack what was applied before the failing op, then report it. */
-				std::vector<uint8_t> ack;
-				le::append<uint64_t>(&ack, last);
-				le::append<uint64_t>(&ack, durable);
-				if (io.send(StreamFrame::Ack, ack) == 0)
+				if (io.sendAck(last, durable) == 0)
 					(void)io.send(StreamFrame::Error, p);
 				return "apply failed: " + msg;
 			}
@@ -1427,10 +1430,7 @@ std::string ReplicationReceiver::serveConn(int fd)
 			lastApplied_ = last;
 			durable_ = durable;
 		}
-		std::vector<uint8_t> ack;
-		le::append<uint64_t>(&ack, last);
-		le::append<uint64_t>(&ack, durable);
-		ret = io.send(StreamFrame::Ack, ack);
+		ret = io.sendAck(last, durable);
 		if (ret < 0)
 			return fmt::format("sending ack: {}", strerror(-ret));
 		std::lock_guard<std::mutex> lock(mutex_);

@@ -25,10 +25,10 @@ int kickWriteback(int fd, uint64_t offset, uint64_t length)
 	}
 }
 
-void WriteBehind::wrote(int fd, uint64_t offset, uint64_t length)
+int WriteBehind::wrote(int fd, uint64_t offset, uint64_t length)
 {
 	if (length == 0)
-		return;
+		return 0;
 	/* Writes of a run may come a little out of order (the FUSE kernel module's
 	 * writeback requests, served by several threads). One more than a chunk past
 	 * the end, or before what the window still covers, starts a new run; a late
@@ -40,11 +40,12 @@ void WriteBehind::wrote(int fd, uint64_t offset, uint64_t length)
 	} else if (offset >= dropped_) {
 		end_ = std::max(end_, offset + length);
 	} else {
-		return;
+		return 0;
 	}
+	int error = 0;
 	while (end_ - started_ >= kChunk) {
-		if (int err = kickWriteback(fd, started_, kChunk); err && !error_)
-			error_ = err;
+		if (int err = kickWriteback(fd, started_, kChunk); err && !error)
+			error = err;
 		started_ += kChunk;
 	}
 	while (started_ - dropped_ > kWindow * kChunk) {
@@ -52,6 +53,7 @@ void WriteBehind::wrote(int fd, uint64_t offset, uint64_t length)
 		dropped_ += kChunk;
 		droppedTotal_ += kChunk;
 	}
+	return error;
 }
 
 } /* namespace sk::repl */

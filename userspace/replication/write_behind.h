@@ -7,7 +7,6 @@
 #pragma once
 
 #include <cstdint>
-#include <utility>
 
 namespace sk::repl {
 
@@ -28,8 +27,8 @@ namespace sk::repl {
  * writeback error: the next fsync/fdatasync of any of its fds still reports it.
  * An error the kick itself returns (the file system's writepages failed right
  * there, and may have dropped the pages: then no later sync would see it) is
- * kept, and the owner's next durability point for the file must report it
- * (takeError()). Callers may hold locks across wrote().
+ * wrote()'s result, and the owner's next durability point for the file must
+ * report it. Callers may hold locks across wrote().
  *
  * Only runs of (nearly) sequential writes of at least one chunk are handled;
  * random or small writes are left to the kernel. The state is per file and not
@@ -42,21 +41,18 @@ public:
 	/* Chunks kicked and not yet dropped: the drop lags the kick by this much. */
 	static constexpr uint64_t kWindow = 4;
 
-	/* After [offset, offset + length) was written to fd. */
-	void wrote(int fd, uint64_t offset, uint64_t length);
+	/* After [offset, offset + length) was written to fd. The first error a kick
+	 * returned (a positive errno, see kickWriteback), or 0. */
+	int wrote(int fd, uint64_t offset, uint64_t length);
 
 	/* Bytes asked to be dropped (those still dirty then stay cached). */
 	uint64_t droppedBytes() const { return droppedTotal_; }
-
-	/* The first error a kick returned since the last call (a positive errno), or 0. */
-	int takeError() { return std::exchange(error_, 0); }
 
 private:
 	uint64_t end_ = 0;	/* end of the current sequential run */
 	uint64_t started_ = 0;	/* writeback kicked up to here (page aligned) */
 	uint64_t dropped_ = 0;	/* dropped up to here */
 	uint64_t droppedTotal_ = 0;
-	int error_ = 0;
 };
 
 /*

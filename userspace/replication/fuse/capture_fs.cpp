@@ -143,6 +143,8 @@ struct Inode {
 	/* Guarded by writeMutex. The backing cache only duplicates the FUSE cache,
 	 * which keeps the application's view (keep_cache). */
 	WriteBehind writeBehind;
+	/* Its first failed kick since the last fsync, which reports it (no lock). */
+	std::atomic<int> kickError{ 0 };
 };
 
 /* An Inode's O_PATH fd for the length of one request: its own, or one opened
@@ -2017,7 +2019,11 @@ void opWrite(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_
 		if (!err) {
 			/* Never blocks, never consumes a writeback error (see WriteBehind). */
 			uint64_t before = inode->writeBehind.droppedBytes();
-			inode->writeBehind.wrote(fh->fd, static_cast<uint64_t>(off), static_cast<uint64_t>(n));
+			if (int kicked = inode->writeBehind.wrote(fh->fd, static_cast<uint64_t>(off),
+								  static_cast<uint64_t>(n))) {
+				int none = 0;
+				inode->kickError.compare_exchange_strong(none, kicked);
+			}
 			fs->writeBehindDropped_ += inode->writeBehind.droppedBytes() - before;
 		}
 	}
@@ -2074,11 +2080,7 @@ int syncPoint(Impl *fs, Inode *inode, int fd, bool datasync)
 	}
 	int err = replicated ? fs->durabilityPoint(true, local, fd) : (local(fd) < 0 ? errno : 0);
 	/* A write-behind kick that failed since the last sync (see WriteBehind). */
-	int kicked;
-	{
-		std::lock_guard same(inode->writeMutex);
-		kicked = inode->writeBehind.takeError();
-	}
+	int kicked = inode->kickError.exchange(0);
 	return err ? err : kicked;
 }
 
